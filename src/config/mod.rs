@@ -1,0 +1,223 @@
+//! Configuration: one TOML file, read in two steps.
+//!
+//! 1. [`raw`]: serde structs that mirror the file (`deny_unknown_fields`, human units as text).
+//! 2. [`validate`]: a pure function that turns the raw file into typed values (`Duration`,
+//!    sizes in bytes, enums, stream indices), collecting *every* error with its key path and line.
+//!
+//! Nothing is started before a config has validated; `streamgate validate` runs only these steps.
+
+pub mod locate;
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{Errors, unknown_stream as validate_unknown_stream, validate};
+
+use crate::exporters::ExportKind;
+use crate::readers::SourceKind;
+
+/// One problem in a configuration file, with the key path it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `streams[1].exports[0].batch_size`; empty for problems with the whole file.
+    pub path: String,
+    pub message: String,
+    /// 1-based line in the file, where it could be found.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "{}: {}", self.path, self.message)?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} has {} error(s):\n{}", .path.display(), .errors.len(), list(.errors))]
+    Invalid {
+        path: PathBuf,
+        errors: Vec<ConfigError>,
+    },
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text).map_err(|errors| LoadError::Invalid {
+        path: path.to_owned(),
+        errors,
+    })
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let raw: raw::RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span();
+            let mut path = span
+                .clone()
+                .and_then(|s| locate::path_at(text, s))
+                .unwrap_or_default();
+            let mut line = span.map(|s| locate::line_at(text, s.start));
+            // "unknown field `x`": point at the key itself.
+            if let Some(field) = e
+                .message()
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+            {
+                let full = if path.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{path}.{field}")
+                };
+                if let Some(l) = locate::line_of(text, &full) {
+                    path = full;
+                    line = Some(l);
+                }
+            }
+            return Err(vec![ConfigError {
+                path,
+                message: e.message().trim().replace('\n', " "),
+                line,
+            }]);
+        }
+    };
+    validate(&raw).map_err(|mut errors| {
+        for e in &mut errors {
+            if e.line.is_none() && !e.path.is_empty() {
+                e.line = locate::line_of(text, &e.path);
+            }
+        }
+        errors
+    })
+}
+
+/// A validated configuration: every value typed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub streams: Vec<StreamConfig>,
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Config {
+    pub fn stream_index(&self, name: &str) -> Option<usize> {
+        self.streams.iter().position(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub data_dir: PathBuf,
+    pub equipment_id: Option<String>,
+    /// Bytes per second over all exports, or unlimited.
+    pub max_export_bandwidth: Option<u64>,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    /// How often counters, cursors and export status are written for `streamgate status`.
+    pub status_interval: Duration,
+    /// How often a progress line is logged (zero: never).
+    pub report_interval: Duration,
+}
+
+/// What a full stream does with a new record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyOnFull {
+    RejectNew,
+    OverwriteOldest,
+}
+
+/// What a committed record survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is fsynced (SQLite `synchronous=FULL`): survives power loss.
+    PowerLoss,
+    /// Commits reach the OS but are fsynced only at checkpoints (`synchronous=NORMAL`):
+    /// survives a crash of the process, may lose the last commits on power loss.
+    ProcessCrash,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub name: String,
+    /// 1 is the highest, 10 the lowest.
+    pub priority: u8,
+    /// Bytes of payload the stream may hold.
+    pub max_size: u64,
+    pub strategy_on_full: StrategyOnFull,
+    pub time_to_live: Option<Duration>,
+    pub durability: Durability,
+    pub exports: Vec<ExportConfig>,
+}
+
+/// Batching settings common to every export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub name: String,
+    pub batch: BatchConfig,
+    pub disabled: bool,
+    pub retry: RetryConfig,
+    pub kind: ExportKind,
+}
+
+/// Backoff for failed sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub id: String,
+    pub equipment_id: String,
+    /// Index into [`Config::streams`].
+    pub stream: usize,
+    /// Emit a `Wmk` record per stream when nothing was sent for this long.
+    pub heartbeat_interval: Option<Duration>,
+    pub kind: SourceKind,
+}

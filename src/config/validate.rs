@@ -1,0 +1,452 @@
+//! Raw file -> typed [`Config`]: pure, no I/O, every error collected with its key path.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawExport, RawSource, RawStream};
+use super::units::{parse_duration, parse_size};
+use super::{
+    BatchConfig, Config, ConfigError, Durability, ExportConfig, GatewayConfig, LogFormat,
+    RetryConfig, SourceConfig, StrategyOnFull, StreamConfig,
+};
+
+/// Collects configuration errors with their key paths.
+#[derive(Debug, Default)]
+pub struct Errors {
+    list: Vec<ConfigError>,
+}
+
+impl Errors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+            line: None,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// A duration at `path`, or `default` when absent; `min` is the smallest allowed.
+    pub fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if d < min => {
+                self.push(
+                    path,
+                    format!(
+                        "{} is below the minimum of {}",
+                        value.unwrap_or_default(),
+                        super::units::format_duration(min)
+                    ),
+                );
+                default
+            }
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(path, e);
+                default
+            }
+        }
+    }
+
+    /// An optional duration at `path`.
+    pub fn opt_duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        min: Duration,
+    ) -> Option<Duration> {
+        value.map(|v| self.duration(path, Some(v), min, min))
+    }
+
+    /// A size at `path` within `min..=max`, or `default` when absent.
+    pub fn size(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        match value.map(parse_size) {
+            None => default,
+            Some(Ok(n)) if n < min => {
+                self.push(
+                    path,
+                    format!(
+                        "{} is below the minimum of {min} bytes",
+                        value.unwrap_or_default()
+                    ),
+                );
+                default
+            }
+            Some(Ok(n)) if n > max => {
+                self.push(
+                    path,
+                    format!(
+                        "{} is above the limit of {max} bytes",
+                        value.unwrap_or_default()
+                    ),
+                );
+                default
+            }
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                self.push(path, e);
+                default
+            }
+        }
+    }
+
+    /// An integer at `path` within `min..=max`, or `default` when absent.
+    pub fn int(&mut self, path: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        match value {
+            None => default,
+            Some(v) if v < min => {
+                self.push(path, format!("{v} is below the minimum of {min}"));
+                default
+            }
+            Some(v) if v > max => {
+                self.push(path, format!("{v} is above the limit of {max}"));
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
+    /// One of `choices` at `path` (listed in the error), or `default` when absent.
+    pub fn choice<T: Copy>(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(v) = value else { return default };
+        match choices.iter().find(|(name, _)| *name == v) {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                self.push(path, format!("\"{v}\" is not one of {}", names.join(", ")));
+                default
+            }
+        }
+    }
+
+    /// Checks a name used in file names, status and metrics.
+    pub fn name(&mut self, path: &str, value: &str) {
+        let ok = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            self.push(
+                path,
+                format!(
+                    "\"{value}\" is not a valid name: use 1 to 64 letters, digits, '_', '-' or '.'"
+                ),
+            );
+        }
+    }
+}
+
+/// Turns a raw configuration into a validated one, or every error found.
+pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Errors::default();
+    let gateway = gateway(raw, &mut errs);
+
+    if raw.streams.is_empty() {
+        errs.push("streams", "at least one [[streams]] table is required");
+    }
+    let mut names = HashSet::new();
+    let mut streams = Vec::new();
+    for (i, s) in raw.streams.iter().enumerate() {
+        let path = format!("streams[{i}]");
+        if !names.insert(s.name.as_str()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("stream \"{}\" is defined twice", s.name),
+            );
+        }
+        streams.push(stream(&path, s, &mut errs));
+    }
+
+    let mut ids = HashSet::new();
+    let mut sources = Vec::new();
+    for (i, s) in raw.sources.iter().enumerate() {
+        let path = format!("sources[{i}]");
+        if !ids.insert(s.id.as_str()) {
+            errs.push(
+                format!("{path}.id"),
+                format!("source \"{}\" is defined twice", s.id),
+            );
+        }
+        if let Some(src) = source(&path, s, raw, &gateway, &mut errs) {
+            sources.push(src);
+        }
+    }
+
+    if errs.is_empty() {
+        Ok(Config {
+            gateway,
+            streams,
+            sources,
+        })
+    } else {
+        Err(errs.list)
+    }
+}
+
+fn gateway(raw: &RawConfig, errs: &mut Errors) -> GatewayConfig {
+    let g = &raw.gateway;
+    let data_dir = g
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| "/var/lib/streamgate".into());
+    if data_dir.trim().is_empty() {
+        errs.push("gateway.data_dir", "must not be empty");
+    }
+    if let Some(id) = &g.equipment_id
+        && id.trim().is_empty()
+    {
+        errs.push("gateway.equipment_id", "must not be empty");
+    }
+    let max_export_bandwidth = g
+        .max_export_bandwidth
+        .as_deref()
+        .map(|v| errs.size("gateway.max_export_bandwidth", Some(v), 0, 1024, u64::MAX));
+    GatewayConfig {
+        data_dir: PathBuf::from(data_dir),
+        equipment_id: g.equipment_id.clone(),
+        max_export_bandwidth,
+        shutdown_timeout: errs.duration(
+            "gateway.shutdown_timeout",
+            g.shutdown_timeout.as_deref(),
+            Duration::from_secs(10),
+            Duration::ZERO,
+        ),
+        log_format: errs.choice(
+            "gateway.log_format",
+            g.log_format.as_deref(),
+            LogFormat::Human,
+            &[("human", LogFormat::Human), ("json", LogFormat::Json)],
+        ),
+        status_interval: errs.duration(
+            "gateway.status_interval",
+            g.status_interval.as_deref(),
+            Duration::from_secs(1),
+            Duration::from_millis(100),
+        ),
+        report_interval: errs.duration(
+            "gateway.report_interval",
+            g.report_interval.as_deref(),
+            Duration::from_secs(10),
+            Duration::ZERO,
+        ),
+    }
+}
+
+/// Smallest `max_size` a stream may have: a few batches of records.
+pub const MIN_STREAM_SIZE: u64 = 64 * 1024;
+
+fn stream(path: &str, s: &RawStream, errs: &mut Errors) -> StreamConfig {
+    errs.name(&format!("{path}.name"), &s.name);
+    let priority = errs.int(&format!("{path}.priority"), s.priority, 5, 1, 10) as u8;
+    let max_size = errs.size(
+        &format!("{path}.max_size"),
+        s.max_size.as_deref(),
+        256 << 20,
+        MIN_STREAM_SIZE,
+        u64::MAX,
+    );
+    let strategy_on_full = errs.choice(
+        &format!("{path}.strategy_on_full"),
+        s.strategy_on_full.as_deref(),
+        StrategyOnFull::RejectNew,
+        &[
+            ("reject_new", StrategyOnFull::RejectNew),
+            ("overwrite_oldest", StrategyOnFull::OverwriteOldest),
+        ],
+    );
+    let time_to_live = errs.opt_duration(
+        &format!("{path}.time_to_live"),
+        s.time_to_live.as_deref(),
+        Duration::from_secs(1),
+    );
+    let durability = errs.choice(
+        &format!("{path}.durability"),
+        s.durability.as_deref(),
+        Durability::PowerLoss,
+        &[
+            ("power_loss", Durability::PowerLoss),
+            ("process_crash", Durability::ProcessCrash),
+        ],
+    );
+    let mut names = HashSet::new();
+    let mut exports = Vec::new();
+    for (j, e) in s.exports.iter().enumerate() {
+        let epath = format!("{path}.exports[{j}]");
+        let export = export(&epath, e, errs);
+        if !names.insert(export.name.clone()) {
+            errs.push(
+                format!("{epath}.name"),
+                format!(
+                    "export \"{}\" is defined twice in stream \"{}\"; give each export its own name",
+                    export.name, s.name
+                ),
+            );
+        }
+        exports.push(export);
+    }
+    StreamConfig {
+        name: s.name.clone(),
+        priority,
+        max_size,
+        strategy_on_full,
+        time_to_live,
+        durability,
+        exports,
+    }
+}
+
+fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
+    let limits = e.kind.limits();
+    let name = e
+        .name
+        .clone()
+        .unwrap_or_else(|| e.kind.kind_name().to_string());
+    errs.name(&format!("{path}.name"), &name);
+    let max_records = errs.int(
+        &format!("{path}.batch_size"),
+        e.batch_size,
+        limits.default_batch_size as i64,
+        1,
+        limits.max_batch_size as i64,
+    ) as usize;
+    let max_bytes = errs.size(
+        &format!("{path}.batch_bytes"),
+        e.batch_bytes.as_deref(),
+        limits.max_batch_bytes,
+        1024,
+        limits.max_batch_bytes,
+    ) as usize;
+    let interval = errs.duration(
+        &format!("{path}.batch_interval"),
+        e.batch_interval.as_deref(),
+        limits.default_batch_interval,
+        Duration::ZERO,
+    );
+    let initial_backoff = errs.duration(
+        &format!("{path}.initial_backoff"),
+        e.initial_backoff.as_deref(),
+        Duration::from_millis(100),
+        Duration::from_millis(1),
+    );
+    let max_backoff = errs.duration(
+        &format!("{path}.max_backoff"),
+        e.max_backoff.as_deref(),
+        Duration::from_secs(60),
+        Duration::from_millis(1),
+    );
+    if max_backoff < initial_backoff {
+        errs.push(
+            format!("{path}.max_backoff"),
+            "must not be below initial_backoff",
+        );
+    }
+    let kind = e.kind.validate(path, errs);
+    ExportConfig {
+        name,
+        batch: BatchConfig {
+            max_records,
+            max_bytes,
+            interval,
+        },
+        disabled: e.disabled.unwrap_or(false),
+        retry: RetryConfig {
+            initial_backoff,
+            max_backoff,
+        },
+        kind,
+    }
+}
+
+fn source(
+    path: &str,
+    s: &RawSource,
+    raw: &RawConfig,
+    gateway: &GatewayConfig,
+    errs: &mut Errors,
+) -> Option<SourceConfig> {
+    errs.name(&format!("{path}.id"), &s.id);
+    let equipment_id = match s
+        .equipment_id
+        .clone()
+        .or_else(|| gateway.equipment_id.clone())
+    {
+        Some(id) if !id.trim().is_empty() => id,
+        Some(_) => {
+            errs.push(format!("{path}.equipment_id"), "must not be empty");
+            String::new()
+        }
+        None => {
+            errs.push(
+                format!("{path}.equipment_id"),
+                "missing: set it on the source or as gateway.equipment_id",
+            );
+            String::new()
+        }
+    };
+    let stream_index = |name: &str| raw.streams.iter().position(|st| st.name == name);
+    let stream = match s.stream.as_deref() {
+        Some(name) => stream_index(name).or_else(|| {
+            errs.push(format!("{path}.stream"), unknown_stream(name, raw));
+            None
+        }),
+        None if raw.streams.len() == 1 => Some(0),
+        None => {
+            errs.push(
+                format!("{path}.stream"),
+                "missing: name the stream this source writes to (there is more than one)",
+            );
+            None
+        }
+    };
+    let heartbeat_interval = errs.opt_duration(
+        &format!("{path}.heartbeat_interval"),
+        s.heartbeat_interval.as_deref(),
+        Duration::from_millis(10),
+    );
+    let kind = s.kind.validate(path, &stream_index, raw, errs);
+    Some(SourceConfig {
+        id: s.id.clone(),
+        equipment_id,
+        stream: stream?,
+        heartbeat_interval,
+        kind,
+    })
+}
+
+/// The message for a reference to a stream that is not defined.
+pub fn unknown_stream(name: &str, raw: &RawConfig) -> String {
+    let known: Vec<String> = raw
+        .streams
+        .iter()
+        .map(|s| format!("\"{}\"", s.name))
+        .collect();
+    format!(
+        "no stream is named \"{name}\" (defined: {})",
+        known.join(", ")
+    )
+}

@@ -1,0 +1,207 @@
+//! `kind = "file"`: newline-delimited JSON files with size-based rotation. A batch is
+//! acknowledged only after it was written and fsynced; a failed write is cut off again, so a
+//! retry never leaves half a line behind.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Exporter, Limits, Outcome, SendError};
+use crate::config::Errors;
+use crate::queue::Record;
+
+pub const LIMITS: Limits = Limits {
+    max_batch_size: 100_000,
+    default_batch_size: 5_000,
+    max_batch_bytes: 64 << 20,
+    default_batch_interval: Duration::from_millis(200),
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileExport {
+    pub path: String,
+    pub rotate_size: Option<String>,
+    pub max_files: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileExportConfig {
+    /// Directory the files are written to (created if missing).
+    pub path: PathBuf,
+    pub rotate_size: u64,
+    /// Rotated files to keep (oldest deleted first); `None` keeps all.
+    pub max_files: Option<usize>,
+}
+
+impl RawFileExport {
+    pub fn validate(&self, path: &str, errs: &mut Errors) -> FileExportConfig {
+        if self.path.trim().is_empty() {
+            errs.push(format!("{path}.path"), "must not be empty");
+        }
+        let rotate_size = errs.size(
+            &format!("{path}.rotate_size"),
+            self.rotate_size.as_deref(),
+            64 << 20,
+            4096,
+            u64::MAX,
+        );
+        let max_files = self
+            .max_files
+            .map(|n| errs.int(&format!("{path}.max_files"), Some(n), 1, 1, 1_000_000) as usize);
+        FileExportConfig {
+            path: PathBuf::from(&self.path),
+            rotate_size,
+            max_files,
+        }
+    }
+}
+
+struct Active {
+    file: File,
+    len: u64,
+}
+
+pub struct FileExporter {
+    config: FileExportConfig,
+    prefix: String,
+    active: Option<Active>,
+    buf: Vec<u8>,
+}
+
+impl FileExporter {
+    /// `prefix` names the files: `<prefix>.ndjson`, rotated to `<prefix>.<unix_ms>.ndjson`.
+    pub fn new(config: FileExportConfig, prefix: &str) -> FileExporter {
+        FileExporter {
+            config,
+            prefix: prefix.to_string(),
+            active: None,
+            buf: Vec::new(),
+        }
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.config.path.join(format!("{}.ndjson", self.prefix))
+    }
+
+    fn open(&mut self) -> std::io::Result<()> {
+        if self.active.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.config.path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.current_path())?;
+        let len = file.metadata()?.len();
+        sync_dir(&self.config.path)?;
+        self.active = Some(Active { file, len });
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if let Some(active) = self.active.take() {
+            active.file.sync_all()?;
+            let rotated =
+                self.config
+                    .path
+                    .join(format!("{}.{}.ndjson", self.prefix, crate::time::now_ms()));
+            std::fs::rename(self.current_path(), &rotated)?;
+            tracing::info!(file = %rotated.display(), bytes = active.len, "rotated export file");
+        }
+        self.open()?;
+        if let Some(max) = self.config.max_files {
+            self.prune(max)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest rotated files beyond `max`.
+    fn prune(&self, max: usize) -> std::io::Result<()> {
+        let mut rotated: Vec<(i64, PathBuf)> = std::fs::read_dir(&self.config.path)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let ms = name
+                    .strip_prefix(&format!("{}.", self.prefix))?
+                    .strip_suffix(".ndjson")?
+                    .parse()
+                    .ok()?;
+                Some((ms, e.path()))
+            })
+            .collect();
+        rotated.sort();
+        let excess = rotated.len().saturating_sub(max);
+        for (_, p) in rotated.into_iter().take(excess) {
+            std::fs::remove_file(&p)?;
+            tracing::info!(file = %p.display(), "deleted old export file (max_files)");
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self, batch: &[Record]) -> std::io::Result<()> {
+        self.buf.clear();
+        for r in batch {
+            self.buf.extend_from_slice(&r.payload);
+            self.buf.push(b'\n');
+        }
+        self.open()?;
+        let len = self.active.as_ref().map_or(0, |a| a.len);
+        if len > 0 && len + self.buf.len() as u64 > self.config.rotate_size {
+            self.rotate()?;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return Err(std::io::Error::other("export file is not open"));
+        };
+        let before = active.len;
+        let written = active
+            .file
+            .write_all(&self.buf)
+            .and_then(|_| active.file.sync_data());
+        match written {
+            Ok(()) => {
+                active.len += self.buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Cut off what was written so a retry does not leave half a line behind.
+                let _ = active.file.set_len(before);
+                self.active = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Exporter for FileExporter {
+    async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
+        let path = self.config.path.clone();
+        // File I/O blocks: on the multi-threaded runtime (the daemon's) tell tokio so.
+        let result = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.write_batch(batch))
+            }
+            _ => self.write_batch(batch),
+        };
+        match result {
+            Ok(()) => Ok(vec![Outcome::Delivered; batch.len()]),
+            Err(e) => Err(SendError::new(format!(
+                "cannot write to {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(active) = self.active.take() {
+            let _ = active.file.sync_all();
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Exporters: take batches of records from the queue, send them somewhere, and report an
+//! outcome per record. An exporter knows nothing of PLCs; [`driver`] knows nothing of
+//! destinations. Adding a destination = a folder/file with its config and an [`Exporter`].
+
+pub mod bandwidth;
+pub mod driver;
+pub mod file;
+pub mod retry;
+pub mod stdout;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::Errors;
+use crate::queue::Record;
+
+/// What happened to one record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination has it (durably, as far as it promises).
+    Delivered,
+    /// A transient failure (throttling, a failed entry of a partial batch): send it again.
+    Retry(String),
+    /// The destination will never take it (too large, malformed): dead-letter it.
+    Rejected(String),
+}
+
+/// A failure of the whole send: every record of the batch is retried after a backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub message: String,
+}
+
+impl SendError {
+    pub fn new(message: impl Into<String>) -> SendError {
+        SendError {
+            message: message.into(),
+        }
+    }
+}
+
+/// A destination. `send` returns one outcome per record, index-aligned with `batch`.
+pub trait Exporter: Send + 'static {
+    fn send(
+        &mut self,
+        batch: &[Record],
+    ) -> impl Future<Output = Result<Vec<Outcome>, SendError>> + Send;
+
+    /// Called once when the export stops (flush, close connections).
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Per-kind batching limits, checked at validation.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_batch_size: usize,
+    pub default_batch_size: usize,
+    pub max_batch_bytes: u64,
+    pub default_batch_interval: Duration,
+}
+
+/// The kind-specific keys of `[[streams.exports]]`, selected by `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RawExportKind {
+    File(file::RawFileExport),
+    Stdout(stdout::RawStdoutExport),
+}
+
+/// A validated export kind with its settings.
+#[derive(Debug, Clone)]
+pub enum ExportKind {
+    File(file::FileExportConfig),
+    Stdout(stdout::StdoutExportConfig),
+}
+
+impl RawExportKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            RawExportKind::File(_) => "file",
+            RawExportKind::Stdout(_) => "stdout",
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        match self {
+            RawExportKind::File(_) => file::LIMITS,
+            RawExportKind::Stdout(_) => stdout::LIMITS,
+        }
+    }
+
+    pub fn validate(&self, path: &str, errs: &mut Errors) -> ExportKind {
+        match self {
+            RawExportKind::File(f) => ExportKind::File(f.validate(path, errs)),
+            RawExportKind::Stdout(s) => ExportKind::Stdout(s.validate(path, errs)),
+        }
+    }
+}
+
+impl ExportKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ExportKind::File(_) => "file",
+            ExportKind::Stdout(_) => "stdout",
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! streamgate: an edge gateway daemon.
+//!
+//! Data flows one way: `readers` produce samples, the `payload` module normalises them into
+//! the unified JSON payload, the `queue` keeps them durably (SQLite) and `exporters` ship them,
+//! acknowledging each record back to the queue. The queue is the only meeting point.
+
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod exporters;
+pub mod payload;
+pub mod queue;
+pub mod readers;
+pub mod status;
+pub mod telemetry;
+pub mod time;

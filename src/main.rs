@@ -1,0 +1,211 @@
+//! The `streamgate` command: run | validate | status | bench.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use streamgate::config::{self, LoadError, LogFormat};
+
+/// Exit code for an invalid configuration (EX_CONFIG), so systemd can tell it from a crash.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "streamgate",
+    version,
+    about = "Edge gateway: industrial protocols -> durable prioritised queue -> Kinesis, Firehose, MQTT",
+    after_help = "Examples:
+  streamgate run --config config/demo.toml        run the demo (simulated line, samples on stdout)
+  streamgate validate --config /etc/streamgate/streamgate.toml
+  streamgate status --config /etc/streamgate/streamgate.toml
+  streamgate bench --seconds 10                    measure throughput, latency, memory, disk"
+)]
+struct Cli {
+    /// Log level or filter (overrides RUST_LOG), e.g. "debug" or "info,streamgate=trace".
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format: human or json (overrides gateway.log_format).
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file; lists every error with its key path and line.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show what is queued per stream and how each export is doing.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure throughput, latency, memory and disk use on this machine (prints figures).
+    Bench {
+        /// Seconds per measuring phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Samples to queue for the backlog phase.
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog: u64,
+        /// Offered rate for the latency phase (samples/s).
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        /// Durability of the benchmark stream: power_loss or process_crash.
+        #[arg(long, default_value = "power_loss")]
+        durability: String,
+        /// Scratch directory (deleted afterwards).
+        #[arg(long, default_value = "target/streamgate-bench")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("streamgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log_format(cli: &Cli, configured: LogFormat) -> LogFormat {
+    match cli.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Human,
+        None => configured,
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    match config::load(path) {
+        Ok(c) => Ok(c),
+        Err(e @ LoadError::Invalid { .. }) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(e) => {
+            eprintln!("streamgate: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Validate { config } => {
+            let c = match load(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let exports: usize = c.streams.iter().map(|s| s.exports.len()).sum();
+            println!(
+                "{} is valid: {} stream(s), {} export(s), {} source(s)",
+                config.display(),
+                c.streams.len(),
+                exports,
+                c.sources.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => {
+            let c = match load(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let report = streamgate::status::read(&c.gateway.data_dir)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", streamgate::status::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let c = match load(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            streamgate::telemetry::init(
+                log_format(&cli, c.gateway.log_format),
+                cli.log_level.as_deref(),
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("streamgate")
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone())?;
+                let report = Some(c.gateway.report_interval);
+                streamgate::app::run(c, shutdown, report)
+                    .await
+                    .context("the gateway stopped with an error")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            seconds,
+            backlog,
+            rate,
+            durability,
+            dir,
+        } => {
+            streamgate::telemetry::init(
+                log_format(&cli, LogFormat::Human),
+                Some(cli.log_level.as_deref().unwrap_or("warn")),
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(streamgate::bench::run(streamgate::bench::BenchOptions {
+                dir: dir.clone(),
+                seconds: *seconds,
+                backlog: *backlog,
+                rate: *rate,
+                durability: durability.clone(),
+            }))
+            .context("benchmark failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.cancel();
+        // A second signal while shutting down: stop at once (committed data is safe).
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting immediately; queued records are safe on disk");
+        std::process::exit(130);
+    });
+    Ok(())
+}

@@ -1,0 +1,550 @@
+//! The durable, prioritised store-and-forward queue: the only meeting point of readers and
+//! exporters, and the only owner of durability.
+//!
+//! # Design
+//!
+//! * **One SQLite database** (`<data_dir>/queue.db`, WAL, bundled SQLite) and **one connection**,
+//!   owned by one thread (the *queue thread*). Everything else talks to it through channels.
+//!   Two connections let a fast writer keep the WAL from resetting (it grew past 1 GB in our
+//!   trials); one owner also makes every state change a single, ordered transaction.
+//! * **A log per stream**: table `q_<n>(id INTEGER PRIMARY KEY, at_ms, payload)`. Ids are
+//!   assigned by the queue, strictly increasing, never reused (the next id is persisted in
+//!   `streams.next_id`). Rows are only removed from the head, so a stream is always the
+//!   contiguous range `head..next_id`.
+//! * **A cursor per export** (`exports.acked_upto`), not delete-on-send. Exports acknowledge
+//!   records one by one, in any order; [`cursor::Cursor`] folds them into the contiguous prefix.
+//!   A record is deleted once every enabled export of its stream has acknowledged it. Acks above
+//!   the prefix live in memory only: after a crash those records are sent again (at least once).
+//! * **Batched commits.** Each turn of the queue thread applies everything that arrived since the
+//!   last one (appends from readers, acks and dead letters from exporters, TTL expiry, status) in
+//!   ONE transaction, so a busy gateway commits thousands of samples per fsync, an idle one
+//!   commits each sample at once. Appends wait in a bounded channel: when the queue thread is
+//!   behind, readers feel backpressure instead of the process growing.
+//! * **Durability per stream.** `power_loss` commits with `synchronous=FULL` (fsync per commit);
+//!   `process_crash` with `synchronous=NORMAL` (fsync at checkpoints). Either way a reader's
+//!   sample counts as committed only after its transaction committed; the source's next sequence
+//!   number is written in the same transaction, so sequence numbers are never reused.
+//! * **Fair service.** Each turn serves exporter requests (reads, acks) before taking more
+//!   appends, and reads are answered in stream-priority order; an unthrottled producer cannot
+//!   starve the exporters. Gateway-wide bandwidth is shared by [`scheduler`].
+//! * **Full and old data.** `max_size` (payload bytes per stream) with `reject_new` (the new
+//!   record is dropped) or `overwrite_oldest` (the oldest records are deleted, cursors move past
+//!   them); `time_to_live` drops records older than it. Every drop is counted per reason, logged,
+//!   and shows downstream as a gap in `meta.sequenceNumber`.
+//! * **Errors** (disk full, I/O): a failed transaction is rolled back in the database *and* in
+//!   memory; the same work is retried after a pause. Nothing is acknowledged to anyone meanwhile.
+
+pub mod cursor;
+pub mod scheduler;
+mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{Config, Durability, StrategyOnFull};
+use sqlite::Store;
+
+/// How many appended records one transaction takes at most.
+const MAX_TXN_RECORDS: usize = 20_000;
+/// Append batches that may wait for the queue thread before readers feel backpressure.
+const APPEND_CHANNEL_BATCHES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("queue database failed its integrity check: {0}")]
+    Corrupt(String),
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another streamgate process is using {path} (its lock file is held); stop it or use another gateway.data_dir"
+    )]
+    Locked { path: PathBuf },
+    #[error("the queue has shut down")]
+    Closed,
+}
+
+/// What a stream is, as far as the queue is concerned.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub name: String,
+    pub priority: u8,
+    pub max_size: u64,
+    pub strategy_on_full: StrategyOnFull,
+    pub time_to_live: Option<Duration>,
+    pub durability: Durability,
+    /// (name, kind, enabled) of each export, in config order.
+    pub exports: Vec<(String, String, bool)>,
+}
+
+impl StreamSpec {
+    pub fn from_config(config: &Config) -> Vec<StreamSpec> {
+        config
+            .streams
+            .iter()
+            .map(|s| StreamSpec {
+                name: s.name.clone(),
+                priority: s.priority,
+                max_size: s.max_size,
+                strategy_on_full: s.strategy_on_full,
+                time_to_live: s.time_to_live,
+                durability: s.durability,
+                exports: s
+                    .exports
+                    .iter()
+                    .map(|e| (e.name.clone(), e.kind.kind_name().to_string(), !e.disabled))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// An export, by its stream's and its own position in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExportId {
+    pub stream: usize,
+    pub export: usize,
+}
+
+/// A normalised sample on its way into the queue.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub stream: usize,
+    /// Gateway time when the sample was normalised (ms); stored as the record's queue time.
+    pub created_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Records from one source, with the source's next sequence number after them.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    /// Index of the source in the config.
+    pub source: usize,
+    pub next_seq: u64,
+    pub records: Vec<NewRecord>,
+}
+
+/// A stored record as exporters see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub id: i64,
+    /// When the record was queued (ms since epoch).
+    pub at_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// A record an export gave up on, with the reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub record: Record,
+    pub reason: String,
+}
+
+/// What an export reports back after a send.
+#[derive(Debug, Clone)]
+pub struct AckBatch {
+    pub export: ExportId,
+    pub delivered: Vec<i64>,
+    pub dead: Vec<DeadLetter>,
+    /// Records that were sent again in this round.
+    pub retries: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportStatus {
+    pub name: String,
+    pub enabled: bool,
+    pub acked_upto: i64,
+    pub backlog: u64,
+    pub delivered: u64,
+    pub retries: u64,
+    pub dead_lettered: u64,
+    pub last_export_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamStatus {
+    pub name: String,
+    pub priority: u8,
+    pub records: u64,
+    pub bytes: u64,
+    pub max_size: u64,
+    pub oldest_at_ms: Option<i64>,
+    pub last_id: i64,
+    pub dropped_full: u64,
+    pub dropped_overwritten: u64,
+    pub dropped_ttl: u64,
+    pub exports: Vec<ExportStatus>,
+}
+
+enum Ctl {
+    Read {
+        export: ExportId,
+        from: i64,
+        max_records: usize,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<Vec<Record>, QueueError>>,
+    },
+    Ack(AckBatch),
+    Status(oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>),
+}
+
+/// Where readers put records. Dropping every appender is how the queue learns that the
+/// readers have stopped.
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<AppendBatch>,
+}
+
+impl Appender {
+    /// Queues a batch; waits while the queue thread is behind (backpressure).
+    pub async fn append(&self, batch: AppendBatch) -> Result<(), QueueError> {
+        self.tx.send(batch).await.map_err(|_| QueueError::Closed)
+    }
+}
+
+/// How exporters, `status` and the app talk to the queue thread.
+#[derive(Clone)]
+pub struct QueueHandle {
+    ctl: mpsc::UnboundedSender<Ctl>,
+    tails: Vec<watch::Receiver<i64>>,
+    starts: Vec<Vec<i64>>,
+    priorities: Vec<u8>,
+}
+
+impl QueueHandle {
+    /// The first record id this export has not acknowledged (where it starts after a restart).
+    pub fn export_start(&self, id: ExportId) -> i64 {
+        self.starts[id.stream][id.export]
+    }
+
+    /// Notified with the last id each time records are committed to `stream`.
+    pub fn tail(&self, stream: usize) -> watch::Receiver<i64> {
+        self.tails[stream].clone()
+    }
+
+    pub fn priority(&self, stream: usize) -> u8 {
+        self.priorities[stream]
+    }
+
+    pub async fn read(
+        &self,
+        export: ExportId,
+        from: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Read {
+                export,
+                from,
+                max_records,
+                max_bytes,
+                reply,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Reports delivered and dead-lettered records; applied in the next transaction.
+    pub fn ack(&self, ack: AckBatch) -> Result<(), QueueError> {
+        self.ctl.send(Ctl::Ack(ack)).map_err(|_| QueueError::Closed)
+    }
+
+    pub async fn status(&self) -> Result<Vec<StreamStatus>, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Status(reply))
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+}
+
+/// The running queue: its thread and what was read at open.
+pub struct Queue {
+    pub handle: QueueHandle,
+    pub appender: Appender,
+    /// Next sequence number of each source (config order).
+    pub source_next_seq: Vec<u64>,
+    thread: JoinHandle<()>,
+    _lock: std::fs::File,
+}
+
+/// Tuning of the queue thread.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueOptions {
+    /// How often TTL expiry runs and status is written.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Path of the queue database inside a data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("queue.db")
+}
+
+impl Queue {
+    /// Opens the queue in `data_dir` (created if missing) and starts its thread.
+    pub fn open(
+        data_dir: &Path,
+        streams: Vec<StreamSpec>,
+        sources: &[String],
+        options: QueueOptions,
+    ) -> Result<Queue, QueueError> {
+        let dir_err = |source| QueueError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(dir_err)?;
+        let lock_path = data_dir.join("streamgate.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(dir_err)?;
+        if lock.try_lock().is_err() {
+            return Err(QueueError::Locked {
+                path: data_dir.to_owned(),
+            });
+        }
+        let priorities: Vec<u8> = streams.iter().map(|s| s.priority).collect();
+        let store = Store::open(&db_path(data_dir), streams.clone(), sources)?;
+        let source_next_seq = store.source_next_seq();
+        let starts = streams
+            .iter()
+            .enumerate()
+            .map(|(s, spec)| {
+                (0..spec.exports.len())
+                    .map(|e| {
+                        store.export_start(ExportId {
+                            stream: s,
+                            export: e,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let (tail_tx, tails): (Vec<_>, Vec<_>) =
+            store.tails().into_iter().map(watch::channel).unzip();
+        let (app_tx, app_rx) = mpsc::channel(APPEND_CHANNEL_BATCHES);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("queue".into())
+            .spawn(move || {
+                let worker = Worker {
+                    store,
+                    app_rx,
+                    ctl_rx,
+                    tail_tx,
+                    priorities: streams.iter().map(|s| s.priority).collect(),
+                    options,
+                };
+                worker.run();
+            })
+            .map_err(dir_err)?;
+        Ok(Queue {
+            handle: QueueHandle {
+                ctl: ctl_tx,
+                tails,
+                starts,
+                priorities,
+            },
+            appender: Appender { tx: app_tx },
+            source_next_seq,
+            thread,
+            _lock: lock,
+        })
+    }
+
+    /// Waits for the queue thread to commit what it has and close the database. Every
+    /// `Appender` and `QueueHandle` clone must be dropped first, or this waits for them.
+    pub fn close(self) {
+        let Queue {
+            handle,
+            appender,
+            thread,
+            _lock,
+            ..
+        } = self;
+        drop(handle);
+        drop(appender);
+        if thread.join().is_err() {
+            tracing::error!("the queue thread panicked");
+        }
+        drop(_lock);
+    }
+}
+
+struct Worker {
+    store: Store,
+    app_rx: mpsc::Receiver<AppendBatch>,
+    ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    tail_tx: Vec<watch::Sender<i64>>,
+    priorities: Vec<u8>,
+    options: QueueOptions,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the queue thread's runtime");
+                return;
+            }
+        };
+        let span = tracing::info_span!("queue");
+        let _enter = span.enter();
+        rt.block_on(self.serve());
+        if let Err(e) = self.store.checkpoint() {
+            tracing::warn!(error = %e, "final WAL checkpoint failed (harmless: SQLite replays the WAL at next start)");
+        }
+        tracing::debug!("queue closed");
+    }
+
+    async fn serve(&mut self) {
+        let mut appends: Vec<AppendBatch> = Vec::new();
+        let mut acks: Vec<AckBatch> = Vec::new();
+        let mut reads = Vec::new();
+        let mut statuses = Vec::new();
+        let mut next_maintenance = Instant::now() + self.options.maintenance_interval;
+        let mut app_open = true;
+        let mut ctl_open = true;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let pending = !appends.is_empty() || !acks.is_empty();
+            if !pending && !app_open && !ctl_open {
+                // Final status write.
+                let _ = self.store.commit(&[], &mut [], crate::time::now_ms(), true);
+                return;
+            }
+            // Wait for work, favouring exporters' requests over new appends.
+            if !pending {
+                let deadline = tokio::time::Instant::from_std(next_maintenance);
+                tokio::select! {
+                    biased;
+                    c = self.ctl_rx.recv(), if ctl_open => match c {
+                        Some(c) => sort_ctl(c, &mut reads, &mut acks, &mut statuses),
+                        None => ctl_open = false,
+                    },
+                    a = self.app_rx.recv(), if app_open => match a {
+                        Some(a) => appends.push(a),
+                        None => app_open = false,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+            while let Ok(c) = self.ctl_rx.try_recv() {
+                sort_ctl(c, &mut reads, &mut acks, &mut statuses);
+            }
+            let mut taken: usize = appends.iter().map(|a| a.records.len()).sum();
+            while taken < MAX_TXN_RECORDS {
+                match self.app_rx.try_recv() {
+                    Ok(a) => {
+                        taken += a.records.len();
+                        appends.push(a);
+                    }
+                    Err(_) => break,
+                }
+            }
+
+            let now = Instant::now();
+            let maintain = now >= next_maintenance;
+            if !appends.is_empty() || !acks.is_empty() || maintain {
+                match self
+                    .store
+                    .commit(&appends, &mut acks, crate::time::now_ms(), maintain)
+                {
+                    Ok(report) => {
+                        appends.clear();
+                        acks.clear();
+                        if failing_since.take().is_some() {
+                            tracing::info!("queue database writable again; commits resumed");
+                        }
+                        for (s, tail) in report.tails {
+                            self.tail_tx[s].send_replace(tail);
+                        }
+                        if maintain {
+                            next_maintenance = now + self.options.maintenance_interval;
+                        }
+                    }
+                    Err(e) => {
+                        // Keep the work and try again: nothing is lost, readers feel backpressure.
+                        if failing_since.is_none() {
+                            failing_since = Some(now);
+                        }
+                        tracing::error!(error = %e, "queue commit failed; keeping the batch in memory and retrying in 1 s");
+                        self.answer(&mut reads, &mut statuses);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            self.answer(&mut reads, &mut statuses);
+        }
+    }
+
+    /// Serves reads (highest stream priority first) and status requests.
+    fn answer(
+        &mut self,
+        reads: &mut Vec<ReadReq>,
+        statuses: &mut Vec<oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>>,
+    ) {
+        reads.sort_by_key(|r| self.priorities[r.0.stream]);
+        for (export, from, max_records, max_bytes, reply) in reads.drain(..) {
+            let _ = reply.send(self.store.read(export.stream, from, max_records, max_bytes));
+        }
+        for reply in statuses.drain(..) {
+            let _ = reply.send(self.store.status());
+        }
+    }
+}
+
+type ReadReq = (
+    ExportId,
+    i64,
+    usize,
+    usize,
+    oneshot::Sender<Result<Vec<Record>, QueueError>>,
+);
+
+fn sort_ctl(
+    c: Ctl,
+    reads: &mut Vec<ReadReq>,
+    acks: &mut Vec<AckBatch>,
+    statuses: &mut Vec<oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>>,
+) {
+    match c {
+        Ctl::Read {
+            export,
+            from,
+            max_records,
+            max_bytes,
+            reply,
+        } => reads.push((export, from, max_records, max_bytes, reply)),
+        Ctl::Ack(a) => acks.push(a),
+        Ctl::Status(reply) => statuses.push(reply),
+    }
+}

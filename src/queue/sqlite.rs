@@ -1,0 +1,667 @@
+//! The SQLite store behind the queue: synchronous, owned by the queue thread alone.
+//! See the design notes in `queue/mod.rs`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::cursor::Cursor;
+use super::{
+    AckBatch, AppendBatch, DeadLetter, ExportId, ExportStatus, QueueError, Record, StreamSpec,
+    StreamStatus,
+};
+use crate::config::{Durability, StrategyOnFull};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS streams(
+    name TEXT PRIMARY KEY,
+    tbl INTEGER NOT NULL UNIQUE,
+    priority INTEGER NOT NULL,
+    max_size INTEGER NOT NULL,
+    in_config INTEGER NOT NULL DEFAULT 1,
+    next_id INTEGER NOT NULL DEFAULT 1,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    dropped_full INTEGER NOT NULL DEFAULT 0,
+    dropped_overwritten INTEGER NOT NULL DEFAULT 0,
+    dropped_ttl INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS exports(
+    stream TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    in_config INTEGER NOT NULL DEFAULT 1,
+    acked_upto INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    last_export_ms INTEGER,
+    last_error TEXT,
+    last_error_ms INTEGER,
+    PRIMARY KEY(stream, name)
+);
+CREATE TABLE IF NOT EXISTS sources(id TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters(
+    id INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    export TEXT NOT NULL,
+    record_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gateway(key TEXT PRIMARY KEY, value);
+";
+
+#[derive(Debug, Clone)]
+struct ExportState {
+    name: String,
+    enabled: bool,
+    cursor: Cursor,
+    persisted_upto: i64,
+    delivered: u64,
+    retries: u64,
+    dead_lettered: u64,
+    last_export_ms: Option<i64>,
+    last_error: Option<String>,
+    last_error_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct StreamState {
+    spec: StreamSpec,
+    table: String,
+    /// Lowest id present; equals `next_id` when the stream is empty. Ids in the table are
+    /// always the contiguous range `head..next_id`: rows are only ever removed from the head.
+    head: i64,
+    next_id: i64,
+    bytes: u64,
+    dropped_full: u64,
+    dropped_overwritten: u64,
+    dropped_ttl: u64,
+    /// Drops since the last log line, so a full stream logs once in a while, not per record.
+    unlogged_drops: u64,
+    exports: Vec<ExportState>,
+}
+
+/// What one commit changed, for notifications and logs.
+#[derive(Debug, Default)]
+pub struct CommitReport {
+    /// Streams whose tail moved: (stream, last id).
+    pub tails: Vec<(usize, i64)>,
+}
+
+pub struct Store {
+    conn: Connection,
+    streams: Vec<StreamState>,
+    source_seq: Vec<(String, u64)>,
+    sources_dirty: Vec<bool>,
+    synchronous_full: Option<bool>,
+}
+
+impl Store {
+    /// Opens (or creates) the queue database and loads cursors, counters and sequences.
+    pub fn open(
+        path: &Path,
+        specs: Vec<StreamSpec>,
+        sources: &[String],
+    ) -> Result<Store, QueueError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "cache_size", -4096)?; // KiB: keeps RSS small with big queues
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(QueueError::Corrupt(check));
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.execute("UPDATE streams SET in_config = 0", [])?;
+        conn.execute("UPDATE exports SET in_config = 0", [])?;
+
+        let mut streams = Vec::new();
+        for spec in specs {
+            streams.push(Self::load_stream(&conn, spec)?);
+        }
+        let mut source_seq = Vec::new();
+        for id in sources {
+            let next: Option<i64> = conn
+                .query_row("SELECT next_seq FROM sources WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            source_seq.push((id.clone(), next.unwrap_or(1).max(1) as u64));
+        }
+        let n = source_seq.len();
+        Ok(Store {
+            conn,
+            streams,
+            source_seq,
+            sources_dirty: vec![false; n],
+            synchronous_full: Some(true),
+        })
+    }
+
+    #[allow(clippy::type_complexity)] // rows read as tuples
+    fn load_stream(conn: &Connection, spec: StreamSpec) -> Result<StreamState, QueueError> {
+        let row: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT tbl, next_id FROM streams WHERE name = ?1",
+                [&spec.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (tbl, persisted_next) = match row {
+            Some(r) => r,
+            None => {
+                let tbl: i64 =
+                    conn.query_row("SELECT COALESCE(MAX(tbl), 0) + 1 FROM streams", [], |r| {
+                        r.get(0)
+                    })?;
+                conn.execute(
+                    "INSERT INTO streams(name, tbl, priority, max_size) VALUES (?1, ?2, ?3, ?4)",
+                    params![spec.name, tbl, spec.priority, spec.max_size as i64],
+                )?;
+                (tbl, 1)
+            }
+        };
+        conn.execute(
+            "UPDATE streams SET in_config = 1, priority = ?2, max_size = ?3 WHERE name = ?1",
+            params![spec.name, spec.priority, spec.max_size as i64],
+        )?;
+        let table = format!("q_{tbl}");
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {table}(id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, payload BLOB NOT NULL)"
+        ))?;
+        let (min_id, max_id, bytes): (Option<i64>, Option<i64>, Option<i64>) = conn.query_row(
+            &format!("SELECT MIN(id), MAX(id), SUM(length(payload)) FROM {table}"),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let next_id = persisted_next.max(max_id.map_or(1, |m| m + 1));
+        let head = min_id.unwrap_or(next_id);
+        let (dropped_full, dropped_overwritten, dropped_ttl): (i64, i64, i64) = conn.query_row(
+            "SELECT dropped_full, dropped_overwritten, dropped_ttl FROM streams WHERE name = ?1",
+            [&spec.name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+
+        let mut exports = Vec::new();
+        for (name, kind, enabled) in &spec.exports {
+            let row: Option<(i64, i64, i64, i64, Option<i64>, Option<String>, Option<i64>)> = conn
+                .query_row(
+                    "SELECT acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms
+                     FROM exports WHERE stream = ?1 AND name = ?2",
+                    [&spec.name, name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                )
+                .optional()?;
+            // A new export starts at the head: it exports everything the stream holds.
+            let row = row.unwrap_or((head - 1, 0, 0, 0, None, None, None));
+            let acked = row.0.max(head - 1).min(next_id - 1);
+            conn.execute(
+                "INSERT INTO exports(stream, name, kind, acked_upto) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(stream, name) DO UPDATE SET kind = ?3, in_config = 1",
+                params![spec.name, name, kind, acked],
+            )?;
+            exports.push(ExportState {
+                name: name.clone(),
+                enabled: *enabled,
+                cursor: Cursor::new(acked),
+                persisted_upto: row.0,
+                delivered: row.1 as u64,
+                retries: row.2 as u64,
+                dead_lettered: row.3 as u64,
+                last_export_ms: row.4,
+                last_error: row.5,
+                last_error_ms: row.6,
+            });
+        }
+        Ok(StreamState {
+            spec,
+            table,
+            head,
+            next_id,
+            bytes: bytes.unwrap_or(0) as u64,
+            dropped_full: dropped_full as u64,
+            dropped_overwritten: dropped_overwritten as u64,
+            dropped_ttl: dropped_ttl as u64,
+            unlogged_drops: 0,
+            exports,
+        })
+    }
+
+    /// The next sequence number of each source, in the order given to `open`.
+    pub fn source_next_seq(&self) -> Vec<u64> {
+        self.source_seq.iter().map(|(_, s)| *s).collect()
+    }
+
+    /// The first id an export has not acknowledged.
+    pub fn export_start(&self, id: ExportId) -> i64 {
+        self.streams[id.stream].exports[id.export]
+            .cursor
+            .acked_upto()
+            + 1
+    }
+
+    /// The last id of each stream (0 when nothing was ever written).
+    pub fn tails(&self) -> Vec<i64> {
+        self.streams.iter().map(|s| s.next_id - 1).collect()
+    }
+
+    /// Applies appends, acknowledgements and (when `maintain`) TTL expiry and status in ONE
+    /// transaction. On error nothing changed, in the database or in memory: call again.
+    pub fn commit(
+        &mut self,
+        appends: &[AppendBatch],
+        acks: &mut [AckBatch],
+        now_ms: i64,
+        maintain: bool,
+    ) -> Result<CommitReport, QueueError> {
+        let saved = (
+            self.streams.clone(),
+            self.source_seq.clone(),
+            self.sources_dirty.clone(),
+        );
+        match self.commit_inner(appends, acks, now_ms, maintain) {
+            Ok(report) => Ok(report),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                (self.streams, self.source_seq, self.sources_dirty) = saved;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::needless_range_loop)] // several per-stream vectors share the index
+    fn commit_inner(
+        &mut self,
+        appends: &[AppendBatch],
+        acks: &mut [AckBatch],
+        now_ms: i64,
+        maintain: bool,
+    ) -> Result<CommitReport, QueueError> {
+        let want_full = appends.iter().any(|b| {
+            b.records
+                .iter()
+                .any(|r| self.streams[r.stream].spec.durability == Durability::PowerLoss)
+        });
+        if self.synchronous_full != Some(want_full) {
+            self.conn.pragma_update(
+                None,
+                "synchronous",
+                if want_full { "FULL" } else { "NORMAL" },
+            )?;
+            self.synchronous_full = Some(want_full);
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut report = CommitReport::default();
+        let mut appended = vec![false; self.streams.len()];
+
+        for batch in appends {
+            for rec in &batch.records {
+                let size = rec.payload.len() as u64;
+                let s = rec.stream;
+                if self.streams[s].bytes + size > self.streams[s].spec.max_size {
+                    let fits = self.streams[s].spec.strategy_on_full
+                        == StrategyOnFull::OverwriteOldest
+                        && size <= self.streams[s].spec.max_size
+                        && {
+                            let st = &self.streams[s];
+                            let need = st.bytes + size - st.spec.max_size;
+                            // Free a little more than needed so the next records do not each pay a delete.
+                            self.free_oldest(s, need.max(st.spec.max_size / 100))?;
+                            self.streams[s].bytes + size <= self.streams[s].spec.max_size
+                        };
+                    if !fits {
+                        let st = &mut self.streams[s];
+                        st.dropped_full += 1;
+                        st.unlogged_drops += 1;
+                        continue;
+                    }
+                }
+                let st = &mut self.streams[s];
+                let mut stmt = self.conn.prepare_cached(&format!(
+                    "INSERT INTO {}(id, at_ms, payload) VALUES (?1, ?2, ?3)",
+                    st.table
+                ))?;
+                stmt.execute(params![st.next_id, rec.created_ms, rec.payload])?;
+                st.next_id += 1;
+                st.bytes += size;
+                appended[s] = true;
+            }
+            if let Some(src) = self.source_seq.get_mut(batch.source)
+                && batch.next_seq > src.1
+            {
+                src.1 = batch.next_seq;
+                self.sources_dirty[batch.source] = true;
+            }
+        }
+        for (i, (id, next)) in self.source_seq.iter().enumerate() {
+            if self.sources_dirty[i] {
+                let mut stmt = self.conn.prepare_cached(
+                    "INSERT INTO sources(id, next_seq) VALUES (?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET next_seq = ?2",
+                )?;
+                stmt.execute(params![id, *next as i64])?;
+            }
+        }
+
+        for ack in acks.iter_mut() {
+            self.apply_ack(ack, now_ms)?;
+        }
+        for s in 0..self.streams.len() {
+            if maintain && let Some(ttl) = self.streams[s].spec.time_to_live {
+                self.expire(s, now_ms - ttl.as_millis() as i64)?;
+            }
+            self.trim(s)?;
+            let st = &mut self.streams[s];
+            if appended[s] {
+                self.conn
+                    .prepare_cached("UPDATE streams SET next_id = ?2 WHERE name = ?1")?
+                    .execute(params![st.spec.name, st.next_id])?;
+                report.tails.push((s, st.next_id - 1));
+            }
+            for e in &mut st.exports {
+                if e.cursor.acked_upto() != e.persisted_upto {
+                    self.conn
+                        .prepare_cached(
+                            "UPDATE exports SET acked_upto = ?3 WHERE stream = ?1 AND name = ?2",
+                        )?
+                        .execute(params![st.spec.name, e.name, e.cursor.acked_upto()])?;
+                }
+            }
+            if maintain {
+                self.write_status(s)?;
+            }
+        }
+        self.conn.execute_batch("COMMIT")?;
+        for st in &mut self.streams {
+            for e in &mut st.exports {
+                e.persisted_upto = e.cursor.acked_upto();
+            }
+        }
+        self.sources_dirty.iter_mut().for_each(|d| *d = false);
+        for st in &mut self.streams {
+            if maintain && st.unlogged_drops > 0 {
+                tracing::warn!(
+                    stream = %st.spec.name,
+                    dropped = st.unlogged_drops,
+                    total = st.dropped_full,
+                    max_size = st.spec.max_size,
+                    "stream is full: new records rejected (strategy_on_full = reject_new); they show downstream as sequence gaps"
+                );
+                st.unlogged_drops = 0;
+            }
+        }
+        Ok(report)
+    }
+
+    fn apply_ack(&mut self, ack: &mut AckBatch, now_ms: i64) -> Result<(), QueueError> {
+        let st = &mut self.streams[ack.export.stream];
+        let table_name = st.spec.name.clone();
+        let e = &mut st.exports[ack.export.export];
+        for id in &ack.delivered {
+            e.cursor.ack(*id);
+        }
+        e.delivered += ack.delivered.len() as u64;
+        e.retries += ack.retries;
+        if !ack.delivered.is_empty() {
+            e.last_export_ms = Some(now_ms);
+        }
+        if let Some(err) = ack.error.take() {
+            e.last_error = Some(err);
+            e.last_error_ms = Some(now_ms);
+        }
+        for DeadLetter { record, reason } in &ack.dead {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO dead_letters(stream, export, record_id, reason, at_ms, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    table_name,
+                    e.name,
+                    record.id,
+                    reason,
+                    now_ms,
+                    &record.payload[..]
+                ])?;
+            e.cursor.ack(record.id);
+            e.dead_lettered += 1;
+        }
+        Ok(())
+    }
+
+    /// Deletes records every enabled export has acknowledged.
+    fn trim(&mut self, s: usize) -> Result<(), QueueError> {
+        let st = &self.streams[s];
+        let Some(upto) = st
+            .exports
+            .iter()
+            .filter(|e| e.enabled)
+            .map(|e| e.cursor.acked_upto())
+            .min()
+        else {
+            return Ok(());
+        };
+        if upto < st.head {
+            return Ok(());
+        }
+        let freed = self.delete_upto(s, upto)?;
+        let st = &mut self.streams[s];
+        st.bytes = st.bytes.saturating_sub(freed);
+        Ok(())
+    }
+
+    /// Deletes rows `head..=upto`, returns their payload bytes and moves `head`.
+    fn delete_upto(&mut self, s: usize, upto: i64) -> Result<u64, QueueError> {
+        let st = &mut self.streams[s];
+        let freed: Option<i64> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT SUM(length(payload)) FROM {} WHERE id <= ?1",
+                st.table
+            ))?
+            .query_row([upto], |r| r.get(0))?;
+        self.conn
+            .prepare_cached(&format!("DELETE FROM {} WHERE id <= ?1", st.table))?
+            .execute([upto])?;
+        st.head = upto + 1;
+        Ok(freed.unwrap_or(0) as u64)
+    }
+
+    /// Removes the oldest records until at least `need` bytes are free (overwrite_oldest).
+    fn free_oldest(&mut self, s: usize, need: u64) -> Result<(), QueueError> {
+        let st = &self.streams[s];
+        let mut freed = 0u64;
+        let mut upto = st.head - 1;
+        {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT id, length(payload) FROM {} WHERE id >= ?1 ORDER BY id",
+                st.table
+            ))?;
+            let mut rows = stmt.query([st.head])?;
+            while let Some(row) = rows.next()? {
+                upto = row.get(0)?;
+                freed += row.get::<_, i64>(1)? as u64;
+                if freed >= need {
+                    break;
+                }
+            }
+        }
+        if upto < self.streams[s].head {
+            return Ok(());
+        }
+        let count = (upto - self.streams[s].head + 1) as u64;
+        let freed = self.delete_upto(s, upto)?;
+        let st = &mut self.streams[s];
+        st.bytes = st.bytes.saturating_sub(freed);
+        st.dropped_overwritten += count;
+        for e in &mut st.exports {
+            e.cursor.skip_to(upto);
+        }
+        tracing::warn!(
+            stream = %st.spec.name,
+            overwritten = count,
+            total = st.dropped_overwritten,
+            "stream is full: oldest records overwritten (strategy_on_full = overwrite_oldest); they show downstream as sequence gaps"
+        );
+        Ok(())
+    }
+
+    /// Drops records enqueued before `cutoff_ms` (time_to_live).
+    fn expire(&mut self, s: usize, cutoff_ms: i64) -> Result<(), QueueError> {
+        let st = &self.streams[s];
+        if st.head >= st.next_id {
+            return Ok(());
+        }
+        let first_young: Option<i64> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT id FROM {} WHERE id >= ?1 AND at_ms >= ?2 ORDER BY id LIMIT 1",
+                st.table
+            ))?
+            .query_row(params![st.head, cutoff_ms], |r| r.get(0))
+            .optional()?;
+        let upto = first_young.unwrap_or(st.next_id) - 1;
+        if upto < st.head {
+            return Ok(());
+        }
+        let count = (upto - st.head + 1) as u64;
+        let freed = self.delete_upto(s, upto)?;
+        let st = &mut self.streams[s];
+        st.bytes = st.bytes.saturating_sub(freed);
+        st.dropped_ttl += count;
+        for e in &mut st.exports {
+            e.cursor.skip_to(upto);
+        }
+        tracing::warn!(
+            stream = %st.spec.name,
+            expired = count,
+            total = st.dropped_ttl,
+            "records older than time_to_live dropped before export; they show downstream as sequence gaps"
+        );
+        Ok(())
+    }
+
+    fn write_status(&self, s: usize) -> Result<(), QueueError> {
+        let st = &self.streams[s];
+        self.conn
+            .prepare_cached(
+                "UPDATE streams SET bytes = ?2, dropped_full = ?3, dropped_overwritten = ?4, dropped_ttl = ?5
+                 WHERE name = ?1",
+            )?
+            .execute(params![
+                st.spec.name,
+                st.bytes as i64,
+                st.dropped_full as i64,
+                st.dropped_overwritten as i64,
+                st.dropped_ttl as i64
+            ])?;
+        for e in &st.exports {
+            self.conn
+                .prepare_cached(
+                    "UPDATE exports SET delivered = ?3, retries = ?4, dead_lettered = ?5, last_export_ms = ?6,
+                     last_error = ?7, last_error_ms = ?8 WHERE stream = ?1 AND name = ?2",
+                )?
+                .execute(params![
+                    st.spec.name,
+                    e.name,
+                    e.delivered as i64,
+                    e.retries as i64,
+                    e.dead_lettered as i64,
+                    e.last_export_ms,
+                    e.last_error,
+                    e.last_error_ms
+                ])?;
+        }
+        self.conn
+            .prepare_cached("INSERT INTO gateway(key, value) VALUES ('updated_ms', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1")?
+            .execute([crate::time::now_ms()])?;
+        Ok(())
+    }
+
+    /// Reads up to `max_records` / `max_bytes` (at least one record) from `from` on.
+    pub fn read(
+        &mut self,
+        stream: usize,
+        from: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, QueueError> {
+        let st = &self.streams[stream];
+        let from = from.max(st.head);
+        if from >= st.next_id {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT id, at_ms, payload FROM {} WHERE id >= ?1 ORDER BY id LIMIT ?2",
+            st.table
+        ))?;
+        let mut rows = stmt.query(params![from, max_records as i64])?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            let payload: Vec<u8> = row.get(2)?;
+            if !out.is_empty() && bytes + payload.len() > max_bytes {
+                break;
+            }
+            bytes += payload.len();
+            out.push(Record {
+                id: row.get(0)?,
+                at_ms: row.get(1)?,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A snapshot of every stream and export, for `status`, tests and the benchmark.
+    pub fn status(&self) -> Result<Vec<StreamStatus>, QueueError> {
+        let mut out = Vec::new();
+        for st in &self.streams {
+            let oldest: Option<i64> = self
+                .conn
+                .prepare_cached(&format!("SELECT at_ms FROM {} WHERE id = ?1", st.table))?
+                .query_row([st.head], |r| r.get(0))
+                .optional()?;
+            out.push(StreamStatus {
+                name: st.spec.name.clone(),
+                priority: st.spec.priority,
+                records: (st.next_id - st.head) as u64,
+                bytes: st.bytes,
+                max_size: st.spec.max_size,
+                oldest_at_ms: oldest,
+                last_id: st.next_id - 1,
+                dropped_full: st.dropped_full,
+                dropped_overwritten: st.dropped_overwritten,
+                dropped_ttl: st.dropped_ttl,
+                exports: st
+                    .exports
+                    .iter()
+                    .map(|e| ExportStatus {
+                        name: e.name.clone(),
+                        enabled: e.enabled,
+                        acked_upto: e.cursor.acked_upto(),
+                        backlog: (st.next_id - 1 - e.cursor.acked_upto()).max(0) as u64,
+                        delivered: e.delivered,
+                        retries: e.retries,
+                        dead_lettered: e.dead_lettered,
+                        last_export_ms: e.last_export_ms,
+                        last_error: e.last_error.clone(),
+                        last_error_ms: e.last_error_ms,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checkpoints the WAL into the database file (at shutdown).
+    pub fn checkpoint(&self) -> Result<(), QueueError> {
+        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,314 @@
+//! Readers (sources): talk to devices and hand [`Sample`]s to their [`SourceContext`], which
+//! normalises them into the unified payload, numbers them, flags them and appends them to the
+//! queue. A reader knows nothing of queues beyond its context, nothing of exporters at all.
+
+pub mod simulator;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::config::Errors;
+use crate::config::raw::RawConfig;
+use crate::payload::{Flags, Meta, PAYLOAD_VERSION, Payload, Quality, Value};
+use crate::queue::{AppendBatch, Appender, NewRecord, QueueError};
+
+/// The kind-specific keys of `[[sources]]`, selected by `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RawSourceKind {
+    Simulator(simulator::RawSimulator),
+}
+
+/// A validated source kind with its settings.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    Simulator(simulator::SimulatorConfig),
+}
+
+impl RawSourceKind {
+    pub fn validate(
+        &self,
+        path: &str,
+        stream_index: &dyn Fn(&str) -> Option<usize>,
+        raw: &RawConfig,
+        errs: &mut Errors,
+    ) -> SourceKind {
+        match self {
+            RawSourceKind::Simulator(s) => {
+                SourceKind::Simulator(s.validate(path, stream_index, raw, errs))
+            }
+        }
+    }
+}
+
+impl SourceKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            SourceKind::Simulator(_) => "simulator",
+        }
+    }
+
+    /// Names and stream overrides of the tags, in the order readers index them.
+    pub fn tags(&self) -> Vec<(String, Option<usize>)> {
+        match self {
+            SourceKind::Simulator(s) => s.tags.iter().map(|t| (t.name.clone(), t.stream)).collect(),
+        }
+    }
+}
+
+/// The tag name of watermark (heartbeat) records.
+pub const WATERMARK_TAG: &str = "_watermark";
+
+/// One reading, before normalisation. `tag` indexes the source's tag list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub tag: usize,
+    pub value: Value,
+    pub quality: Quality,
+    /// Event time in ms (the device's time if it gives one).
+    pub timestamp_ms: i64,
+    pub flags: Flags,
+}
+
+/// Counters of one source, shared with the app (status, metrics, benchmark).
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub samples: AtomicU64,
+    pub heartbeats: AtomicU64,
+}
+
+struct TagState {
+    name: String,
+    stream: usize,
+    /// Sent since the source (re)connected: the next sample carries `Fst` when false.
+    seen: bool,
+    last: Option<(Value, i64)>,
+}
+
+/// Normalises one source's samples and appends them to the queue.
+pub struct SourceContext {
+    source_index: usize,
+    id: String,
+    equipment_id: String,
+    tags: Vec<TagState>,
+    next_seq: u64,
+    appender: Appender,
+    pending: Vec<NewRecord>,
+    /// Streams this source feeds, with when each last got a record.
+    streams: Vec<(usize, Instant)>,
+    heartbeat: Option<Duration>,
+    stats: Arc<SourceStats>,
+}
+
+/// How many records a context buffers before it appends them on its own.
+const FLUSH_RECORDS: usize = 2_000;
+
+impl SourceContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        source_index: usize,
+        id: &str,
+        equipment_id: &str,
+        default_stream: usize,
+        tags: Vec<(String, Option<usize>)>,
+        next_seq: u64,
+        heartbeat: Option<Duration>,
+        appender: Appender,
+        stats: Arc<SourceStats>,
+    ) -> SourceContext {
+        let tags: Vec<TagState> = tags
+            .into_iter()
+            .map(|(name, stream)| TagState {
+                name,
+                stream: stream.unwrap_or(default_stream),
+                seen: false,
+                last: None,
+            })
+            .collect();
+        let mut streams: Vec<(usize, Instant)> = vec![(default_stream, Instant::now())];
+        for t in &tags {
+            if !streams.iter().any(|(s, _)| *s == t.stream) {
+                streams.push((t.stream, Instant::now()));
+            }
+        }
+        SourceContext {
+            source_index,
+            id: id.to_string(),
+            equipment_id: equipment_id.to_string(),
+            tags,
+            next_seq,
+            appender,
+            pending: Vec::new(),
+            streams,
+            heartbeat,
+            stats,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Normalises a sample into the pending batch. `Fst` is added to the first sample of each
+    /// tag after (re)connect; non-finite floats become `Bad` with their text as value.
+    pub fn push(&mut self, mut sample: Sample) {
+        let Some(tag) = self.tags.get_mut(sample.tag) else {
+            tracing::error!(tag = sample.tag, source = %self.id, "sample for an unknown tag index ignored");
+            return;
+        };
+        if !tag.seen {
+            sample.flags.insert(Flags::FST);
+            tag.seen = true;
+        }
+        if let Value::Float(f) = sample.value
+            && !f.is_finite()
+        {
+            sample.value = Value::Text(f.to_string());
+            sample.quality = Quality::Bad;
+        }
+        tag.last = Some((sample.value.clone(), sample.timestamp_ms));
+        let stream = tag.stream;
+        let now = crate::time::now_ms();
+        let mut payload = Vec::with_capacity(256);
+        Payload {
+            version: PAYLOAD_VERSION,
+            timestamp: sample.timestamp_ms,
+            equipment_id: self.equipment_id.as_str(),
+            tag: tag.name.as_str(),
+            value: sample.value,
+            quality: sample.quality,
+            meta: Meta {
+                sequence_number: self.next_seq,
+                flags: sample.flags,
+                created_at: now,
+                source_id: self.id.as_str(),
+            },
+        }
+        .encode(&mut payload);
+        self.next_seq += 1;
+        self.pending.push(NewRecord {
+            stream,
+            created_ms: now,
+            payload,
+        });
+        self.touch(stream);
+        self.stats.samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn touch(&mut self, stream: usize) {
+        if let Some(s) = self.streams.iter_mut().find(|(s, _)| *s == stream) {
+            s.1 = Instant::now();
+        }
+    }
+
+    /// The source (re)connected: the next sample of every tag carries `Fst`.
+    pub fn connected(&mut self) {
+        for t in &mut self.tags {
+            t.seen = false;
+        }
+    }
+
+    /// The source was lost: every tag that sent since the last connect gets one synthetic
+    /// `Bad` sample flagged `Lst` (with its last value), so consumers can tell "no data" from
+    /// "no change".
+    pub fn lost(&mut self, timestamp_ms: i64) {
+        let lost: Vec<(usize, Value)> = self
+            .tags
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.seen)
+            .filter_map(|(i, t)| t.last.as_ref().map(|(v, _)| (i, v.clone())))
+            .collect();
+        for (i, value) in lost {
+            self.push(Sample {
+                tag: i,
+                value,
+                quality: Quality::Bad,
+                timestamp_ms,
+                flags: Flags::LST | Flags::SYN,
+            });
+        }
+        self.connected();
+    }
+
+    /// When the next heartbeat is due, if heartbeats are on.
+    pub fn heartbeat_due(&self) -> Option<Instant> {
+        let interval = self.heartbeat?;
+        self.streams.iter().map(|(_, at)| *at + interval).min()
+    }
+
+    /// Appends a `Wmk`+`Syn` record to every stream that got nothing for a heartbeat interval:
+    /// the source is alive and its event time has reached `timestamp_ms`.
+    pub fn heartbeats(&mut self, timestamp_ms: i64) {
+        let Some(interval) = self.heartbeat else {
+            return;
+        };
+        let now = Instant::now();
+        let idle: Vec<usize> = self
+            .streams
+            .iter()
+            .filter(|(_, at)| now >= *at + interval)
+            .map(|(s, _)| *s)
+            .collect();
+        for stream in idle {
+            let created = crate::time::now_ms();
+            let mut payload = Vec::with_capacity(200);
+            Payload {
+                version: PAYLOAD_VERSION,
+                timestamp: timestamp_ms,
+                equipment_id: self.equipment_id.as_str(),
+                tag: WATERMARK_TAG,
+                value: Value::Bool(true),
+                quality: Quality::Ok,
+                meta: Meta {
+                    sequence_number: self.next_seq,
+                    flags: Flags::WMK | Flags::SYN,
+                    created_at: created,
+                    source_id: self.id.as_str(),
+                },
+            }
+            .encode(&mut payload);
+            self.next_seq += 1;
+            self.pending.push(NewRecord {
+                stream,
+                created_ms: created,
+                payload,
+            });
+            self.touch(stream);
+            self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records waiting to be appended.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether enough is pending that the reader should flush before reading more.
+    pub fn should_flush(&self) -> bool {
+        self.pending.len() >= FLUSH_RECORDS
+    }
+
+    /// Appends what is pending; waits when the queue is behind (backpressure).
+    pub async fn flush(&mut self) -> Result<(), QueueError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending);
+        self.appender
+            .append(AppendBatch {
+                source: self.source_index,
+                next_seq: self.next_seq,
+                records,
+            })
+            .await
+    }
+}
