@@ -7,9 +7,16 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use streamgate::config::{Durability, StrategyOnFull};
-use streamgate::queue::{AckBatch, AppendBatch, DeadLetter, ExportId, NewRecord, Queue, QueueOptions, StreamSpec};
+use streamgate::queue::{
+    AckBatch, AppendBatch, DeadLetter, ExportId, NewRecord, Queue, QueueOptions, StreamSpec,
+};
 
-fn spec(max_size: u64, strategy: StrategyOnFull, ttl: Option<Duration>, exports: &[&str]) -> StreamSpec {
+fn spec(
+    max_size: u64,
+    strategy: StrategyOnFull,
+    ttl: Option<Duration>,
+    exports: &[&str],
+) -> StreamSpec {
     StreamSpec {
         name: "s".into(),
         priority: 1,
@@ -17,7 +24,10 @@ fn spec(max_size: u64, strategy: StrategyOnFull, ttl: Option<Duration>, exports:
         strategy_on_full: strategy,
         time_to_live: ttl,
         durability: Durability::ProcessCrash,
-        exports: exports.iter().map(|e| (e.to_string(), "file".to_string(), true)).collect(),
+        exports: exports
+            .iter()
+            .map(|e| (e.to_string(), "file".to_string(), true))
+            .collect(),
     }
 }
 
@@ -34,7 +44,10 @@ fn open(dir: &Path, s: StreamSpec) -> Queue {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn records(from: usize, n: usize, size: usize, created_ms: i64) -> Vec<NewRecord> {
@@ -52,11 +65,21 @@ fn records(from: usize, n: usize, size: usize, created_ms: i64) -> Vec<NewRecord
 }
 
 fn label(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).split(':').next().unwrap_or("").to_string()
+    String::from_utf8_lossy(p)
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
-const E0: ExportId = ExportId { stream: 0, export: 0 };
-const E1: ExportId = ExportId { stream: 0, export: 1 };
+const E0: ExportId = ExportId {
+    stream: 0,
+    export: 0,
+};
+const E1: ExportId = ExportId {
+    stream: 0,
+    export: 1,
+};
 
 fn ack(export: ExportId, ids: Vec<i64>) -> AckBatch {
     AckBatch {
@@ -72,14 +95,33 @@ fn ack(export: ExportId, ids: Vec<i64>) -> AckBatch {
 fn a_record_leaves_only_when_every_export_acked_it() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let q = open(dir.path(), spec(1 << 30, StrategyOnFull::RejectNew, None, &["a", "b"]));
+        let q = open(
+            dir.path(),
+            spec(1 << 30, StrategyOnFull::RejectNew, None, &["a", "b"]),
+        );
         let now = streamgate::time::now_ms();
-        q.appender.append(AppendBatch { source: 0, next_seq: 11, records: records(0, 10, 10, now) }).await.unwrap();
-        let got = q.handle.read(E0, q.handle.export_start(E0), 100, 1 << 20).await.unwrap();
+        q.appender
+            .append(AppendBatch {
+                source: 0,
+                next_seq: 11,
+                records: records(0, 10, 10, now),
+            })
+            .await
+            .unwrap();
+        let got = q
+            .handle
+            .read(E0, q.handle.export_start(E0), 100, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 10);
-        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|r| r.id).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
         // Export a acknowledges out of order; export b only the first three.
-        q.handle.ack(ack(E0, vec![3, 1, 2, 5, 4, 10, 9, 8, 7, 6])).unwrap();
+        q.handle
+            .ack(ack(E0, vec![3, 1, 2, 5, 4, 10, 9, 8, 7, 6]))
+            .unwrap();
         q.handle.ack(ack(E1, vec![2, 1, 3])).unwrap();
         let st = q.handle.status().await.unwrap();
         assert_eq!(st[0].exports[0].acked_upto, 10);
@@ -90,12 +132,22 @@ fn a_record_leaves_only_when_every_export_acked_it() {
     });
     // After a restart, export b starts where it left off and a is done.
     rt().block_on(async {
-        let q = open(dir.path(), spec(1 << 30, StrategyOnFull::RejectNew, None, &["a", "b"]));
+        let q = open(
+            dir.path(),
+            spec(1 << 30, StrategyOnFull::RejectNew, None, &["a", "b"]),
+        );
         assert_eq!(q.handle.export_start(E0), 11);
         assert_eq!(q.handle.export_start(E1), 4);
-        assert_eq!(q.source_next_seq, vec![11], "sequence numbers survive restarts");
+        assert_eq!(
+            q.source_next_seq,
+            vec![11],
+            "sequence numbers survive restarts"
+        );
         let got = q.handle.read(E1, 4, 100, 1 << 20).await.unwrap();
-        assert_eq!(got.iter().map(|r| label(&r.payload)).collect::<Vec<_>>(), (3..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|r| label(&r.payload)).collect::<Vec<_>>(),
+            (3..10).map(|i| format!("r{i}")).collect::<Vec<_>>()
+        );
         q.close();
     });
 }
@@ -104,14 +156,27 @@ fn a_record_leaves_only_when_every_export_acked_it() {
 fn dead_letters_are_kept_with_their_reason_and_count_as_handled() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let q = open(dir.path(), spec(1 << 30, StrategyOnFull::RejectNew, None, &["a"]));
-        q.appender.append(AppendBatch { source: 0, next_seq: 3, records: records(0, 2, 10, 0) }).await.unwrap();
+        let q = open(
+            dir.path(),
+            spec(1 << 30, StrategyOnFull::RejectNew, None, &["a"]),
+        );
+        q.appender
+            .append(AppendBatch {
+                source: 0,
+                next_seq: 3,
+                records: records(0, 2, 10, 0),
+            })
+            .await
+            .unwrap();
         let got = q.handle.read(E0, 1, 10, 1 << 20).await.unwrap();
         q.handle
             .ack(AckBatch {
                 export: E0,
                 delivered: vec![1],
-                dead: vec![DeadLetter { record: got[1].clone(), reason: "record too large".into() }],
+                dead: vec![DeadLetter {
+                    record: got[1].clone(),
+                    reason: "record too large".into(),
+                }],
                 retries: 0,
                 error: None,
             })
@@ -122,15 +187,28 @@ fn dead_letters_are_kept_with_their_reason_and_count_as_handled() {
         q.close();
     });
     let report = streamgate::status::read(dir.path()).unwrap();
-    assert_eq!(report.streams[0].exports[0].recent_dead_letters, vec![(2, "record too large".to_string())]);
+    assert_eq!(
+        report.streams[0].exports[0].recent_dead_letters,
+        vec![(2, "record too large".to_string())]
+    );
 }
 
 #[test]
 fn reject_new_keeps_the_oldest_and_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let q = open(dir.path(), spec(64 * 1024, StrategyOnFull::RejectNew, None, &["a"]));
-        q.appender.append(AppendBatch { source: 0, next_seq: 101, records: records(0, 100, 1024, 0) }).await.unwrap();
+        let q = open(
+            dir.path(),
+            spec(64 * 1024, StrategyOnFull::RejectNew, None, &["a"]),
+        );
+        q.appender
+            .append(AppendBatch {
+                source: 0,
+                next_seq: 101,
+                records: records(0, 100, 1024, 0),
+            })
+            .await
+            .unwrap();
         let st = q.handle.status().await.unwrap();
         assert_eq!(st[0].records, 64);
         assert_eq!(st[0].dropped_full, 36);
@@ -145,13 +223,26 @@ fn reject_new_keeps_the_oldest_and_counts_the_rest() {
 fn overwrite_oldest_keeps_the_newest_and_moves_cursors() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let q = open(dir.path(), spec(64 * 1024, StrategyOnFull::OverwriteOldest, None, &["a"]));
-        q.appender.append(AppendBatch { source: 0, next_seq: 101, records: records(0, 100, 1024, 0) }).await.unwrap();
+        let q = open(
+            dir.path(),
+            spec(64 * 1024, StrategyOnFull::OverwriteOldest, None, &["a"]),
+        );
+        q.appender
+            .append(AppendBatch {
+                source: 0,
+                next_seq: 101,
+                records: records(0, 100, 1024, 0),
+            })
+            .await
+            .unwrap();
         let st = q.handle.status().await.unwrap();
         assert!(st[0].bytes <= 64 * 1024);
         assert_eq!(st[0].records + st[0].dropped_overwritten, 100);
         assert!(st[0].dropped_overwritten >= 36);
-        assert_eq!(st[0].exports[0].acked_upto, st[0].dropped_overwritten as i64, "the cursor moved past overwritten records");
+        assert_eq!(
+            st[0].exports[0].acked_upto, st[0].dropped_overwritten as i64,
+            "the cursor moved past overwritten records"
+        );
         let got = q.handle.read(E0, 1, 1000, 1 << 30).await.unwrap();
         assert_eq!(label(&got.last().unwrap().payload), "r99");
         assert_eq!(got.len() as u64, st[0].records);
@@ -163,10 +254,32 @@ fn overwrite_oldest_keeps_the_newest_and_moves_cursors() {
 fn time_to_live_drops_old_records_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let q = open(dir.path(), spec(1 << 30, StrategyOnFull::RejectNew, Some(Duration::from_secs(60)), &["a"]));
+        let q = open(
+            dir.path(),
+            spec(
+                1 << 30,
+                StrategyOnFull::RejectNew,
+                Some(Duration::from_secs(60)),
+                &["a"],
+            ),
+        );
         let now = streamgate::time::now_ms();
-        q.appender.append(AppendBatch { source: 0, next_seq: 6, records: records(0, 5, 10, now - 120_000) }).await.unwrap();
-        q.appender.append(AppendBatch { source: 0, next_seq: 9, records: records(5, 3, 10, now) }).await.unwrap();
+        q.appender
+            .append(AppendBatch {
+                source: 0,
+                next_seq: 6,
+                records: records(0, 5, 10, now - 120_000),
+            })
+            .await
+            .unwrap();
+        q.appender
+            .append(AppendBatch {
+                source: 0,
+                next_seq: 9,
+                records: records(5, 3, 10, now),
+            })
+            .await
+            .unwrap();
         // Maintenance runs every 50 ms here.
         let mut st = q.handle.status().await.unwrap();
         for _ in 0..100 {
@@ -179,7 +292,10 @@ fn time_to_live_drops_old_records_and_counts_them() {
         assert_eq!(st[0].dropped_ttl, 5);
         assert_eq!(st[0].records, 3);
         let got = q.handle.read(E0, 1, 100, 1 << 20).await.unwrap();
-        assert_eq!(got.iter().map(|r| label(&r.payload)).collect::<Vec<_>>(), vec!["r5", "r6", "r7"]);
+        assert_eq!(
+            got.iter().map(|r| label(&r.payload)).collect::<Vec<_>>(),
+            vec!["r5", "r6", "r7"]
+        );
         q.close();
     });
 }
@@ -187,8 +303,16 @@ fn time_to_live_drops_old_records_and_counts_them() {
 #[test]
 fn a_second_process_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path(), spec(1 << 30, StrategyOnFull::RejectNew, None, &["a"]));
-    let second = Queue::open(dir.path(), vec![spec(1 << 30, StrategyOnFull::RejectNew, None, &["a"])], &[], QueueOptions::default());
+    let q = open(
+        dir.path(),
+        spec(1 << 30, StrategyOnFull::RejectNew, None, &["a"]),
+    );
+    let second = Queue::open(
+        dir.path(),
+        vec![spec(1 << 30, StrategyOnFull::RejectNew, None, &["a"])],
+        &[],
+        QueueOptions::default(),
+    );
     let err = second.err().expect("must be refused").to_string();
     assert!(err.contains("another streamgate process"), "{err}");
     q.close();
@@ -199,7 +323,12 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
 enum Op {
     Append(usize),
     /// Export reads up to n records from where it is and acks those picked by the mask.
-    Deliver { export: usize, n: usize, mask: u64, reverse: bool },
+    Deliver {
+        export: usize,
+        n: usize,
+        mask: u64,
+        reverse: bool,
+    },
     Restart,
 }
 

@@ -126,6 +126,7 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
     let mut retry: Vec<Record> = Vec::new();
     let mut backoff = Backoff::new(ctx.retry.initial_backoff, ctx.retry.max_backoff);
     let priority = ctx.queue.priority(ctx.id.stream);
+    let export_key = ((ctx.id.stream as u64) << 32) | ctx.id.export as u64;
     tracing::debug!(from = next, "export started");
 
     while !ctx.shutdown.is_cancelled() {
@@ -174,7 +175,7 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
         }
 
         tokio::select! {
-            _ = ctx.bandwidth.acquire(priority, bytes as u64) => {}
+            _ = ctx.bandwidth.acquire(export_key, priority, bytes as u64) => {}
             _ = ctx.shutdown.cancelled() => return,
         }
         ctx.stats.sends.fetch_add(1, Ordering::Relaxed);

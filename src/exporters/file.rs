@@ -245,13 +245,21 @@ mod tests {
     use super::*;
 
     fn rec(id: i64, body: &str) -> Record {
-        Record { id, at_ms: 0, payload: body.as_bytes().to_vec() }
+        Record {
+            id,
+            at_ms: 0,
+            payload: body.as_bytes().to_vec(),
+        }
     }
 
     #[test]
     fn writes_ndjson_rotates_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = FileExportConfig { path: dir.path().join("out"), rotate_size: 4096, max_files: Some(2) };
+        let cfg = FileExportConfig {
+            path: dir.path().join("out"),
+            rotate_size: 4096,
+            max_files: Some(2),
+        };
         let mut ex = FileExporter::new(cfg, "s-e");
         let body = "x".repeat(1000);
         for i in 0..20 {
@@ -273,9 +281,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s-e.ndjson");
         std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\"").unwrap();
-        let cfg = FileExportConfig { path: dir.path().to_path_buf(), rotate_size: 1 << 20, max_files: None };
+        let cfg = FileExportConfig {
+            path: dir.path().to_path_buf(),
+            rotate_size: 1 << 20,
+            max_files: None,
+        };
         let mut ex = FileExporter::new(cfg, "s-e");
         ex.write_batch(&[rec(3, "{\"a\":3}")]).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
     }
 }
