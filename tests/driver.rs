@@ -35,7 +35,7 @@ impl Exporter for Scripted {
         for r in batch {
             *d.offered.entry(r.id).or_default() += 1;
         }
-        if d.calls % 4 == 0 {
+        if d.calls.is_multiple_of(4) {
             return Err(SendError::new("connection reset"));
         }
         let mut out = Vec::new();
@@ -131,7 +131,7 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
     task.await.unwrap();
     assert_eq!(acked, 300, "every record acknowledged or dead-lettered");
 
-    let d = dest.lock().unwrap();
+    let d = std::mem::take(&mut *dest.lock().unwrap());
     for id in 1..=300i64 {
         if id % 50 == 0 {
             assert_eq!(d.delivered.get(&id), None, "record {id} was rejected");
@@ -150,8 +150,6 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
     assert_eq!(st[0].exports[0].dead_lettered, 6);
     assert_eq!(st[0].records, 0, "acknowledged records are deleted");
     assert!(st[0].exports[0].retries > 0);
-    drop(d);
-    drop(q.handle.clone());
     q.close();
     let report = streamgate::status::read(dir.path()).unwrap();
     let e = &report.streams[0].exports[0];

@@ -159,7 +159,7 @@ mod tests {
                     sent[t as usize] += exports[t as usize].1;
                     again[t as usize] = Some(now + think_us);
                 }
-                Some(Err(wait)) => now += (wait.as_micros() as u64).min(1_000).max(1),
+                Some(Err(wait)) => now += (wait.as_micros() as u64).clamp(1, 1_000),
                 None => now += 1_000,
             }
         }
