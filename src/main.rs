@@ -154,14 +154,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let c = match load(config) {
+            let c = match load_or_demo(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            let demo = config.is_none();
             streamgate::telemetry::init(
                 log_format(&cli, c.gateway.log_format),
                 cli.log_level.as_deref(),
             );
+            if demo {
+                tracing::info!(
+                    "no --config given: running the built-in demo (config/demo.toml): a simulated line, samples on stdout"
+                );
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("streamgate")
