@@ -207,6 +207,13 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// An appender whose batches arrive on the returned receiver instead of a queue: for
+    /// tests and tools that want to see what a reader produces.
+    pub fn detached(capacity: usize) -> (Appender, mpsc::Receiver<AppendBatch>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Appender { tx }, rx)
+    }
+
     /// Queues a batch; waits while the queue thread is behind (backpressure).
     pub async fn append(&self, batch: AppendBatch) -> Result<(), QueueError> {
         self.tx.send(batch).await.map_err(|_| QueueError::Closed)
