@@ -187,6 +187,7 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
             dead: Vec::new(),
             retries,
             error: None,
+            state: exporter.state(),
         };
         match result {
             Ok(outcomes) if outcomes.len() == batch.len() => {

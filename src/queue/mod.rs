@@ -50,7 +50,7 @@ use sqlite::Store;
 /// How many appended records one transaction takes at most.
 const MAX_TXN_RECORDS: usize = 20_000;
 /// Append batches that may wait for the queue thread before readers feel backpressure.
-const APPEND_CHANNEL_BATCHES: usize = 64;
+const APPEND_CHANNEL_BATCHES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -156,6 +156,8 @@ pub struct AckBatch {
     /// Records that were sent again in this round.
     pub retries: u64,
     pub error: Option<String>,
+    /// The exporter's own description of its state (connection, in flight), if it has one.
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +172,7 @@ pub struct ExportStatus {
     pub last_export_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<i64>,
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
