@@ -47,8 +47,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{Config, Durability, StrategyOnFull};
 use sqlite::Store;
 
-/// How many appended records one transaction takes at most.
+/// How many appended records one transaction takes at most while no export is reading.
 const MAX_TXN_RECORDS: usize = 20_000;
+/// ... and while exports are reading (catching up): each turn then moves about as much out as
+/// in, so a producer faster than the exports is slowed down (backpressure) instead of growing
+/// the backlog without bound, while an outage (nobody reading) still buffers at full speed.
+const MAX_TXN_RECORDS_CONTENDED: usize = 4_000;
 /// Append batches that may wait for the queue thread before readers feel backpressure.
 const APPEND_CHANNEL_BATCHES: usize = 8;
 
@@ -267,6 +271,28 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
+    /// Like [`read`](Self::read), but sends the request now and returns a receiver: an export
+    /// reads its next batch while it is still sending the current one.
+    pub fn read_ahead(
+        &self,
+        export: ExportId,
+        from: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<Record>, QueueError>>, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Read {
+                export,
+                from,
+                max_records,
+                max_bytes,
+                reply,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        Ok(rx)
+    }
+
     /// Reports delivered and dead-lettered records; applied in the next transaction.
     pub fn ack(&self, ack: AckBatch) -> Result<(), QueueError> {
         self.ctl.send(Ctl::Ack(ack)).map_err(|_| QueueError::Closed)
@@ -470,7 +496,12 @@ impl Worker {
                 sort_ctl(c, &mut reads, &mut acks, &mut statuses);
             }
             let mut taken: usize = appends.iter().map(|a| a.records.len()).sum();
-            while taken < MAX_TXN_RECORDS {
+            let cap = if reads.is_empty() {
+                MAX_TXN_RECORDS
+            } else {
+                MAX_TXN_RECORDS_CONTENDED
+            };
+            while taken < cap {
                 match self.app_rx.try_recv() {
                     Ok(a) => {
                         taken += a.records.len();
