@@ -258,17 +258,9 @@ impl QueueHandle {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, QueueError> {
-        let (reply, rx) = oneshot::channel();
-        self.ctl
-            .send(Ctl::Read {
-                export,
-                from,
-                max_records,
-                max_bytes,
-                reply,
-            })
-            .map_err(|_| QueueError::Closed)?;
-        rx.await.map_err(|_| QueueError::Closed)?
+        self.read_ahead(export, from, max_records, max_bytes)?
+            .await
+            .map_err(|_| QueueError::Closed)?
     }
 
     /// Like [`read`](Self::read), but sends the request now and returns a receiver: an export

@@ -480,6 +480,19 @@ impl Store {
         Ok(freed.unwrap_or(0) as u64)
     }
 
+    /// Drops records `head..=upto` before every export acknowledged them (full or expired):
+    /// cursors move past them. Returns how many were dropped.
+    fn drop_head(&mut self, s: usize, upto: i64) -> Result<u64, QueueError> {
+        let count = (upto - self.streams[s].head + 1) as u64;
+        let freed = self.delete_upto(s, upto)?;
+        let st = &mut self.streams[s];
+        st.bytes = st.bytes.saturating_sub(freed);
+        for e in &mut st.exports {
+            e.cursor.skip_to(upto);
+        }
+        Ok(count)
+    }
+
     /// Removes the oldest records until at least `need` bytes are free (overwrite_oldest).
     fn free_oldest(&mut self, s: usize, need: u64) -> Result<(), QueueError> {
         let st = &self.streams[s];
@@ -502,14 +515,9 @@ impl Store {
         if upto < self.streams[s].head {
             return Ok(());
         }
-        let count = (upto - self.streams[s].head + 1) as u64;
-        let freed = self.delete_upto(s, upto)?;
+        let count = self.drop_head(s, upto)?;
         let st = &mut self.streams[s];
-        st.bytes = st.bytes.saturating_sub(freed);
         st.dropped_overwritten += count;
-        for e in &mut st.exports {
-            e.cursor.skip_to(upto);
-        }
         tracing::warn!(
             stream = %st.spec.name,
             overwritten = count,
@@ -537,14 +545,9 @@ impl Store {
         if upto < st.head {
             return Ok(());
         }
-        let count = (upto - st.head + 1) as u64;
-        let freed = self.delete_upto(s, upto)?;
+        let count = self.drop_head(s, upto)?;
         let st = &mut self.streams[s];
-        st.bytes = st.bytes.saturating_sub(freed);
         st.dropped_ttl += count;
-        for e in &mut st.exports {
-            e.cursor.skip_to(upto);
-        }
         tracing::warn!(
             stream = %st.spec.name,
             expired = count,
