@@ -64,6 +64,13 @@ fn records(from: usize, n: usize, size: usize, created_ms: i64) -> Vec<NewRecord
         .collect()
 }
 
+/// Appends and waits until the batch is committed (status is answered after the commit of the
+/// turn that took the batch; batches here are far below the per-turn cap).
+async fn put(q: &Queue, batch: AppendBatch) {
+    q.appender.append(batch).await.unwrap();
+    q.handle.status().await.unwrap();
+}
+
 fn label(p: &[u8]) -> String {
     String::from_utf8_lossy(p)
         .split(':')
@@ -101,14 +108,15 @@ fn a_record_leaves_only_when_every_export_acked_it() {
             spec(1 << 30, StrategyOnFull::RejectNew, None, &["a", "b"]),
         );
         let now = streamgate::time::now_ms();
-        q.appender
-            .append(AppendBatch {
+        put(
+            &q,
+            AppendBatch {
                 source: 0,
                 next_seq: 11,
                 records: records(0, 10, 10, now),
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         let got = q
             .handle
             .read(E0, q.handle.export_start(E0), 100, 1 << 20)
@@ -161,14 +169,15 @@ fn dead_letters_are_kept_with_their_reason_and_count_as_handled() {
             dir.path(),
             spec(1 << 30, StrategyOnFull::RejectNew, None, &["a"]),
         );
-        q.appender
-            .append(AppendBatch {
+        put(
+            &q,
+            AppendBatch {
                 source: 0,
                 next_seq: 3,
                 records: records(0, 2, 10, 0),
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         let got = q.handle.read(E0, 1, 10, 1 << 20).await.unwrap();
         q.handle
             .ack(AckBatch {
@@ -203,14 +212,15 @@ fn reject_new_keeps_the_oldest_and_counts_the_rest() {
             dir.path(),
             spec(64 * 1024, StrategyOnFull::RejectNew, None, &["a"]),
         );
-        q.appender
-            .append(AppendBatch {
+        put(
+            &q,
+            AppendBatch {
                 source: 0,
                 next_seq: 101,
                 records: records(0, 100, 1024, 0),
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         let st = q.handle.status().await.unwrap();
         assert_eq!(st[0].records, 64);
         assert_eq!(st[0].dropped_full, 36);
@@ -229,14 +239,15 @@ fn overwrite_oldest_keeps_the_newest_and_moves_cursors() {
             dir.path(),
             spec(64 * 1024, StrategyOnFull::OverwriteOldest, None, &["a"]),
         );
-        q.appender
-            .append(AppendBatch {
+        put(
+            &q,
+            AppendBatch {
                 source: 0,
                 next_seq: 101,
                 records: records(0, 100, 1024, 0),
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         let st = q.handle.status().await.unwrap();
         assert!(st[0].bytes <= 64 * 1024);
         assert_eq!(st[0].records + st[0].dropped_overwritten, 100);
@@ -266,22 +277,24 @@ fn time_to_live_drops_old_records_and_counts_them() {
             ),
         );
         let now = streamgate::time::now_ms();
-        q.appender
-            .append(AppendBatch {
+        put(
+            &q,
+            AppendBatch {
                 source: 0,
                 next_seq: 6,
                 records: records(0, 5, 10, now - 120_000),
-            })
-            .await
-            .unwrap();
-        q.appender
-            .append(AppendBatch {
+            },
+        )
+        .await;
+        put(
+            &q,
+            AppendBatch {
                 source: 0,
                 next_seq: 9,
                 records: records(5, 3, 10, now),
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         // Maintenance runs every 50 ms here.
         let mut st = q.handle.status().await.unwrap();
         for _ in 0..100 {
@@ -373,7 +386,7 @@ proptest! {
             match op {
                 Op::Append(n) => {
                     let from = (m.next_id - 1) as usize;
-                    rt.block_on(queue.appender.append(AppendBatch { source: 0, next_seq: (from + n + 1) as u64, records: records(from, n, 20, 0) })).unwrap();
+                    rt.block_on(put(queue, AppendBatch { source: 0, next_seq: (from + n + 1) as u64, records: records(from, n, 20, 0) }));
                     m.next_id += n as i64;
                 }
                 Op::Deliver { export, n, mask, reverse } => {

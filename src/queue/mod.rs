@@ -462,7 +462,7 @@ impl Worker {
         let mut ctl_open = true;
         let mut failing_since: Option<Instant> = None;
         loop {
-            let pending = !appends.is_empty() || !acks.is_empty();
+            let pending = !appends.is_empty() || !acks.is_empty() || !statuses.is_empty();
             if !pending && !app_open && !ctl_open {
                 // Final status write.
                 let _ = self.store.commit(&[], &mut [], crate::time::now_ms(), true);
@@ -487,11 +487,14 @@ impl Worker {
             while let Ok(c) = self.ctl_rx.try_recv() {
                 sort_ctl(c, &mut reads, &mut acks, &mut statuses);
             }
+            // Exports waiting for records are served first, from what is already committed.
+            let contended = !reads.is_empty();
+            self.answer_reads(&mut reads);
             let mut taken: usize = appends.iter().map(|a| a.records.len()).sum();
-            let cap = if reads.is_empty() {
-                MAX_TXN_RECORDS
-            } else {
+            let cap = if contended {
                 MAX_TXN_RECORDS_CONTENDED
+            } else {
+                MAX_TXN_RECORDS
             };
             while taken < cap {
                 match self.app_rx.try_recv() {
@@ -529,26 +532,36 @@ impl Worker {
                             failing_since = Some(now);
                         }
                         tracing::error!(error = %e, "queue commit failed; keeping the batch in memory and retrying in 1 s");
-                        self.answer(&mut reads, &mut statuses);
+                        self.answer_reads(&mut reads);
+                        self.answer_statuses(&mut statuses);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 }
             }
-            self.answer(&mut reads, &mut statuses);
+            // Status requests taken before the commit see everything they were sent after.
+            self.answer_statuses(&mut statuses);
+            // Reads that arrived during the commit are served now; acks and status requests
+            // that came with them wait for the next turn's commit.
+            while let Ok(c) = self.ctl_rx.try_recv() {
+                sort_ctl(c, &mut reads, &mut acks, &mut statuses);
+            }
+            self.answer_reads(&mut reads);
         }
     }
 
-    /// Serves reads (highest stream priority first) and status requests.
-    fn answer(
-        &mut self,
-        reads: &mut Vec<ReadReq>,
-        statuses: &mut Vec<oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>>,
-    ) {
+    /// Serves reads, highest stream priority first.
+    fn answer_reads(&mut self, reads: &mut Vec<ReadReq>) {
         reads.sort_by_key(|r| self.priorities[r.0.stream]);
         for (export, from, max_records, max_bytes, reply) in reads.drain(..) {
             let _ = reply.send(self.store.read(export.stream, from, max_records, max_bytes));
         }
+    }
+
+    fn answer_statuses(
+        &mut self,
+        statuses: &mut Vec<oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>>,
+    ) {
         for reply in statuses.drain(..) {
             let _ = reply.send(self.store.status());
         }
