@@ -215,6 +215,15 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        // Live reload is not implemented yet: SIGHUP must not kill the daemon meanwhile.
+        while hup.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP received: live reload is not supported yet; restart the service to apply a changed config"
+            );
+        }
+    });
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
