@@ -174,8 +174,9 @@ fn values(samples: &[Json]) -> Vec<Json> {
 }
 
 /// S7 DATE_AND_TIME in BCD.
+#[allow(clippy::too_many_arguments)]
 fn dt(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32, weekday: u32) -> Vec<u8> {
-    let bcd = |v: u32| ((v / 10) << 4 | v % 10) as u8;
+    let bcd = |v: u32| (((v / 10) << 4) | (v % 10)) as u8;
     vec![
         bcd(y % 100),
         bcd(mo),
@@ -184,7 +185,7 @@ fn dt(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32, weekday: u32) -
         bcd(mi),
         bcd(s),
         bcd(ms / 10),
-        ((ms % 10) << 4 | weekday) as u8,
+        (((ms % 10) << 4) | weekday) as u8,
     ]
 }
 
