@@ -335,6 +335,56 @@ fn tag(
 mod tests {
     use super::*;
 
+    fn errors(source: &str) -> Vec<String> {
+        let text = format!(
+            "[gateway]\ndata_dir = \"/tmp/x\"\nequipment_id = \"e\"\n[[streams]]\nname = \"s\"\n[[sources]]\nkind = \"s7\"\nid = \"plc\"\nstream = \"s\"\n{source}"
+        );
+        match crate::config::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_error_with_its_path() {
+        let errs = errors(
+            r#"rack = 0
+remote_tsap = 0x0301
+pdu_size = 2000
+[[sources.tags]]
+name = "a"
+address = "DB1.DBX0.9"
+[[sources.tags]]
+name = "b"
+address = "DB1.DBX0.1"
+scale = 2.0
+[[sources.tags]]
+name = "b"
+address = "MW2"
+deadband = -1.0
+"#,
+        );
+        assert_eq!(
+            errs,
+            [
+                "sources[0].host: an s7 source needs a host",
+                "sources[0].remote_tsap: give either rack/slot/connection_type or local_tsap/remote_tsap, not both",
+                "sources[0].pdu_size: 2000 is above the limit of 960",
+                "sources[0].tags[0].address: \"DB1.DBX0.9\": bit \"9\" is out of range 0..=7",
+                "sources[0].tags[1].scale: only applies to numeric addresses, not \"DB1.DBX0.1\"",
+                "sources[0].tags[2].deadband: -1 is not a finite non-negative number",
+                "sources[0].tags[2].name: tag \"b\" is defined twice in this source",
+            ]
+        );
+        assert!(
+            errors("host = \"10.0.0.1\"\n[[sources.tags]]\nname = \"a\"\naddress = \"MW2\"\n")
+                .is_empty()
+        );
+    }
+
     #[test]
     fn tsaps() {
         assert_eq!(remote_tsap(ConnectionType::Pg, 0, 2), 0x0102);

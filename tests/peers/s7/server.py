@@ -9,7 +9,7 @@ prints `ready PORT` once listening, then answers one line per command:
     get AREA INDEX OFFSET LEN   read bytes -> data HEX
     count                       read-var jobs answered so far -> count N
     reset                       zero the counter -> ok
-Areas registered: DB1 (512 bytes), DB2 (64 bytes), merkers, inputs, outputs (256 bytes each).
+Areas registered: DB1 (512 bytes), DB2 (64 bytes), DB3 (8192 bytes), merkers, inputs, outputs (256 bytes each).
 DB99 is not registered: reading it gets the item return code 0x0A (object does not exist).
 """
 
@@ -44,6 +44,7 @@ def main():
     server = CountingServer()
     server.register_area(SrvArea.DB, 1, bytearray(512))
     server.register_area(SrvArea.DB, 2, bytearray(64))
+    server.register_area(SrvArea.DB, 3, bytearray(8192))
     server.register_area(SrvArea.MK, 0, bytearray(256))
     server.register_area(SrvArea.PE, 0, bytearray(256))
     server.register_area(SrvArea.PA, 0, bytearray(256))
