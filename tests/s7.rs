@@ -1,3 +1,5 @@
+#![cfg(feature = "s7")]
+
 //! The S7 reader against a real S7 server: python-snap7 3.x's pure-Python `snap7.server.Server`
 //! (tests/peers/s7/server.py), started per test on 127.0.0.1 on a free port.
 

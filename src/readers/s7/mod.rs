@@ -37,6 +37,9 @@ use codec::{CodecError, HeaderError, ItemResult};
 use plan::{Limits, Plan, TagSpan};
 
 /// Why the PLC would not give a tag's value.
+/// Pause between rounds with nothing to read when `interval` is zero.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     /// The item's return code.
@@ -142,7 +145,18 @@ impl S7Reader {
                 }
                 let last = shutdown.is_cancelled();
                 let flags = if last { Flags::LST } else { Flags::empty() };
-                if let Err(e) = self.round(&mut client, &mut ctx, flags).await {
+                let outcome = self.round(&mut client, &mut ctx, flags).await;
+                if let Ok(0) = outcome
+                    && self.config.interval.is_zero()
+                    && !last
+                {
+                    // Every tag is resting: do not spin while reading back to back.
+                    tokio::select! {
+                        _ = tokio::time::sleep(IDLE_WAIT) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                if let Err(e) = outcome {
                     let wait = backoff.fail(rand::rng().random());
                     tracing::warn!(error = %e, retry_in = ?wait, "connection to the PLC lost");
                     ctx.lost(crate::time::now_ms());
@@ -215,12 +229,13 @@ impl S7Reader {
     }
 
     /// One poll round: every request of the plan, then one sample per readable tag.
+    /// Returns the number of read jobs sent.
     async fn round(
         &mut self,
         client: &mut Client,
         ctx: &mut SourceContext,
         flags: Flags,
-    ) -> Result<(), S7Error> {
+    ) -> Result<usize, S7Error> {
         let timestamp_ms = crate::time::now_ms();
         let pdu_size = client.pdu_size();
         let requests = self.current_plan(pdu_size).requests.clone();
@@ -235,7 +250,7 @@ impl S7Reader {
             }
         }
         let Some(plan) = self.plan.take() else {
-            return Ok(());
+            return Ok(requests.len());
         };
         let mut replan = false;
         // The flags of a device sample: the PLC gives no timestamp, the gateway's clock does.
@@ -287,7 +302,7 @@ impl S7Reader {
             }
         }
         self.plan = (!replan).then_some(plan);
-        Ok(())
+        Ok(requests.len())
     }
 
     fn good(&mut self, ctx: &mut SourceContext, t: usize, v: Value, ts: i64, flags: Flags) {
