@@ -114,6 +114,11 @@ impl Pipeline {
                     let sim = Simulator::new(sim.clone(), seed);
                     self.sources.spawn(sim.run(ctx, stop).instrument(span));
                 }
+                #[cfg(feature = "s7")]
+                SourceKind::S7(s7) => {
+                    let reader = crate::readers::s7::S7Reader::new(s7.clone());
+                    self.sources.spawn(reader.run(ctx, stop).instrument(span));
+                }
             }
         }
     }
