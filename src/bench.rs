@@ -4,9 +4,9 @@
 //! Phases (each on a fresh data directory):
 //! 1. backlog: queue N samples with exports stopped, report resident memory and bytes on disk,
 //!    then start the export and time the drain;
-//! 2. throughput: simulator as fast as the queue takes samples, file export, sustained
-//!    samples/s end to end (acknowledged by the export);
-//! 3. latency: a fixed rate, p50/p99 from sample creation to acknowledged export.
+//! 2. sustained: offered rates in steps (1,000 simulated tags): the highest rate at which the
+//!    export keeps up end to end, with p50/p99 latency from sample creation to acknowledgement;
+//! 3. overload: the simulator unthrottled: what is read and what is exported (no starvation).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,7 +21,11 @@ pub struct BenchOptions {
     pub dir: PathBuf,
     pub seconds: u64,
     pub backlog: u64,
+    /// First offered rate of the sustained phase (samples/s).
     pub rate: u64,
+    /// Step and ceiling of the sustained phase.
+    pub rate_step: u64,
+    pub max_rate: u64,
     pub durability: String,
 }
 
@@ -174,52 +178,61 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
         mib(peak)
     );
 
-    // 2. Throughput: as fast as it goes, end to end.
-    let (data, out) = fresh(&opts.dir, "throughput")?;
+    // 2. Sustained: offered rates in steps; sustained = exported keeps up and the backlog stays
+    //    under half a second of samples. Latency from sample creation to acknowledged export.
+    let tags = 1000usize;
+    let mut best: Option<(u64, f64, u64, u64)> = None;
+    let mut rate = opts.rate;
+    loop {
+        let (data, out) = fresh(&opts.dir, "sustained")?;
+        let interval_us = (tags as u64 * 1_000_000 / rate.max(1)).max(1);
+        let cfg = bench_config(&data, &out, &format!("{interval_us}us"), tags, &opts.durability)?;
+        let p = Pipeline::start(&cfg, StartOptions::default())?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (_, s) in &p.export_stats {
+            s.latency.reset();
+        }
+        let (r0, d0, t0) = (p.samples_read(), p.records_delivered(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
+        let (r1, d1, el) = (p.samples_read(), p.records_delivered(), t0.elapsed().as_secs_f64());
+        let (_, backlog) = backlog_of(&p).await?;
+        let (read, exported) = ((r1 - r0) as f64 / el, (d1 - d0) as f64 / el);
+        let hist = &p.export_stats[0].1.latency;
+        let (p50, p99) = (hist.quantile(0.5).unwrap_or(0), hist.quantile(0.99).unwrap_or(0));
+        let kept_up = exported >= read * 0.97 && (backlog as f64) < read * 0.5 && read >= rate as f64 * 0.9;
+        println!(
+            "sustained: offered {rate} samples/s: read {read:.0}/s, exported and acknowledged {exported:.0}/s, backlog {backlog}, latency p50 {p50} ms p99 {p99} ms: {}",
+            if kept_up { "kept up" } else { "fell behind" }
+        );
+        p.stop().await;
+        if !kept_up {
+            break;
+        }
+        best = Some((rate, exported, p50, p99));
+        if rate >= opts.max_rate {
+            break;
+        }
+        rate += opts.rate_step;
+    }
+    match best {
+        Some((rate, exported, p50, p99)) => println!(
+            "sustained: highest rate kept up end to end: {rate} samples/s ({exported:.0} exported/s), latency p50 {p50} ms, p99 {p99} ms"
+        ),
+        None => println!("sustained: even {} samples/s fell behind on this machine", opts.rate),
+    }
+
+    // 3. Overload: the simulator as fast as the queue takes samples: the exports must not starve.
+    let (data, out) = fresh(&opts.dir, "overload")?;
     let cfg = bench_config(&data, &out, "0", 100, &opts.durability)?;
     let p = Pipeline::start(&cfg, StartOptions::default())?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (r0, d0, t0) = (p.samples_read(), p.records_delivered(), Instant::now());
     tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
-    let (r1, d1, el) = (
-        p.samples_read(),
-        p.records_delivered(),
-        t0.elapsed().as_secs_f64(),
-    );
-    let (_, left) = backlog_of(&p).await?;
+    let (r1, d1, el) = (p.samples_read(), p.records_delivered(), t0.elapsed().as_secs_f64());
     println!(
-        "throughput: {:.0} samples/s read, {:.0} samples/s exported and acknowledged end to end (backlog at end {left})",
+        "overload: unthrottled simulator: {:.0} samples/s read, {:.0} samples/s exported and acknowledged",
         (r1 - r0) as f64 / el,
         (d1 - d0) as f64 / el
-    );
-    p.stop().await;
-
-    // 3. Latency at a fixed rate.
-    let (data, out) = fresh(&opts.dir, "latency")?;
-    let tags = 1000usize;
-    let interval_us = (tags as u64 * 1_000_000 / opts.rate.max(1)).max(1);
-    let cfg = bench_config(
-        &data,
-        &out,
-        &format!("{interval_us}us"),
-        tags,
-        &opts.durability,
-    )?;
-    let p = Pipeline::start(&cfg, StartOptions::default())?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (_, s) in &p.export_stats {
-        s.latency.reset();
-    }
-    let (d0, t0) = (p.records_delivered(), Instant::now());
-    tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
-    let (d1, el) = (p.records_delivered(), t0.elapsed().as_secs_f64());
-    let hist = &p.export_stats[0].1.latency;
-    println!(
-        "latency: at {:.0} samples/s offered ({tags} tags every {interval_us} us): {:.0} samples/s exported, p50 {} ms, p99 {} ms (sample created -> export acknowledged)",
-        opts.rate as f64,
-        (d1 - d0) as f64 / el,
-        hist.quantile(0.5).unwrap_or(0),
-        hist.quantile(0.99).unwrap_or(0)
     );
     p.stop().await;
     let (_, peak) = rss().unwrap_or((0, 0));

@@ -63,9 +63,15 @@ enum Command {
         /// Samples to queue for the backlog phase.
         #[arg(long, default_value_t = 1_000_000)]
         backlog: u64,
-        /// Offered rate for the latency phase (samples/s).
+        /// First offered rate of the sustained phase (samples/s).
         #[arg(long, default_value_t = 100_000)]
         rate: u64,
+        /// Step between offered rates.
+        #[arg(long, default_value_t = 50_000)]
+        rate_step: u64,
+        /// Highest offered rate to try.
+        #[arg(long, default_value_t = 400_000)]
+        max_rate: u64,
         /// Durability of the benchmark stream: power_loss or process_crash.
         #[arg(long, default_value = "power_loss")]
         durability: String,
@@ -187,6 +193,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             seconds,
             backlog,
             rate,
+            rate_step,
+            max_rate,
             durability,
             dir,
         } => {
@@ -203,6 +211,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 seconds: *seconds,
                 backlog: *backlog,
                 rate: *rate,
+                rate_step: *rate_step,
+                max_rate: *max_rate,
                 durability: durability.clone(),
             }))
             .context("benchmark failed")?;
