@@ -92,6 +92,9 @@ impl Pipeline {
 
     pub fn start_sources(&mut self) {
         let Some(queue) = &self.queue else { return };
+        // Modbus sources behind one TCP endpoint or serial line share its connection.
+        #[cfg(feature = "modbus")]
+        let lines = crate::readers::modbus::line::Lines::default();
         for (i, src) in self.config.sources.iter().enumerate() {
             let stats = Arc::new(SourceStats::default());
             self.source_stats.push((src.id.clone(), stats.clone()));
@@ -113,6 +116,11 @@ impl Pipeline {
                     let seed = crate::time::now_ms() as u64 ^ ((i as u64) << 32);
                     let sim = Simulator::new(sim.clone(), seed);
                     self.sources.spawn(sim.run(ctx, stop).instrument(span));
+                }
+                #[cfg(feature = "modbus")]
+                SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                    let reader = crate::readers::modbus::ModbusReader::new(m.clone(), &lines);
+                    self.sources.spawn(reader.run(ctx, stop).instrument(span));
                 }
             }
         }

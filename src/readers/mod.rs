@@ -2,6 +2,8 @@
 //! normalises them into the unified payload, numbers them, flags them and appends them to the
 //! queue. A reader knows nothing of queues beyond its context, nothing of exporters at all.
 
+#[cfg(feature = "modbus")]
+pub mod modbus;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -21,12 +23,20 @@ use crate::queue::{AppendBatch, Appender, NewRecord, QueueError};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RawSourceKind {
     Simulator(simulator::RawSimulator),
+    #[cfg(feature = "modbus")]
+    ModbusTcp(modbus::RawModbus),
+    #[cfg(feature = "modbus")]
+    ModbusRtu(modbus::RawModbus),
 }
 
 /// A validated source kind with its settings.
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     Simulator(simulator::SimulatorConfig),
+    #[cfg(feature = "modbus")]
+    ModbusTcp(modbus::ModbusConfig),
+    #[cfg(feature = "modbus")]
+    ModbusRtu(modbus::ModbusConfig),
 }
 
 impl RawSourceKind {
@@ -41,6 +51,14 @@ impl RawSourceKind {
             RawSourceKind::Simulator(s) => {
                 SourceKind::Simulator(s.validate(path, stream_index, raw, errs))
             }
+            #[cfg(feature = "modbus")]
+            RawSourceKind::ModbusTcp(m) => {
+                SourceKind::ModbusTcp(m.validate(path, false, stream_index, raw, errs))
+            }
+            #[cfg(feature = "modbus")]
+            RawSourceKind::ModbusRtu(m) => {
+                SourceKind::ModbusRtu(m.validate(path, true, stream_index, raw, errs))
+            }
         }
     }
 }
@@ -49,6 +67,10 @@ impl SourceKind {
     pub fn kind_name(&self) -> &'static str {
         match self {
             SourceKind::Simulator(_) => "simulator",
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(_) => "modbus_tcp",
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusRtu(_) => "modbus_rtu",
         }
     }
 
@@ -56,6 +78,10 @@ impl SourceKind {
     pub fn tags(&self) -> Vec<(String, Option<usize>)> {
         match self {
             SourceKind::Simulator(s) => s.tags.iter().map(|t| (t.name.clone(), t.stream)).collect(),
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                m.tags.iter().map(|t| (t.name.clone(), t.stream)).collect()
+            }
         }
     }
 }
