@@ -310,10 +310,7 @@ impl ModbusReader {
         let mut connected = false;
         let mut outage_logged = false;
         tracing::info!(line = %self.line.key(), unit_id = self.config.unit_id, tags = self.config.tags.len(), groups = self.groups.len(), "modbus reader started");
-        'run: loop {
-            let Some(next) = self.groups.iter().map(|g| g.next).min() else {
-                break;
-            };
+        'run: while let Some(next) = self.groups.iter().map(|g| g.next).min() {
             let heartbeat = ctx.heartbeat_due();
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
