@@ -544,3 +544,76 @@ fn tag(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readers::SourceKind;
+
+    fn parse(sources: &str) -> Result<crate::config::Config, Vec<crate::config::ConfigError>> {
+        crate::config::parse(&format!(
+            "[gateway]\ndata_dir = \"/tmp/x\"\nequipment_id = \"e\"\n[[streams]]\nname = \"s\"\n{sources}"
+        ))
+    }
+
+    #[test]
+    fn defaults_and_notations() {
+        let cfg = parse(
+            "[[sources]]\nkind = \"modbus_tcp\"\nid = \"m\"\nhost = \"h\"\n\
+             [[sources.tags]]\nname = \"a\"\naddress = \"40010\"\n\
+             [[sources.tags]]\nname = \"b\"\narea = \"input_register\"\naddress = 7\ntype = \"f32\"\nbyte_order = \"DCBA\"\ninterval = \"5s\"\n\
+             [[sources.tags]]\nname = \"c\"\naddress = \"100001\"\n",
+        )
+        .unwrap();
+        let SourceKind::ModbusTcp(m) = &cfg.sources[0].kind else {
+            panic!("not modbus_tcp")
+        };
+        assert_eq!(
+            m.transport,
+            Transport::Tcp {
+                host: "h".into(),
+                port: 502
+            }
+        );
+        assert_eq!((m.unit_id, m.timeout), (1, Duration::from_secs(1)));
+        let t = &m.tags;
+        assert_eq!(
+            (t[0].area, t[0].address, t[0].data_type),
+            (Area::HoldingRegister, 9, DataType::U16)
+        );
+        assert_eq!(
+            (t[1].area, t[1].address, t[1].byte_order),
+            (Area::InputRegister, 7, ByteOrder::Dcba)
+        );
+        assert_eq!(t[1].interval, Duration::from_secs(5));
+        assert_eq!(
+            (t[2].area, t[2].data_type),
+            (Area::DiscreteInput, DataType::Bool)
+        );
+    }
+
+    #[test]
+    fn every_error_with_its_path() {
+        let errs = parse(
+            "[[sources]]\nkind = \"modbus_rtu\"\nid = \"m\"\nhost = \"h\"\nunit_id = 0\nparity = \"mark\"\n\
+             [[sources.tags]]\nname = \"a\"\naddress = \"40001\"\ntype = \"bit\"\n\
+             [[sources.tags]]\nname = \"b\"\naddress = \"40001\"\ntype = \"bool\"\nscale = 2.0\n\
+             [[sources.tags]]\nname = \"c\"\naddress = \"465536\"\ntype = \"u32\"\nmax_silence = \"5s\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "sources[0].host",
+            "sources[0].device",
+            "sources[0].parity",
+            "sources[0].unit_id",
+            "sources[0].tags[0].bit",
+            "sources[0].tags[1].type",
+            "sources[0].tags[1].scale",
+            "sources[0].tags[2].address",
+            "sources[0].tags[2].max_silence",
+        ] {
+            assert!(paths.contains(&p), "{p} missing in {errs:?}");
+        }
+    }
+}
