@@ -498,3 +498,69 @@ async fn rtu_two_units_share_one_serial_line() {
         );
     }
 }
+
+/// Report by exception against values that change at runtime (the server's action callback
+/// adds 3 to a register on every read): only moves beyond the deadband are sent, and an
+/// unchanged value is re-sent flagged `Syn` after `max_silence`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadband_and_max_silence_against_changing_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spec = json!({"devices": [{"id": 1, "size": 16,
+        "ramps": [{"area": "holding_register", "address": 5, "step": 3}],
+        "values": [
+            {"area": "holding_register", "address": 5, "type": "u16", "value": 100},
+            {"area": "holding_register", "address": 6, "type": "u16", "value": 42}]}]});
+    let _server = tcp_server(dir.path(), port, &spec);
+    let tags = "[[sources.tags]]\nname = \"ramp\"\naddress = \"40006\"\ndeadband = 5.0\n\n\
+                [[sources.tags]]\nname = \"still\"\naddress = \"40007\"\ndeadband = 0.0\nmax_silence = \"300ms\"\n\n\
+                [[sources.tags]]\nname = \"every\"\naddress = \"40007\"\n\n";
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[sources]]\nkind = \"modbus_tcp\"\nid = \"plc\"\nhost = \"127.0.0.1\"\nport = {port}\ninterval = \"50ms\"\n\n{tags}"
+        ),
+    );
+    run_for(&cfg, Duration::from_millis(1500)).await;
+    let got = by_tag(&delivered(dir.path()));
+    let fresh = |name: &str| -> Vec<Payload> {
+        got[name]
+            .iter()
+            .filter(|p| !p.meta.flags.contains(Flags::LST))
+            .cloned()
+            .collect()
+    };
+    // One read per round serves all three tags, so the ramp moves by 3 per round: every
+    // second reading (a move of 6 > 5) is sent.
+    let ramp = fresh("ramp");
+    assert!(ramp.len() >= 4, "{ramp:?}");
+    let values: Vec<i64> = ramp
+        .iter()
+        .map(|p| match p.value {
+            Value::Int(i) => i,
+            _ => panic!("{p:?}"),
+        })
+        .collect();
+    assert_eq!(values[0], 103);
+    assert!(values.windows(2).all(|w| w[1] - w[0] == 6), "{values:?}");
+    let still = fresh("still");
+    assert!(still[0].meta.flags.contains(Flags::FST) && !still[0].meta.flags.contains(Flags::SYN));
+    assert!(
+        (3..=6).contains(&(still.len() - 1)),
+        "{} re-sends in 1.5 s",
+        still.len() - 1
+    );
+    for w in still.windows(2) {
+        assert!(w[1].meta.flags.contains(Flags::SYN));
+        assert_eq!(w[1].value, Value::Int(42));
+        assert!(
+            w[1].timestamp - w[0].timestamp >= 300,
+            "re-sent before max_silence"
+        );
+    }
+    let every = fresh("every");
+    assert!(
+        every.len() >= 2 * ramp.len() - 1,
+        "every poll is sent without a deadband"
+    );
+}

@@ -206,6 +206,9 @@ impl RawModbus {
                 port: errs.int(&format!("{path}.port"), self.port, 502, 1, 65535) as u16,
             }
         };
+        if rtu {
+            self.check_shared_line(path, raw, errs);
+        }
         // RTU: 1..=247 (0 is broadcast, which has no responses). TCP: 0..=255 (0 and 255 are
         // what many TCP-native devices expect).
         let (unit_min, unit_max, unit_default) = if rtu { (1, 247, 1) } else { (0, 255, 1) };
@@ -317,6 +320,38 @@ impl RawModbus {
             max_backoff,
             exception_retry,
             tags,
+        }
+    }
+}
+
+impl RawModbus {
+    /// Sources on one serial device share the port: its settings must agree.
+    fn check_shared_line(&self, path: &str, raw: &RawConfig, errs: &mut Errors) {
+        let settings = |m: &RawModbus| {
+            (
+                m.baud.unwrap_or(9600),
+                m.parity.clone().unwrap_or_else(|| "none".into()),
+                m.data_bits.unwrap_or(8),
+                m.stop_bits.unwrap_or(1),
+            )
+        };
+        let first = raw.sources.iter().find_map(|s| match &s.kind {
+            crate::readers::RawSourceKind::ModbusRtu(m) if m.device == self.device => {
+                Some((s.id.as_str(), m))
+            }
+            _ => None,
+        });
+        if let Some((id, first)) = first
+            && !std::ptr::eq(first, self)
+            && settings(first) != settings(self)
+        {
+            errs.push(
+                format!("{path}.baud"),
+                format!(
+                    "serial device {:?} is shared with source \"{id}\" whose baud/parity/data_bits/stop_bits differ; sources on one line must agree",
+                    self.device.as_deref().unwrap_or_default()
+                ),
+            );
         }
     }
 }
@@ -590,6 +625,19 @@ mod tests {
             (t[2].area, t[2].data_type),
             (Area::DiscreteInput, DataType::Bool)
         );
+    }
+
+    #[test]
+    fn units_on_one_serial_line_must_agree_on_its_settings() {
+        let rtu = |id: &str, baud: u32| {
+            format!(
+                "[[sources]]\nkind = \"modbus_rtu\"\nid = \"{id}\"\ndevice = \"/dev/ttyS0\"\nbaud = {baud}\n[[sources.tags]]\nname = \"a\"\naddress = \"40001\"\n"
+            )
+        };
+        assert!(parse(&(rtu("a", 19200) + &rtu("b", 19200))).is_ok());
+        let errs = parse(&(rtu("a", 19200) + &rtu("b", 9600))).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "sources[1].baud");
     }
 
     #[test]

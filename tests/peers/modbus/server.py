@@ -15,6 +15,9 @@ Values are encoded here with Python's struct module, independently of streamgate
 DCBA is fully little-endian.
 Every request is counted per device and function code; the counts are rewritten to COUNTS.json
 after each request ({"1": {"3": 2, "1": 1}}).
+A device may list "ramps": [{"area": "holding_register", "address": 5, "step": 3}]: each such
+register grows by `step` (mod 65536) on every read request of its area, through the simulator's
+action callback, so tests see values change at runtime.
 Prints "READY" on stdout once it serves.
 """
 
@@ -62,7 +65,14 @@ def build(dev, counts, counts_path):
             block[v["address"] : v["address"] + len(regs)] = regs
     dev_counts = counts.setdefault(str(dev["id"]), {})
 
-    async def action(function_code, _start, _address, _count, _regs, _set_values):
+    ramps = dev.get("ramps", [])
+    area_fc = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
+
+    async def action(function_code, start, _address, _count, regs, _set_values):
+        for r in ramps:
+            i = r["address"] - start
+            if area_fc[r["area"]] == function_code and 0 <= i < len(regs):
+                regs[i] = (regs[i] + r.get("step", 1)) % 65536
         key = str(function_code)
         dev_counts[key] = dev_counts.get(key, 0) + 1
         if counts_path:
