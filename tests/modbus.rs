@@ -564,3 +564,53 @@ async fn deadband_and_max_silence_against_changing_values() {
         "every poll is sent without a deadband"
     );
 }
+
+/// The log line of an illegal address names the tag, its address and the exception, once.
+/// Runs the real binary and reads its log (JSON lines).
+#[test]
+fn illegal_address_log_names_the_tag_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spec = json!({"devices": [{"id": 1, "size": 16, "values": []}]});
+    let _server = tcp_server(dir.path(), port, &spec);
+    let tags = "[[sources.tags]]\nname = \"good\"\naddress = \"40001\"\n\n\
+                [[sources.tags]]\nname = \"boiler_pressure\"\naddress = \"40101\"\ntype = \"f32\"\n\n";
+    let cfg = config(
+        dir.path(),
+        &format!("[[sources]]\nkind = \"modbus_tcp\"\nid = \"plc\"\nhost = \"127.0.0.1\"\nport = {port}\ninterval = \"20ms\"\n\n{tags}"),
+    )
+    .replace("report_interval = \"0s\"", "report_interval = \"0s\"\nlog_format = \"json\"");
+    let cfg_path = dir.path().join("gw.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let log_path = dir.path().join("gw.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _gw = Guard(child);
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("boiler_pressure") && l.contains("ERROR"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one error line for the tag, not one per poll:\n{text}"
+    );
+    let line = lines[0];
+    for needle in [
+        "\"address\":100",
+        "Illegal data address",
+        "holding_register",
+        "plc",
+    ] {
+        assert!(line.contains(needle), "{needle} not in {line}");
+    }
+}
