@@ -247,6 +247,13 @@ pub async fn run(
         sources = config.sources.len(),
         "streamgate running"
     );
+    // Ready once the queue is open and the readers and exports are started.
+    crate::systemd::notify_or_log(&format!(
+        "READY=1\nSTATUS=running: {} stream(s), {} source(s)",
+        config.streams.len(),
+        config.sources.len()
+    ));
+    crate::systemd::spawn_watchdog(pipeline.handle.clone(), shutdown.clone());
     if let Some(every) = report.filter(|d| !d.is_zero()) {
         let handle = pipeline.handle.clone();
         let stop = shutdown.clone();
@@ -289,6 +296,7 @@ pub async fn run(
         });
     }
     shutdown.cancelled().await;
+    crate::systemd::notify_or_log("STOPPING=1");
     pipeline.stop().await;
     Ok(())
 }

@@ -12,5 +12,6 @@ pub mod payload;
 pub mod queue;
 pub mod readers;
 pub mod status;
+pub mod systemd;
 pub mod telemetry;
 pub mod time;

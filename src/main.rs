@@ -18,7 +18,8 @@ const EXIT_CONFIG: u8 = 78;
     version,
     about = "Edge gateway: industrial protocols -> durable prioritised queue -> Kinesis, Firehose, MQTT",
     after_help = "Examples:
-  streamgate run --config config/demo.toml        run the demo (simulated line, samples on stdout)
+  streamgate run                                   run the built-in demo (simulated line, samples on stdout)
+  streamgate run --config /etc/streamgate/streamgate.toml
   streamgate validate --config /etc/streamgate/streamgate.toml
   streamgate status --config /etc/streamgate/streamgate.toml
   streamgate bench --seconds 10                    measure throughput, latency, memory, disk"
@@ -36,20 +37,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway until SIGTERM or SIGINT.
+    /// Run the gateway until SIGTERM or SIGINT (without --config: the built-in demo).
     Run {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Check a configuration file; lists every error with its key path and line.
     Validate {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show what is queued per stream and how each export is doing.
+    /// Show what is queued per stream and how each export is doing (without --config: the demo's).
     Status {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -93,6 +94,21 @@ fn log_format(cli: &Cli, configured: LogFormat) -> LogFormat {
     }
 }
 
+/// The built-in default: a simulated line, samples on stdout and in files, no cloud account.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+fn load_or_demo(path: Option<&std::path::Path>) -> Result<config::Config, ExitCode> {
+    match path {
+        Some(p) => load(p),
+        None => config::parse(DEMO_CONFIG).map_err(|errors| {
+            for e in errors {
+                eprintln!("built-in demo config: {e}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }),
+    }
+}
+
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     match config::load(path) {
         Ok(c) => Ok(c),
@@ -125,7 +141,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
-            let c = match load(config) {
+            let c = match load_or_demo(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -138,14 +154,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let c = match load(config) {
+            let c = match load_or_demo(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            let demo = config.is_none();
             streamgate::telemetry::init(
                 log_format(&cli, c.gateway.log_format),
                 cli.log_level.as_deref(),
             );
+            if demo {
+                tracing::info!(
+                    "no --config given: running the built-in demo (config/demo.toml): a simulated line, samples on stdout"
+                );
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("streamgate")
@@ -193,6 +215,15 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        // Live reload is not implemented yet: SIGHUP must not kill the daemon meanwhile.
+        while hup.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP received: live reload is not supported yet; restart the service to apply a changed config"
+            );
+        }
+    });
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),

@@ -47,6 +47,8 @@ pub struct ExportReport {
     pub last_export_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<i64>,
+    /// The exporter's own description of its connection, as of its last send.
+    pub state: Option<String>,
     /// The latest dead letters: (record id, reason).
     pub recent_dead_letters: Vec<(i64, String)>,
 }
@@ -138,7 +140,7 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, StatusError> {
             None => None,
         };
         let mut estmt = conn.prepare(
-            "SELECT name, kind, in_config, acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms
+            "SELECT name, kind, in_config, acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms, state
              FROM exports WHERE stream = ?1 ORDER BY in_config DESC, name",
         )?;
         let mut exports: Vec<ExportReport> = estmt
@@ -156,6 +158,7 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, StatusError> {
                     last_export_ms: r.get(7)?,
                     last_error: r.get(8)?,
                     last_error_ms: r.get(9)?,
+                    state: r.get(10)?,
                     recent_dead_letters: Vec::new(),
                 })
             })?
@@ -275,6 +278,9 @@ pub fn render(report: &StatusReport) -> String {
                 e.delivered, e.retries, e.dead_lettered
             );
             let _ = writeln!(out, "    last export {}", age(e.last_export_ms));
+            if let Some(state) = &e.state {
+                let _ = writeln!(out, "    state       {state}");
+            }
             if let Some(err) = &e.last_error {
                 let _ = writeln!(out, "    last error  {} ({})", err, age(e.last_error_ms));
             }

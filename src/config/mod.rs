@@ -106,9 +106,13 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                     line = Some(l);
                 }
             }
+            let message = with_common_keys(&path, e.message().trim().replace('\n', " "))
+                .replace("expected i64", "expected an integer")
+                .replace("expected f64", "expected a number")
+                .replace("expected a string", "expected a string in quotes");
             return Err(vec![ConfigError {
                 path,
-                message: e.message().trim().replace('\n', " "),
+                message,
                 line,
             }]);
         }
@@ -121,6 +125,30 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         }
         errors
     })
+}
+
+/// Keys every export / source has besides its kind's own (serde lists only the kind's keys
+/// in an "unknown field" error, since the common ones are parsed first).
+const COMMON_EXPORT_KEYS: &str = "`kind`, `name`, `batch_size`, `batch_interval`, `batch_bytes`, `disabled`, `initial_backoff`, `max_backoff`";
+const COMMON_SOURCE_KEYS: &str = "`kind`, `id`, `equipment_id`, `stream`, `heartbeat_interval`";
+
+fn with_common_keys(path: &str, message: String) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    let common = match parts.as_slice() {
+        [s, e, _] if s.starts_with("streams[") && e.starts_with("exports[") => COMMON_EXPORT_KEYS,
+        [s, _] if s.starts_with("sources[") => COMMON_SOURCE_KEYS,
+        _ => return message,
+    };
+    if !message.starts_with("unknown field") {
+        return message;
+    }
+    match message.split_once("expected one of ") {
+        Some((head, rest)) => format!("{head}expected one of {common}, {rest}"),
+        None => match message.split_once("expected ") {
+            Some((head, rest)) => format!("{head}expected one of {common}, {rest}"),
+            None => message,
+        },
+    }
 }
 
 /// A validated configuration: every value typed and checked.

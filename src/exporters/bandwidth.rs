@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::queue::scheduler::BandwidthScheduler;
 
-type Request = (u8, u64, oneshot::Sender<()>);
+type Request = (u64, u8, u64, oneshot::Sender<()>);
 
 /// A handle exports ask before each send. Unlimited when no bandwidth is configured.
 #[derive(Clone, Default)]
@@ -31,11 +31,11 @@ impl Bandwidth {
         Bandwidth { tx: Some(tx) }
     }
 
-    /// Waits until an export of `priority` may send `bytes`.
-    pub async fn acquire(&self, priority: u8, bytes: u64) {
+    /// Waits until `export` (any number unique per export) of `priority` may send `bytes`.
+    pub async fn acquire(&self, export: u64, priority: u8, bytes: u64) {
         let Some(tx) = &self.tx else { return };
         let (grant, granted) = oneshot::channel();
-        if tx.send((priority, bytes, grant)).is_ok() {
+        if tx.send((export, priority, bytes, grant)).is_ok() {
             let _ = granted.await;
         }
     }
@@ -61,9 +61,9 @@ async fn schedule(mut rx: mpsc::UnboundedReceiver<Request>, bytes_per_sec: u64) 
         };
         tokio::select! {
             req = rx.recv() => match req {
-                Some((priority, bytes, grant)) => {
+                Some((export, priority, bytes, grant)) => {
                     next_ticket += 1;
-                    sched.request(next_ticket, priority, bytes, now_us());
+                    sched.request(next_ticket, export, priority, bytes, now_us());
                     waiting.insert(next_ticket, grant);
                 }
                 None => return,

@@ -6,11 +6,13 @@
 //! with a reason). Failed records of a partial failure are retried alone, first in the next
 //! batch; records that succeeded are never sent again by the driver.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +20,7 @@ use super::bandwidth::Bandwidth;
 use super::retry::Backoff;
 use super::{Exporter, Outcome};
 use crate::config::{BatchConfig, RetryConfig};
-use crate::queue::{AckBatch, DeadLetter, ExportId, QueueHandle, Record};
+use crate::queue::{AckBatch, DeadLetter, ExportId, QueueError, QueueHandle, Record};
 
 /// Counters of one export, shared with the app (metrics, benchmark).
 #[derive(Debug, Default)]
@@ -126,27 +128,40 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
     let mut retry: Vec<Record> = Vec::new();
     let mut backoff = Backoff::new(ctx.retry.initial_backoff, ctx.retry.max_backoff);
     let priority = ctx.queue.priority(ctx.id.stream);
+    let export_key = ((ctx.id.stream as u64) << 32) | ctx.id.export as u64;
     tracing::debug!(from = next, "export started");
+
+    // Records read ahead (while the previous batch was being sent) but not yet sent.
+    let mut carry: VecDeque<Record> = VecDeque::new();
+    let mut ahead: Option<oneshot::Receiver<Result<Vec<Record>, QueueError>>> = None;
 
     while !ctx.shutdown.is_cancelled() {
         let retries = retry.len() as u64;
         let mut batch = std::mem::take(&mut retry);
         let mut bytes: usize = batch.iter().map(|r| r.payload.len()).sum();
+        while batch.len() < ctx.batch.max_records
+            && bytes < ctx.batch.max_bytes
+            && let Some(r) = carry.pop_front()
+        {
+            bytes += r.payload.len();
+            batch.push(r);
+        }
         let mut deadline: Option<Instant> = (!batch.is_empty()).then(Instant::now);
         // Fill the batch: by count, bytes, or until batch_interval after its first record.
         loop {
             if batch.len() < ctx.batch.max_records && bytes < ctx.batch.max_bytes {
-                tail.borrow_and_update();
-                let got = match ctx
-                    .queue
-                    .read(
-                        ctx.id,
-                        next,
-                        ctx.batch.max_records - batch.len(),
-                        ctx.batch.max_bytes - bytes,
-                    )
-                    .await
-                {
+                let read = match ahead.take() {
+                    // Issued before the last tail notification was marked seen: a commit after
+                    // it still wakes the wait below.
+                    Some(rx) => rx.await.unwrap_or(Err(QueueError::Closed)),
+                    None => {
+                        tail.borrow_and_update();
+                        ctx.queue
+                            .read(ctx.id, next, ctx.batch.max_records, ctx.batch.max_bytes)
+                            .await
+                    }
+                };
+                let got = match read {
                     Ok(got) => got,
                     Err(e) => {
                         tracing::debug!(error = %e, "queue closed; export stops");
@@ -156,12 +171,25 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
                 if let Some(last) = got.last() {
                     next = last.id + 1;
                     deadline.get_or_insert_with(|| Instant::now() + ctx.batch.interval);
-                    bytes += got.iter().map(|r| r.payload.len()).sum::<usize>();
-                    batch.extend(got);
-                    continue;
+                    for r in got {
+                        if batch.len() < ctx.batch.max_records
+                            && bytes + r.payload.len() <= ctx.batch.max_bytes.max(1)
+                            || batch.is_empty()
+                        {
+                            bytes += r.payload.len();
+                            batch.push(r);
+                        } else {
+                            carry.push_back(r);
+                        }
+                    }
+                    if carry.is_empty() {
+                        continue;
+                    }
                 }
             }
-            let full = batch.len() >= ctx.batch.max_records || bytes >= ctx.batch.max_bytes;
+            let full = batch.len() >= ctx.batch.max_records
+                || bytes >= ctx.batch.max_bytes
+                || !carry.is_empty();
             let due = deadline.is_some_and(|d| Instant::now() >= d);
             if full || due {
                 break;
@@ -172,9 +200,16 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
                 _ = ctx.shutdown.cancelled() => return,
             }
         }
+        // Read the next batch while this one is sent, if there is more waiting.
+        if carry.is_empty() && *tail.borrow() >= next {
+            ahead = ctx
+                .queue
+                .read_ahead(ctx.id, next, ctx.batch.max_records, ctx.batch.max_bytes)
+                .ok();
+        }
 
         tokio::select! {
-            _ = ctx.bandwidth.acquire(priority, bytes as u64) => {}
+            _ = ctx.bandwidth.acquire(export_key, priority, bytes as u64) => {}
             _ = ctx.shutdown.cancelled() => return,
         }
         ctx.stats.sends.fetch_add(1, Ordering::Relaxed);
@@ -186,6 +221,7 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
             dead: Vec::new(),
             retries,
             error: None,
+            state: exporter.state(),
         };
         match result {
             Ok(outcomes) if outcomes.len() == batch.len() => {

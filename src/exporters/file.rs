@@ -92,10 +92,9 @@ impl FileExporter {
             return Ok(());
         }
         std::fs::create_dir_all(&self.config.path)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.current_path())?;
+        let path = self.current_path();
+        drop_partial_line(&path)?;
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let len = file.metadata()?.len();
         sync_dir(&self.config.path)?;
         self.active = Some(Active { file, len });
@@ -176,6 +175,41 @@ impl FileExporter {
     }
 }
 
+/// A crash in the middle of a write can leave half a line at the end of the file. It was never
+/// acknowledged (that happens after fsync), so it is cut off: the record is sent again whole.
+fn drop_partial_line(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                tracing::warn!(file = %path.display(), bytes = len - keep, "cut off a partial last line left by a crash; its records are sent again");
+                file.set_len(keep)?;
+                file.sync_all()?;
+            }
+            return Ok(());
+        }
+        end = start;
+    }
+    if len > 0 {
+        file.set_len(0)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -203,5 +237,60 @@ impl Exporter for FileExporter {
         if let Some(active) = self.active.take() {
             let _ = active.file.sync_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: i64, body: &str) -> Record {
+        Record {
+            id,
+            at_ms: 0,
+            payload: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn writes_ndjson_rotates_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = FileExportConfig {
+            path: dir.path().join("out"),
+            rotate_size: 4096,
+            max_files: Some(2),
+        };
+        let mut ex = FileExporter::new(cfg, "s-e");
+        let body = "x".repeat(1000);
+        for i in 0..20 {
+            ex.write_batch(&[rec(i, &body)]).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "current file + 2 rotated: {names:?}");
+        assert!(names.contains(&"s-e.ndjson".to_string()));
+        let current = std::fs::read_to_string(dir.path().join("out/s-e.ndjson")).unwrap();
+        assert!(current.lines().all(|l| l == body));
+    }
+
+    #[test]
+    fn a_partial_last_line_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s-e.ndjson");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\"").unwrap();
+        let cfg = FileExportConfig {
+            path: dir.path().to_path_buf(),
+            rotate_size: 1 << 20,
+            max_files: None,
+        };
+        let mut ex = FileExporter::new(cfg, "s-e");
+        ex.write_batch(&[rec(3, "{\"a\":3}")]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
     }
 }

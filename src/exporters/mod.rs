@@ -49,6 +49,12 @@ pub trait Exporter: Send + 'static {
         batch: &[Record],
     ) -> impl Future<Output = Result<Vec<Outcome>, SendError>> + Send;
 
+    /// A short, human description of the connection state for `streamgate status`
+    /// (e.g. "connected to 10.0.0.5:8883, 37 in flight"); reported after every send.
+    fn state(&self) -> Option<String> {
+        None
+    }
+
     /// Called once when the export stops (flush, close connections).
     fn close(&mut self) -> impl Future<Output = ()> + Send {
         async {}

@@ -47,10 +47,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{Config, Durability, StrategyOnFull};
 use sqlite::Store;
 
-/// How many appended records one transaction takes at most.
+/// How many appended records one transaction takes at most while no export is reading.
 const MAX_TXN_RECORDS: usize = 20_000;
+/// ... and while exports are reading (catching up): each turn then moves about as much out as
+/// in, so a producer faster than the exports is slowed down (backpressure) instead of growing
+/// the backlog without bound, while an outage (nobody reading) still buffers at full speed.
+const MAX_TXN_RECORDS_CONTENDED: usize = 4_000;
 /// Append batches that may wait for the queue thread before readers feel backpressure.
-const APPEND_CHANNEL_BATCHES: usize = 64;
+const APPEND_CHANNEL_BATCHES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -156,6 +160,8 @@ pub struct AckBatch {
     /// Records that were sent again in this round.
     pub retries: u64,
     pub error: Option<String>,
+    /// The exporter's own description of its state (connection, in flight), if it has one.
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +176,7 @@ pub struct ExportStatus {
     pub last_export_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<i64>,
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +214,13 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// An appender whose batches arrive on the returned receiver instead of a queue: for
+    /// tests and tools that want to see what a reader produces.
+    pub fn detached(capacity: usize) -> (Appender, mpsc::Receiver<AppendBatch>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Appender { tx }, rx)
+    }
+
     /// Queues a batch; waits while the queue thread is behind (backpressure).
     pub async fn append(&self, batch: AppendBatch) -> Result<(), QueueError> {
         self.tx.send(batch).await.map_err(|_| QueueError::Closed)
@@ -244,6 +258,20 @@ impl QueueHandle {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, QueueError> {
+        self.read_ahead(export, from, max_records, max_bytes)?
+            .await
+            .map_err(|_| QueueError::Closed)?
+    }
+
+    /// Like [`read`](Self::read), but sends the request now and returns a receiver: an export
+    /// reads its next batch while it is still sending the current one.
+    pub fn read_ahead(
+        &self,
+        export: ExportId,
+        from: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<Record>, QueueError>>, QueueError> {
         let (reply, rx) = oneshot::channel();
         self.ctl
             .send(Ctl::Read {
@@ -254,7 +282,7 @@ impl QueueHandle {
                 reply,
             })
             .map_err(|_| QueueError::Closed)?;
-        rx.await.map_err(|_| QueueError::Closed)?
+        Ok(rx)
     }
 
     /// Reports delivered and dead-lettered records; applied in the next transaction.
@@ -434,7 +462,7 @@ impl Worker {
         let mut ctl_open = true;
         let mut failing_since: Option<Instant> = None;
         loop {
-            let pending = !appends.is_empty() || !acks.is_empty();
+            let pending = !appends.is_empty() || !acks.is_empty() || !statuses.is_empty();
             if !pending && !app_open && !ctl_open {
                 // Final status write.
                 let _ = self.store.commit(&[], &mut [], crate::time::now_ms(), true);
@@ -459,8 +487,16 @@ impl Worker {
             while let Ok(c) = self.ctl_rx.try_recv() {
                 sort_ctl(c, &mut reads, &mut acks, &mut statuses);
             }
+            // Exports waiting for records are served first, from what is already committed.
+            let contended = !reads.is_empty();
+            self.answer_reads(&mut reads);
             let mut taken: usize = appends.iter().map(|a| a.records.len()).sum();
-            while taken < MAX_TXN_RECORDS {
+            let cap = if contended {
+                MAX_TXN_RECORDS_CONTENDED
+            } else {
+                MAX_TXN_RECORDS
+            };
+            while taken < cap {
                 match self.app_rx.try_recv() {
                     Ok(a) => {
                         taken += a.records.len();
@@ -496,26 +532,36 @@ impl Worker {
                             failing_since = Some(now);
                         }
                         tracing::error!(error = %e, "queue commit failed; keeping the batch in memory and retrying in 1 s");
-                        self.answer(&mut reads, &mut statuses);
+                        self.answer_reads(&mut reads);
+                        self.answer_statuses(&mut statuses);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 }
             }
-            self.answer(&mut reads, &mut statuses);
+            // Status requests taken before the commit see everything they were sent after.
+            self.answer_statuses(&mut statuses);
+            // Reads that arrived during the commit are served now; acks and status requests
+            // that came with them wait for the next turn's commit.
+            while let Ok(c) = self.ctl_rx.try_recv() {
+                sort_ctl(c, &mut reads, &mut acks, &mut statuses);
+            }
+            self.answer_reads(&mut reads);
         }
     }
 
-    /// Serves reads (highest stream priority first) and status requests.
-    fn answer(
-        &mut self,
-        reads: &mut Vec<ReadReq>,
-        statuses: &mut Vec<oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>>,
-    ) {
+    /// Serves reads, highest stream priority first.
+    fn answer_reads(&mut self, reads: &mut Vec<ReadReq>) {
         reads.sort_by_key(|r| self.priorities[r.0.stream]);
         for (export, from, max_records, max_bytes, reply) in reads.drain(..) {
             let _ = reply.send(self.store.read(export.stream, from, max_records, max_bytes));
         }
+    }
+
+    fn answer_statuses(
+        &mut self,
+        statuses: &mut Vec<oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>>,
+    ) {
         for reply in statuses.drain(..) {
             let _ = reply.send(self.store.status());
         }

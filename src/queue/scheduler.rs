@@ -8,13 +8,23 @@
 //! priority is served first, low priority is never starved. A request larger than the bucket is
 //! granted when the bucket is full and drives it negative, so the average rate holds.
 //!
+//! An export is between two requests most of the time (it is sending, fsyncing, reading the
+//! queue). So that priority means something under load, an export that asked within the last
+//! `HOLD` (100 ms) still counts as contending: a lower effective priority waits for it. An
+//! export that goes quiet releases the bandwidth after `HOLD`.
+//!
 //! Plain state machine: time comes in as microseconds, no tokio, tested below.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+/// How long an export counts as contending after its last request.
+pub const HOLD: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 struct Waiter {
     ticket: u64,
+    export: u64,
     priority: u8,
     bytes: u64,
     since_us: u64,
@@ -31,6 +41,8 @@ pub struct BandwidthScheduler {
     aging_us: u64,
     waiters: Vec<Waiter>,
     arrivals: u64,
+    /// Export -> (priority, time of its last request).
+    recent: HashMap<u64, (u8, u64)>,
 }
 
 impl BandwidthScheduler {
@@ -44,14 +56,17 @@ impl BandwidthScheduler {
             aging_us: aging.as_micros().max(1) as u64,
             waiters: Vec::new(),
             arrivals: 0,
+            recent: HashMap::new(),
         }
     }
 
-    /// An export asks to send `bytes`.
-    pub fn request(&mut self, ticket: u64, priority: u8, bytes: u64, now_us: u64) {
+    /// `export` asks to send `bytes`; `ticket` names this request.
+    pub fn request(&mut self, ticket: u64, export: u64, priority: u8, bytes: u64, now_us: u64) {
         self.arrivals += 1;
+        self.recent.insert(export, (priority, now_us));
         self.waiters.push(Waiter {
             ticket,
+            export,
             priority,
             bytes,
             since_us: now_us,
@@ -92,6 +107,17 @@ impl BandwidthScheduler {
                 (self.effective(w, now_us), w.order)
             })
             .unwrap_or(0);
+        // A better-priority export that asked recently (and is busy sending) holds it back.
+        let hold_us = HOLD.as_micros() as u64;
+        self.recent
+            .retain(|_, (_, at)| now_us.saturating_sub(*at) < hold_us);
+        let beff = self.effective(&self.waiters[best], now_us);
+        let held = self.recent.iter().any(|(export, (p, _))| {
+            (*p as i64) < beff && !self.waiters.iter().any(|w| w.export == *export)
+        });
+        if held {
+            return Some(Err(Duration::from_millis(2)));
+        }
         let need = (self.waiters[best].bytes as f64).min(self.burst);
         if self.tokens >= need {
             let w = self.waiters.swap_remove(best);
@@ -110,26 +136,62 @@ impl BandwidthScheduler {
 mod tests {
     use super::*;
 
-    /// Runs the scheduler on a virtual clock; each export keeps one request open.
-    fn simulate(exports: &[(u8, u64)], rate: u64, secs: u64) -> Vec<u64> {
+    /// Runs the scheduler on a virtual clock. Each export asks again `think_us` after each
+    /// grant (the time it spends sending); its ticket is its index.
+    fn simulate_with(exports: &[(u8, u64)], rate: u64, secs: u64, think_us: u64) -> Vec<u64> {
         let mut s = BandwidthScheduler::new(rate, Duration::from_secs(1), 0);
         let mut sent = vec![0u64; exports.len()];
+        let mut again: Vec<Option<u64>> = vec![None; exports.len()];
         for (i, (p, b)) in exports.iter().enumerate() {
-            s.request(i as u64, *p, *b, 0);
+            s.request(i as u64, i as u64, *p, *b, 0);
         }
         let mut now = 0u64;
         while now < secs * 1_000_000 {
+            for (i, at) in again.iter_mut().enumerate() {
+                if at.is_some_and(|t| t <= now) {
+                    let (p, b) = exports[i];
+                    s.request(i as u64, i as u64, p, b, now);
+                    *at = None;
+                }
+            }
             match s.poll(now) {
                 Some(Ok(t)) => {
-                    let (p, b) = exports[t as usize];
-                    sent[t as usize] += b;
-                    s.request(t, p, b, now);
+                    sent[t as usize] += exports[t as usize].1;
+                    again[t as usize] = Some(now + think_us);
                 }
-                Some(Err(wait)) => now += wait.as_micros() as u64,
-                None => break,
+                Some(Err(wait)) => now += (wait.as_micros() as u64).clamp(1, 1_000),
+                None => now += 1_000,
             }
         }
         sent
+    }
+
+    fn simulate(exports: &[(u8, u64)], rate: u64, secs: u64) -> Vec<u64> {
+        simulate_with(exports, rate, secs, 0)
+    }
+
+    #[test]
+    fn a_busy_high_priority_export_keeps_precedence_between_its_requests() {
+        // Each export spends 20 ms sending between requests; the bucket could serve both.
+        let sent = simulate_with(&[(1, 10_000), (10, 10_000)], 200_000, 3, 20_000);
+        assert!(
+            sent[0] > sent[1] * 5,
+            "priority 1 should not be undercut while it sends: {sent:?}"
+        );
+    }
+
+    #[test]
+    fn an_idle_high_priority_export_releases_the_bandwidth() {
+        // The high export sends once and goes quiet; the low one gets the rest.
+        let mut s = BandwidthScheduler::new(100_000, Duration::from_secs(1), 0);
+        s.request(1, 1, 1, 10_000, 0);
+        assert_eq!(s.poll(0), Some(Ok(1)));
+        s.request(2, 2, 10, 10_000, 0);
+        assert!(
+            matches!(s.poll(1_000), Some(Err(_))),
+            "held while priority 1 may come back"
+        );
+        assert_eq!(s.poll(HOLD.as_micros() as u64 + 1_000), Some(Ok(2)));
     }
 
     #[test]

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS exports(
     last_export_ms INTEGER,
     last_error TEXT,
     last_error_ms INTEGER,
+    state TEXT,
     PRIMARY KEY(stream, name)
 );
 CREATE TABLE IF NOT EXISTS sources(id TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
@@ -65,6 +66,7 @@ struct ExportState {
     last_export_ms: Option<i64>,
     last_error: Option<String>,
     last_error_ms: Option<i64>,
+    state: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +114,8 @@ impl Store {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "cache_size", -4096)?; // KiB: keeps RSS small with big queues
         conn.busy_timeout(Duration::from_secs(5))?;
+        // Several statements per stream are cached; the default of 16 would thrash.
+        conn.set_prepared_statement_cache_capacity(128);
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
             return Err(QueueError::Corrupt(check));
@@ -216,6 +220,7 @@ impl Store {
                 last_export_ms: row.4,
                 last_error: row.5,
                 last_error_ms: row.6,
+                state: None,
             });
         }
         Ok(StreamState {
@@ -410,6 +415,9 @@ impl Store {
         if !ack.delivered.is_empty() {
             e.last_export_ms = Some(now_ms);
         }
+        if let Some(state) = ack.state.take() {
+            e.state = Some(state);
+        }
         if let Some(err) = ack.error.take() {
             e.last_error = Some(err);
             e.last_error_ms = Some(now_ms);
@@ -472,6 +480,19 @@ impl Store {
         Ok(freed.unwrap_or(0) as u64)
     }
 
+    /// Drops records `head..=upto` before every export acknowledged them (full or expired):
+    /// cursors move past them. Returns how many were dropped.
+    fn drop_head(&mut self, s: usize, upto: i64) -> Result<u64, QueueError> {
+        let count = (upto - self.streams[s].head + 1) as u64;
+        let freed = self.delete_upto(s, upto)?;
+        let st = &mut self.streams[s];
+        st.bytes = st.bytes.saturating_sub(freed);
+        for e in &mut st.exports {
+            e.cursor.skip_to(upto);
+        }
+        Ok(count)
+    }
+
     /// Removes the oldest records until at least `need` bytes are free (overwrite_oldest).
     fn free_oldest(&mut self, s: usize, need: u64) -> Result<(), QueueError> {
         let st = &self.streams[s];
@@ -494,14 +515,9 @@ impl Store {
         if upto < self.streams[s].head {
             return Ok(());
         }
-        let count = (upto - self.streams[s].head + 1) as u64;
-        let freed = self.delete_upto(s, upto)?;
+        let count = self.drop_head(s, upto)?;
         let st = &mut self.streams[s];
-        st.bytes = st.bytes.saturating_sub(freed);
         st.dropped_overwritten += count;
-        for e in &mut st.exports {
-            e.cursor.skip_to(upto);
-        }
         tracing::warn!(
             stream = %st.spec.name,
             overwritten = count,
@@ -529,14 +545,9 @@ impl Store {
         if upto < st.head {
             return Ok(());
         }
-        let count = (upto - st.head + 1) as u64;
-        let freed = self.delete_upto(s, upto)?;
+        let count = self.drop_head(s, upto)?;
         let st = &mut self.streams[s];
-        st.bytes = st.bytes.saturating_sub(freed);
         st.dropped_ttl += count;
-        for e in &mut st.exports {
-            e.cursor.skip_to(upto);
-        }
         tracing::warn!(
             stream = %st.spec.name,
             expired = count,
@@ -564,7 +575,7 @@ impl Store {
             self.conn
                 .prepare_cached(
                     "UPDATE exports SET delivered = ?3, retries = ?4, dead_lettered = ?5, last_export_ms = ?6,
-                     last_error = ?7, last_error_ms = ?8 WHERE stream = ?1 AND name = ?2",
+                     last_error = ?7, last_error_ms = ?8, state = ?9 WHERE stream = ?1 AND name = ?2",
                 )?
                 .execute(params![
                     st.spec.name,
@@ -574,7 +585,8 @@ impl Store {
                     e.dead_lettered as i64,
                     e.last_export_ms,
                     e.last_error,
-                    e.last_error_ms
+                    e.last_error_ms,
+                    e.state
                 ])?;
         }
         self.conn
@@ -652,6 +664,7 @@ impl Store {
                         last_export_ms: e.last_export_ms,
                         last_error: e.last_error.clone(),
                         last_error_ms: e.last_error_ms,
+                        state: e.state.clone(),
                     })
                     .collect(),
             });

@@ -338,3 +338,98 @@ impl SourceContext {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::decode;
+
+    fn ctx(
+        heartbeat: Option<Duration>,
+    ) -> (SourceContext, tokio::sync::mpsc::Receiver<AppendBatch>) {
+        let (appender, rx) = Appender::detached(16);
+        let tags = vec![("a".to_string(), None), ("b".to_string(), Some(1))];
+        let c = SourceContext::new(
+            0,
+            "src",
+            "eq",
+            0,
+            tags,
+            7,
+            heartbeat,
+            appender,
+            Arc::default(),
+        );
+        (c, rx)
+    }
+
+    fn sample(tag: usize, v: f64) -> Sample {
+        Sample {
+            tag,
+            value: Value::Float(v),
+            quality: Quality::Ok,
+            timestamp_ms: 1000,
+            flags: Flags::empty(),
+        }
+    }
+
+    #[tokio::test]
+    async fn numbers_flags_and_routes_samples() {
+        let (mut c, mut rx) = ctx(None);
+        c.push(sample(0, 1.0));
+        c.push(sample(1, 2.0));
+        c.push(sample(0, f64::NAN));
+        c.lost(2000);
+        c.push(sample(0, 3.0));
+        c.flush().await.unwrap();
+        let batch = rx.recv().await.unwrap();
+        assert_eq!(batch.next_seq, 7 + 6);
+        let p: Vec<_> = batch
+            .records
+            .iter()
+            .map(|r| decode(&r.payload).unwrap())
+            .collect();
+        let seqs: Vec<u64> = p.iter().map(|p| p.meta.sequence_number).collect();
+        assert_eq!(seqs, vec![7, 8, 9, 10, 11, 12]);
+        assert_eq!(
+            batch.records.iter().map(|r| r.stream).collect::<Vec<_>>(),
+            vec![0, 1, 0, 0, 1, 0]
+        );
+        assert_eq!(p[0].meta.flags, Flags::FST);
+        assert_eq!(p[1].meta.flags, Flags::FST);
+        assert_eq!(p[2].meta.flags, Flags::empty());
+        assert_eq!(
+            (p[2].quality, p[2].value.clone()),
+            (Quality::Bad, Value::Text("NaN".into()))
+        );
+        // Loss: one Bad Lst+Syn sample per tag with its last value, then Fst again.
+        assert_eq!(p[3].meta.flags, Flags::LST | Flags::SYN);
+        assert_eq!(p[3].quality, Quality::Bad);
+        assert_eq!(p[4].tag, "b");
+        assert_eq!(p[4].value, Value::Float(2.0));
+        assert_eq!(p[5].meta.flags, Flags::FST);
+        assert_eq!(
+            (p[5].equipment_id.as_str(), p[5].meta.source_id.as_str()),
+            ("eq", "src")
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_go_to_idle_streams_only() {
+        let (mut c, mut rx) = ctx(Some(Duration::from_millis(30)));
+        assert!(c.heartbeat_due().is_some());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        c.push(sample(0, 1.0)); // stream 0 is busy now
+        c.heartbeats(5000);
+        c.flush().await.unwrap();
+        let batch = rx.recv().await.unwrap();
+        assert_eq!(batch.records.len(), 2);
+        let wmk = decode(&batch.records[1].payload).unwrap();
+        assert_eq!(batch.records[1].stream, 1);
+        assert_eq!(wmk.tag, WATERMARK_TAG);
+        assert_eq!(wmk.meta.flags, Flags::WMK | Flags::SYN);
+        assert_eq!(wmk.timestamp, 5000);
+        c.heartbeats(5001);
+        assert_eq!(c.pending(), 0, "no second heartbeat within the interval");
+    }
+}

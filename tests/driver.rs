@@ -1,0 +1,159 @@
+//! The export driver with a scripted exporter: partial failures retry only the failed records,
+//! whole-batch errors retry the batch, rejected records are dead-lettered, nothing is lost and
+//! nothing that was delivered is sent again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use streamgate::config::{BatchConfig, Durability, RetryConfig, StrategyOnFull};
+use streamgate::exporters::bandwidth::Bandwidth;
+use streamgate::exporters::driver::{self, DriverContext, ExportStats};
+use streamgate::exporters::{Exporter, Outcome, SendError};
+use streamgate::queue::{
+    AppendBatch, ExportId, NewRecord, Queue, QueueOptions, Record, StreamSpec,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Destination {
+    /// Record id -> times it was delivered.
+    delivered: HashMap<i64, u32>,
+    /// Record id -> times it was offered.
+    offered: HashMap<i64, u32>,
+    calls: u32,
+}
+
+struct Scripted {
+    dest: Arc<Mutex<Destination>>,
+}
+
+impl Exporter for Scripted {
+    async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
+        let mut d = self.dest.lock().unwrap();
+        d.calls += 1;
+        for r in batch {
+            *d.offered.entry(r.id).or_default() += 1;
+        }
+        if d.calls.is_multiple_of(4) {
+            return Err(SendError::new("connection reset"));
+        }
+        let mut out = Vec::new();
+        for r in batch {
+            let first = d.offered[&r.id] == 1;
+            if r.id % 50 == 0 {
+                out.push(Outcome::Rejected("record too large".into()));
+            } else if r.id % 7 == 0 && first {
+                out.push(Outcome::Retry(
+                    "ProvisionedThroughputExceededException".into(),
+                ));
+            } else {
+                *d.delivered.entry(r.id).or_default() += 1;
+                out.push(Outcome::Delivered);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StreamSpec {
+        name: "s".into(),
+        priority: 1,
+        max_size: 1 << 30,
+        strategy_on_full: StrategyOnFull::RejectNew,
+        time_to_live: None,
+        durability: Durability::ProcessCrash,
+        exports: vec![("x".into(), "test".into(), true)],
+    };
+    let q = Queue::open(
+        dir.path(),
+        vec![spec],
+        &["src".into()],
+        QueueOptions::default(),
+    )
+    .unwrap();
+    let records: Vec<NewRecord> = (0..300)
+        .map(|i| NewRecord {
+            stream: 0,
+            created_ms: 0,
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+        })
+        .collect();
+    q.appender
+        .append(AppendBatch {
+            source: 0,
+            next_seq: 301,
+            records,
+        })
+        .await
+        .unwrap();
+
+    let dest = Arc::new(Mutex::new(Destination::default()));
+    let stop = CancellationToken::new();
+    let stats = Arc::new(ExportStats::default());
+    let ctx = DriverContext {
+        id: ExportId {
+            stream: 0,
+            export: 0,
+        },
+        stream: "s".into(),
+        name: "x".into(),
+        kind: "test",
+        batch: BatchConfig {
+            max_records: 40,
+            max_bytes: 1 << 20,
+            interval: Duration::from_millis(5),
+        },
+        retry: RetryConfig {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        },
+        queue: q.handle.clone(),
+        bandwidth: Bandwidth::unlimited(),
+        stats: stats.clone(),
+        shutdown: stop.clone(),
+    };
+    let task = tokio::spawn(driver::run(Scripted { dest: dest.clone() }, ctx));
+
+    let mut acked = 0;
+    for _ in 0..1000 {
+        let st = q.handle.status().await.unwrap();
+        acked = st[0].exports[0].acked_upto;
+        if acked == 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(acked, 300, "every record acknowledged or dead-lettered");
+
+    let d = std::mem::take(&mut *dest.lock().unwrap());
+    for id in 1..=300i64 {
+        if id % 50 == 0 {
+            assert_eq!(d.delivered.get(&id), None, "record {id} was rejected");
+        } else {
+            assert_eq!(
+                d.delivered.get(&id),
+                Some(&1),
+                "record {id} delivered exactly once"
+            );
+        }
+        if id % 7 == 0 && id % 50 != 0 {
+            assert!(d.offered[&id] >= 2, "throttled record {id} was retried");
+        }
+    }
+    let st = q.handle.status().await.unwrap();
+    assert_eq!(st[0].exports[0].dead_lettered, 6);
+    assert_eq!(st[0].records, 0, "acknowledged records are deleted");
+    assert!(st[0].exports[0].retries > 0);
+    q.close();
+    let report = streamgate::status::read(dir.path()).unwrap();
+    let e = &report.streams[0].exports[0];
+    assert_eq!(e.dead_lettered, 6);
+    assert_eq!(e.recent_dead_letters[0].1, "record too large");
+    assert!(e.last_error.is_some());
+}
