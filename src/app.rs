@@ -92,6 +92,9 @@ impl Pipeline {
 
     pub fn start_sources(&mut self) {
         let Some(queue) = &self.queue else { return };
+        // Modbus sources behind one TCP endpoint or serial line share its connection.
+        #[cfg(feature = "modbus")]
+        let lines = crate::readers::modbus::line::Lines::default();
         for (i, src) in self.config.sources.iter().enumerate() {
             let stats = Arc::new(SourceStats::default());
             self.source_stats.push((src.id.clone(), stats.clone()));
@@ -117,6 +120,11 @@ impl Pipeline {
                 #[cfg(feature = "s7")]
                 SourceKind::S7(s7) => {
                     let reader = crate::readers::s7::S7Reader::new(s7.clone());
+                    self.sources.spawn(reader.run(ctx, stop).instrument(span));
+                }
+                #[cfg(feature = "modbus")]
+                SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                    let reader = crate::readers::modbus::ModbusReader::new(m.clone(), &lines);
                     self.sources.spawn(reader.run(ctx, stop).instrument(span));
                 }
             }

@@ -186,7 +186,13 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
     loop {
         let (data, out) = fresh(&opts.dir, "sustained")?;
         let interval_us = (tags as u64 * 1_000_000 / rate.max(1)).max(1);
-        let cfg = bench_config(&data, &out, &format!("{interval_us}us"), tags, &opts.durability)?;
+        let cfg = bench_config(
+            &data,
+            &out,
+            &format!("{interval_us}us"),
+            tags,
+            &opts.durability,
+        )?;
         let p = Pipeline::start(&cfg, StartOptions::default())?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         for (_, s) in &p.export_stats {
@@ -194,12 +200,20 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
         }
         let (r0, d0, t0) = (p.samples_read(), p.records_delivered(), Instant::now());
         tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
-        let (r1, d1, el) = (p.samples_read(), p.records_delivered(), t0.elapsed().as_secs_f64());
+        let (r1, d1, el) = (
+            p.samples_read(),
+            p.records_delivered(),
+            t0.elapsed().as_secs_f64(),
+        );
         let (_, backlog) = backlog_of(&p).await?;
         let (read, exported) = ((r1 - r0) as f64 / el, (d1 - d0) as f64 / el);
         let hist = &p.export_stats[0].1.latency;
-        let (p50, p99) = (hist.quantile(0.5).unwrap_or(0), hist.quantile(0.99).unwrap_or(0));
-        let kept_up = exported >= read * 0.97 && (backlog as f64) < read * 0.5 && read >= rate as f64 * 0.9;
+        let (p50, p99) = (
+            hist.quantile(0.5).unwrap_or(0),
+            hist.quantile(0.99).unwrap_or(0),
+        );
+        let kept_up =
+            exported >= read * 0.97 && (backlog as f64) < read * 0.5 && read >= rate as f64 * 0.9;
         println!(
             "sustained: offered {rate} samples/s: read {read:.0}/s, exported and acknowledged {exported:.0}/s, backlog {backlog}, latency p50 {p50} ms p99 {p99} ms: {}",
             if kept_up { "kept up" } else { "fell behind" }
@@ -218,7 +232,10 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
         Some((rate, exported, p50, p99)) => println!(
             "sustained: highest rate kept up end to end: {rate} samples/s ({exported:.0} exported/s), latency p50 {p50} ms, p99 {p99} ms"
         ),
-        None => println!("sustained: even {} samples/s fell behind on this machine", opts.rate),
+        None => println!(
+            "sustained: even {} samples/s fell behind on this machine",
+            opts.rate
+        ),
     }
 
     // 3. Overload: the simulator as fast as the queue takes samples: the exports must not starve.
@@ -228,7 +245,11 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (r0, d0, t0) = (p.samples_read(), p.records_delivered(), Instant::now());
     tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
-    let (r1, d1, el) = (p.samples_read(), p.records_delivered(), t0.elapsed().as_secs_f64());
+    let (r1, d1, el) = (
+        p.samples_read(),
+        p.records_delivered(),
+        t0.elapsed().as_secs_f64(),
+    );
     println!(
         "overload: unthrottled simulator: {:.0} samples/s read, {:.0} samples/s exported and acknowledged",
         (r1 - r0) as f64 / el,

@@ -2,6 +2,8 @@
 //! normalises them into the unified payload, numbers them, flags them and appends them to the
 //! queue. A reader knows nothing of queues beyond its context, nothing of exporters at all.
 
+#[cfg(feature = "modbus")]
+pub mod modbus;
 #[cfg(feature = "s7")]
 pub mod s7;
 pub mod simulator;
@@ -25,6 +27,10 @@ pub enum RawSourceKind {
     Simulator(simulator::RawSimulator),
     #[cfg(feature = "s7")]
     S7(Box<s7::RawS7>),
+    #[cfg(feature = "modbus")]
+    ModbusTcp(modbus::RawModbus),
+    #[cfg(feature = "modbus")]
+    ModbusRtu(modbus::RawModbus),
 }
 
 /// A validated source kind with its settings.
@@ -33,6 +39,10 @@ pub enum SourceKind {
     Simulator(simulator::SimulatorConfig),
     #[cfg(feature = "s7")]
     S7(s7::S7Config),
+    #[cfg(feature = "modbus")]
+    ModbusTcp(modbus::ModbusConfig),
+    #[cfg(feature = "modbus")]
+    ModbusRtu(modbus::ModbusConfig),
 }
 
 impl RawSourceKind {
@@ -49,6 +59,14 @@ impl RawSourceKind {
             }
             #[cfg(feature = "s7")]
             RawSourceKind::S7(s) => SourceKind::S7(s.validate(path, stream_index, raw, errs)),
+            #[cfg(feature = "modbus")]
+            RawSourceKind::ModbusTcp(m) => {
+                SourceKind::ModbusTcp(m.validate(path, false, stream_index, raw, errs))
+            }
+            #[cfg(feature = "modbus")]
+            RawSourceKind::ModbusRtu(m) => {
+                SourceKind::ModbusRtu(m.validate(path, true, stream_index, raw, errs))
+            }
         }
     }
 }
@@ -59,6 +77,10 @@ impl SourceKind {
             SourceKind::Simulator(_) => "simulator",
             #[cfg(feature = "s7")]
             SourceKind::S7(_) => "s7",
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(_) => "modbus_tcp",
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusRtu(_) => "modbus_rtu",
         }
     }
 
@@ -68,6 +90,10 @@ impl SourceKind {
             SourceKind::Simulator(s) => s.tags.iter().map(|t| (t.name.clone(), t.stream)).collect(),
             #[cfg(feature = "s7")]
             SourceKind::S7(s) => s.tags.iter().map(|t| (t.name.clone(), t.stream)).collect(),
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                m.tags.iter().map(|t| (t.name.clone(), t.stream)).collect()
+            }
         }
     }
 }

@@ -1,0 +1,212 @@
+//! One connection to a Modbus TCP device/gateway or one serial line, shared by every source
+//! (unit id) behind it. The mutex serialises requests, so units on one RS-485 line or behind
+//! one TCP gateway never talk over each other; a failed connect backs the whole line off so
+//! several sources do not hammer a dead endpoint.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_modbus::client::Context;
+use tokio_modbus::prelude::*;
+
+use super::address::Area;
+use super::config::{Parity, Transport};
+use crate::exporters::retry::Backoff;
+
+/// The lines of one pipeline, by [`Transport::key`].
+#[derive(Default)]
+pub struct Lines {
+    map: Mutex<HashMap<String, Arc<Line>>>,
+}
+
+impl Lines {
+    /// The line for `transport`, created on first use. Sources sharing a serial device use
+    /// the settings of the first one (a mismatch is logged).
+    pub fn get(&self, transport: &Transport, initial: Duration, max: Duration) -> Arc<Line> {
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let line = map
+            .entry(transport.key())
+            .or_insert_with(|| {
+                Arc::new(Line {
+                    transport: transport.clone(),
+                    state: tokio::sync::Mutex::new(LineState {
+                        ctx: None,
+                        backoff: Backoff::new(initial, max),
+                        retry_at: None,
+                    }),
+                })
+            })
+            .clone();
+        if line.transport != *transport {
+            tracing::warn!(line = %transport.key(), "sources on this serial line disagree on its settings; using the first source's");
+        }
+        line
+    }
+}
+
+pub struct Line {
+    transport: Transport,
+    state: tokio::sync::Mutex<LineState>,
+}
+
+struct LineState {
+    ctx: Option<Context>,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+}
+
+/// A response: bits for coils and discrete inputs, words for registers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    Bits(Vec<bool>),
+    Words(Vec<u16>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The device answered with an exception: about the request, not the connection.
+    #[error("device exception {0}")]
+    Exception(ExceptionCode),
+    /// The line is backing off after a failed connect; try again after `until`.
+    #[error("connection is backing off after a failure")]
+    Down { until: Instant },
+    #[error("cannot connect to {line}: {reason}")]
+    Connect { line: String, reason: String },
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl Line {
+    pub fn key(&self) -> String {
+        self.transport.key()
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Context, String> {
+        match &self.transport {
+            Transport::Tcp { host, port } => {
+                let stream = tokio::time::timeout(
+                    timeout,
+                    tokio::net::TcpStream::connect((host.as_str(), *port)),
+                )
+                .await
+                .map_err(|_| format!("no connection within {timeout:?}"))?
+                .map_err(|e| e.to_string())?;
+                // Requests are small and answered one at a time: Nagle would only add delay.
+                let _ = stream.set_nodelay(true);
+                Ok(tokio_modbus::client::tcp::attach(stream))
+            }
+            Transport::Rtu {
+                device,
+                baud,
+                parity,
+                data_bits,
+                stop_bits,
+            } => {
+                let builder = tokio_serial::new(device.as_str(), *baud)
+                    .parity(match parity {
+                        Parity::None => tokio_serial::Parity::None,
+                        Parity::Even => tokio_serial::Parity::Even,
+                        Parity::Odd => tokio_serial::Parity::Odd,
+                    })
+                    .data_bits(if *data_bits == 7 {
+                        tokio_serial::DataBits::Seven
+                    } else {
+                        tokio_serial::DataBits::Eight
+                    })
+                    .stop_bits(if *stop_bits == 2 {
+                        tokio_serial::StopBits::Two
+                    } else {
+                        tokio_serial::StopBits::One
+                    });
+                let port = tokio_serial::SerialStream::open(&builder).map_err(|e| e.to_string())?;
+                Ok(tokio_modbus::client::rtu::attach(port))
+            }
+        }
+    }
+
+    /// Reads `count` registers or bits of `area` from `unit`, connecting first if needed.
+    /// A timeout or transport error drops the connection (a late answer must not be taken
+    /// for the next request's); only a failed connect backs the whole line off.
+    pub async fn read(
+        &self,
+        unit: u8,
+        area: Area,
+        address: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> Result<Data, ReadError> {
+        let mut st = self.state.lock().await;
+        if st.ctx.is_none() {
+            if let Some(until) = st.retry_at
+                && Instant::now() < until
+            {
+                return Err(ReadError::Down { until });
+            }
+            match self.connect(timeout).await {
+                Ok(ctx) => {
+                    tracing::debug!(line = %self.key(), "connected");
+                    st.ctx = Some(ctx);
+                    st.retry_at = None;
+                }
+                Err(reason) => {
+                    let delay = st.backoff.fail(rand::random::<f64>());
+                    st.retry_at = Some(Instant::now() + delay);
+                    return Err(ReadError::Connect {
+                        line: self.key(),
+                        reason,
+                    });
+                }
+            }
+        }
+        let Some(ctx) = st.ctx.as_mut() else {
+            return Err(ReadError::Transport("not connected".into()));
+        };
+        ctx.set_slave(Slave(unit));
+        let request = async {
+            match area {
+                Area::Coil => ctx
+                    .read_coils(address, count)
+                    .await
+                    .map(|r| r.map(Data::Bits)),
+                Area::DiscreteInput => ctx
+                    .read_discrete_inputs(address, count)
+                    .await
+                    .map(|r| r.map(Data::Bits)),
+                Area::InputRegister => ctx
+                    .read_input_registers(address, count)
+                    .await
+                    .map(|r| r.map(Data::Words)),
+                Area::HoldingRegister => ctx
+                    .read_holding_registers(address, count)
+                    .await
+                    .map(|r| r.map(Data::Words)),
+            }
+        };
+        let result = tokio::time::timeout(timeout, request).await;
+        match result {
+            Ok(Ok(Ok(data))) => {
+                st.backoff.reset();
+                Ok(data)
+            }
+            Ok(Ok(Err(code))) => {
+                st.backoff.reset();
+                Err(ReadError::Exception(code))
+            }
+            Ok(Err(e)) => {
+                st.ctx = None;
+                Err(ReadError::Transport(e.to_string()))
+            }
+            Err(_) => {
+                st.ctx = None;
+                Err(ReadError::Timeout(timeout))
+            }
+        }
+    }
+}

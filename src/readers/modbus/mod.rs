@@ -1,0 +1,376 @@
+//! `kind = "modbus_tcp"` and `kind = "modbus_rtu"`: polls a register map (TOML) from one unit
+//! id and turns it into samples.
+//!
+//! - [`address`], [`decode`], [`plan`] and [`report`] are pure: address notations, types x
+//!   byte orders, request coalescing, report by exception.
+//! - [`line`] owns a connection shared by every source behind the same TCP endpoint or
+//!   serial device; requests on it are serialised.
+//! - [`ModbusReader`] polls tag groups (tags with the same interval), one coalesced read at a
+//!   time. Device exceptions are per tag (Bad, logged, the tag left out for
+//!   `exception_retry`); timeouts and transport errors are per source: every tag gets one
+//!   Bad+`Lst` sample, the source backs off, and the first samples after reconnect carry `Fst`.
+//!
+//! Timestamps: Modbus carries no device time, so `timestamp` is the gateway's clock when the
+//! poll round started (one timestamp for all tags of a round). These samples are not flagged
+//! `Ats`: poll time *is* the event time for a polled protocol, and flagging every Modbus
+//! sample would make the flag meaningless (it is kept for sources whose device time was
+//! replaced or corrected).
+
+pub mod address;
+pub mod config;
+pub mod decode;
+pub mod line;
+pub mod plan;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_modbus::ExceptionCode;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ModbusConfig, RawModbus};
+use decode::DataType;
+use line::{Data, Line, Lines, ReadError};
+use plan::{Need, Read};
+use report::Reporter;
+
+use super::{Sample, SourceContext};
+use crate::exporters::retry::Backoff;
+use crate::payload::{Quality, Value};
+
+/// Tags polled at the same interval, with their coalesced reads.
+struct Group {
+    interval: Duration,
+    tags: Vec<usize>,
+    next: Instant,
+    reads: Vec<Read>,
+    replan: bool,
+}
+
+#[derive(Default)]
+struct TagRun {
+    reporter: Reporter,
+    /// Left out of the reads until then, after a permanent exception.
+    excluded_until: Option<Instant>,
+    /// The exception last logged, so a failing tag is logged once, not every retry.
+    exception: Option<ExceptionCode>,
+}
+
+/// An error that ends a poll round: the connection or the device is gone.
+struct Outage {
+    error: ReadError,
+}
+
+pub struct ModbusReader {
+    config: ModbusConfig,
+    line: Arc<Line>,
+    groups: Vec<Group>,
+    tags: Vec<TagRun>,
+}
+
+/// Permanent exceptions: about the request (address, function, value), not the device's state.
+fn permanent(code: ExceptionCode) -> bool {
+    matches!(
+        code,
+        ExceptionCode::IllegalFunction
+            | ExceptionCode::IllegalDataAddress
+            | ExceptionCode::IllegalDataValue
+    )
+}
+
+impl ModbusReader {
+    pub fn new(config: ModbusConfig, lines: &Lines) -> ModbusReader {
+        let line = lines.get(
+            &config.transport,
+            config.initial_backoff,
+            config.max_backoff,
+        );
+        let mut by_interval: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
+        for (i, t) in config.tags.iter().enumerate() {
+            by_interval.entry(t.interval).or_default().push(i);
+        }
+        let now = Instant::now();
+        let groups = by_interval
+            .into_iter()
+            .map(|(interval, tags)| Group {
+                interval,
+                tags,
+                next: now,
+                reads: Vec::new(),
+                replan: true,
+            })
+            .collect();
+        let tags = config.tags.iter().map(|_| TagRun::default()).collect();
+        ModbusReader {
+            config,
+            line,
+            groups,
+            tags,
+        }
+    }
+
+    fn plan_group(&mut self, g: usize, now: Instant) {
+        let group = &mut self.groups[g];
+        for &t in &group.tags {
+            if let Some(until) = self.tags[t].excluded_until
+                && now >= until
+            {
+                self.tags[t].excluded_until = None;
+                group.replan = true;
+            }
+        }
+        if !group.replan {
+            return;
+        }
+        let needs: Vec<Need> = group
+            .tags
+            .iter()
+            .filter(|&&t| self.tags[t].excluded_until.is_none())
+            .map(|&t| {
+                let tag = &self.config.tags[t];
+                Need {
+                    tag: t,
+                    area: tag.area,
+                    address: tag.address,
+                    count: tag.data_type.width(),
+                }
+            })
+            .collect();
+        group.reads = plan::plan(&needs, self.config.limits);
+        group.replan = false;
+    }
+
+    fn emit(
+        &mut self,
+        ctx: &mut SourceContext,
+        tag: usize,
+        value: Value,
+        quality: Quality,
+        ts: i64,
+        now: Instant,
+    ) {
+        let policy = self.config.tags[tag].report;
+        if let Some(flags) = self.tags[tag]
+            .reporter
+            .decide(&policy, &value, quality, now)
+        {
+            ctx.push(Sample {
+                tag,
+                value,
+                quality,
+                timestamp_ms: ts,
+                flags,
+            });
+        }
+    }
+
+    /// Decodes the tags a successful read served.
+    fn deliver(
+        &mut self,
+        ctx: &mut SourceContext,
+        read: &Read,
+        data: &Data,
+        ts: i64,
+        now: Instant,
+    ) {
+        for &(t, offset) in &read.tags {
+            let tag = &self.config.tags[t];
+            let off = offset as usize;
+            let decoded = match (data, tag.data_type) {
+                (Data::Bits(bits), DataType::Bool) => bits.get(off).map(|b| decode::Decoded {
+                    value: Value::Bool(*b),
+                    quality: Quality::Ok,
+                }),
+                (Data::Words(words), ty) => words
+                    .get(off..)
+                    .and_then(|w| decode::decode(ty, tag.byte_order, w)),
+                _ => None,
+            };
+            let (value, quality) = match decoded {
+                Some(d) => {
+                    let value = match tag.scaling {
+                        Some((s, o)) => decode::scale(d.value, s, o),
+                        None => d.value,
+                    };
+                    (value, d.quality)
+                }
+                None => {
+                    tracing::error!(tag = %tag.name, "response too short for this tag");
+                    (Value::Text("short response".into()), Quality::Bad)
+                }
+            };
+            if let Some(code) = self.tags[t].exception.take() {
+                tracing::info!(tag = %tag.name, previous = %code, "tag reads again");
+            }
+            self.emit(ctx, t, value, quality, ts, now);
+        }
+    }
+
+    fn exception(
+        &mut self,
+        ctx: &mut SourceContext,
+        t: usize,
+        code: ExceptionCode,
+        ts: i64,
+        now: Instant,
+    ) {
+        let tag = &self.config.tags[t];
+        let run = &mut self.tags[t];
+        if run.exception != Some(code) {
+            let end = tag.address as u32 + tag.data_type.width() as u32 - 1;
+            if permanent(code) {
+                tracing::error!(
+                    tag = %tag.name, area = tag.area.name(), address = tag.address, last_address = end,
+                    unit_id = self.config.unit_id, exception = %code,
+                    retry_in = ?self.config.exception_retry,
+                    "device rejected the read of this tag; check the register map. The tag is sent as Bad and left out until retried"
+                );
+            } else {
+                tracing::warn!(tag = %tag.name, unit_id = self.config.unit_id, exception = %code, "device could not serve the read; tag sent as Bad");
+            }
+            run.exception = Some(code);
+        }
+        if permanent(code) {
+            run.excluded_until = Some(now + self.config.exception_retry);
+        }
+        self.emit(
+            ctx,
+            t,
+            Value::Text(format!("exception: {code}")),
+            Quality::Bad,
+            ts,
+            now,
+        );
+    }
+
+    async fn read(&self, read: &Read) -> Result<Data, ReadError> {
+        self.line
+            .read(
+                self.config.unit_id,
+                read.area,
+                read.address,
+                read.count,
+                self.config.timeout,
+            )
+            .await
+    }
+
+    /// Polls one group. An exception on a coalesced read is retried tag by tag, so one bad
+    /// address does not take its neighbours down.
+    async fn poll(&mut self, ctx: &mut SourceContext, g: usize, ts: i64) -> Result<(), Outage> {
+        let now = Instant::now();
+        self.plan_group(g, now);
+        let reads = self.groups[g].reads.clone();
+        for read in &reads {
+            match self.read(read).await {
+                Ok(data) => self.deliver(ctx, read, &data, ts, now),
+                Err(ReadError::Exception(code)) if permanent(code) && read.tags.len() > 1 => {
+                    tracing::debug!(exception = %code, address = read.address, count = read.count, "coalesced read rejected; reading its tags one by one");
+                    for &(t, _) in &read.tags {
+                        let tag = &self.config.tags[t];
+                        let single = Read {
+                            area: tag.area,
+                            address: tag.address,
+                            count: tag.data_type.width(),
+                            tags: vec![(t, 0)],
+                        };
+                        match self.read(&single).await {
+                            Ok(data) => self.deliver(ctx, &single, &data, ts, now),
+                            Err(ReadError::Exception(code)) => {
+                                self.exception(ctx, t, code, ts, now)
+                            }
+                            Err(error) => return Err(Outage { error }),
+                        }
+                    }
+                    self.groups[g].replan = true;
+                }
+                Err(ReadError::Exception(code)) => {
+                    for &(t, _) in &read.tags {
+                        self.exception(ctx, t, code, ts, now);
+                    }
+                    if permanent(code) {
+                        self.groups[g].replan = true;
+                    }
+                }
+                Err(error) => return Err(Outage { error }),
+            }
+            if ctx.should_flush() && ctx.flush().await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls until `shutdown`; then every tag gets its `Lst` sample.
+    pub async fn run(mut self, mut ctx: SourceContext, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
+        let mut connected = false;
+        let mut outage_logged = false;
+        tracing::info!(line = %self.line.key(), unit_id = self.config.unit_id, tags = self.config.tags.len(), groups = self.groups.len(), "modbus reader started");
+        'run: while let Some(next) = self.groups.iter().map(|g| g.next).min() {
+            let heartbeat = ctx.heartbeat_due();
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(heartbeat.unwrap_or(next)), if heartbeat.is_some() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let now = Instant::now();
+            for g in 0..self.groups.len() {
+                if self.groups[g].next > now {
+                    continue;
+                }
+                let interval = self.groups[g].interval;
+                // No catch-up burst after a stall: the next poll is one interval from now.
+                self.groups[g].next = (self.groups[g].next + interval).max(now);
+                let ts = crate::time::now_ms();
+                let result = tokio::select! {
+                    r = self.poll(&mut ctx, g, ts) => r,
+                    _ = shutdown.cancelled() => break 'run,
+                };
+                match result {
+                    Ok(()) => {
+                        if !connected {
+                            tracing::info!(line = %self.line.key(), unit_id = self.config.unit_id, "reading");
+                            connected = true;
+                            outage_logged = false;
+                        }
+                        backoff.reset();
+                    }
+                    Err(Outage { error }) => {
+                        if connected {
+                            ctx.lost(crate::time::now_ms());
+                            connected = false;
+                        }
+                        for t in &mut self.tags {
+                            t.reporter.reset();
+                        }
+                        let mut until = Instant::now() + backoff.fail(rand::random::<f64>());
+                        if let ReadError::Down { until: line_until } = error {
+                            until = until.max(line_until);
+                        }
+                        if !outage_logged || !matches!(error, ReadError::Down { .. }) {
+                            tracing::warn!(line = %self.line.key(), unit_id = self.config.unit_id, error = %error, retry_in = ?until.saturating_duration_since(Instant::now()), "device unreachable; tags sent as Bad/Lst, reconnecting with backoff");
+                            outage_logged = true;
+                        }
+                        for g in &mut self.groups {
+                            g.next = g.next.max(until);
+                        }
+                        break;
+                    }
+                }
+            }
+            ctx.heartbeats(crate::time::now_ms());
+            if ctx.flush().await.is_err() {
+                return;
+            }
+        }
+        ctx.lost(crate::time::now_ms());
+        if let Err(e) = ctx.flush().await {
+            tracing::warn!(error = %e, "could not queue the modbus reader's last samples");
+        }
+        tracing::info!(next_sequence = ctx.next_seq(), "modbus reader stopped");
+    }
+}
