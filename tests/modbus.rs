@@ -238,8 +238,8 @@ async fn every_type_and_byte_order_decodes_like_the_server_encodes() {
             "{name}: first sample lacks Fst"
         );
         assert!(
-            !first.meta.flags.contains(Flags::ATS),
-            "{name}: Modbus samples are not flagged Ats"
+            first.meta.flags.contains(Flags::ATS),
+            "{name}: Modbus has no device time: samples are flagged Ats"
         );
         assert_eq!((&first.value, first.quality), (want, *quality), "{name}");
         assert!(samples.len() >= 2, "{name}: polled only once");

@@ -11,10 +11,9 @@
 //!   Bad+`Lst` sample, the source backs off, and the first samples after reconnect carry `Fst`.
 //!
 //! Timestamps: Modbus carries no device time, so `timestamp` is the gateway's clock when the
-//! poll round started (one timestamp for all tags of a round). These samples are not flagged
-//! `Ats`: poll time *is* the event time for a polled protocol, and flagging every Modbus
-//! sample would make the flag meaningless (it is kept for sources whose device time was
-//! replaced or corrected).
+//! poll round started (one timestamp for all tags of a round), and every sample carries `Ats`
+//! as FIELD.md defines it ("the gateway replaced the device's timestamp: no device time"), the
+//! same rule as the S7 reader: consumers can tell gateway-stamped from device-stamped data.
 
 pub mod address;
 pub mod config;
@@ -39,7 +38,7 @@ use report::Reporter;
 
 use super::{Sample, SourceContext};
 use crate::exporters::retry::Backoff;
-use crate::payload::{Quality, Value};
+use crate::payload::{Flags, Quality, Value};
 
 /// Tags polled at the same interval, with their coalesced reads.
 struct Group {
@@ -162,7 +161,7 @@ impl ModbusReader {
                 value,
                 quality,
                 timestamp_ms: ts,
-                flags,
+                flags: flags | Flags::ATS,
             });
         }
     }
