@@ -135,7 +135,7 @@ async fn connection(
             _ = stop.cancelled() => {
                 goodbye(&client, el).await;
                 drain(shared, el);
-                lost(shared, "export stopped");
+                lost(shared, STOPPED);
                 return None;
             }
             _ = shared.kill.notified() => {
@@ -218,6 +218,8 @@ fn drain(shared: &Shared, el: &mut EventLoop) {
     }
 }
 
+const STOPPED: &str = "export stopped";
+
 /// Everything without a PUBACK is lost with `reason`; nothing more is submitted.
 fn lost(shared: &Shared, reason: &str) {
     let stats = &shared.stats;
@@ -245,14 +247,18 @@ fn lost(shared: &Shared, reason: &str) {
             stats,
         );
     }
-    st.last_error = Some(reason.to_string());
+    if reason != STOPPED {
+        st.last_error = Some(reason.to_string());
+        if let Ok(mut e) = stats.last_error.lock() {
+            *e = Some(reason.to_string());
+        }
+    }
     stats.in_flight.store(0, Ordering::Relaxed);
     stats.connected.store(false, Ordering::Relaxed);
-    if let Ok(mut e) = stats.last_error.lock() {
-        *e = Some(reason.to_string());
-    }
     drop(st);
-    if was_connected {
+    if was_connected && reason == STOPPED {
+        tracing::info!("disconnected from mqtt broker (export stopped)");
+    } else if was_connected {
         stats.connection_losses.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             without_puback = sent,
@@ -370,6 +376,7 @@ pub fn describe(e: &ConnectionError, config: &MqttExportConfig) -> String {
         ConnectionError::Io(io) => Some(io),
         ConnectionError::Tls(TlsError::Io(io)) => Some(io),
         ConnectionError::MqttState(StateError::Io(io)) => Some(io),
+        ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => Some(io),
         _ => None,
     };
     let tls_cause = match e {
@@ -408,22 +415,33 @@ pub fn describe(e: &ConnectionError, config: &MqttExportConfig) -> String {
         ConnectionError::MqttState(StateError::AwaitPingResp) => {
             format!("{broker} did not answer the keep-alive ping; connection presumed dead")
         }
+        ConnectionError::MqttState(StateError::ConnectionAborted) => {
+            format!("{broker} closed the connection")
+        }
+        ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(_))) => {
+            // Handled with `io` below.
+            describe_io(io, &broker, e)
+        }
         ConnectionError::MqttState(other) => format!("MQTT protocol error with {broker}: {other}"),
-        _ => match io {
-            Some(io) => match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => format!(
-                    "connection refused by {broker}: is the broker running and listening on that port?"
-                ),
-                std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::BrokenPipe => {
-                    format!("{broker} closed the connection ({io})")
-                }
-                _ => format!("I/O error with {broker}: {io}"),
-            },
-            None => format!("{broker}: {e}"),
+        _ => describe_io(io, &broker, e),
+    }
+}
+
+fn describe_io(io: Option<&std::io::Error>, broker: &str, e: &ConnectionError) -> String {
+    match io {
+        Some(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => format!(
+                "connection refused by {broker}: is the broker running and listening on that port?"
+            ),
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe => {
+                format!("{broker} closed the connection ({io})")
+            }
+            _ => format!("I/O error with {broker}: {io}"),
         },
+        None => format!("{broker}: {e}"),
     }
 }
 
