@@ -2,6 +2,8 @@
 //! real subscriber (mosquitto_sub). Every stream also has a file export: it is the reference
 //! of what the queue held, and every one of its lines must arrive through the broker.
 
+#![cfg(feature = "mqtt")]
+
 #[path = "peers/mqtt/mod.rs"]
 mod peers;
 

@@ -420,3 +420,117 @@ impl RawMqttExport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, parse};
+    use crate::exporters::ExportKind;
+
+    fn with_export(keys: &str) -> Result<crate::config::Config, Vec<ConfigError>> {
+        parse(&format!(
+            "[gateway]\ndata_dir = \"/tmp/x\"\n[[streams]]\nname = \"s\"\n[[streams.exports]]\nkind = \"mqtt\"\n{keys}\n"
+        ))
+    }
+
+    fn mqtt(keys: &str) -> super::MqttExportConfig {
+        let cfg = with_export(keys).unwrap_or_else(|e| panic!("{e:?}"));
+        match &cfg.streams[0].exports[0].kind {
+            ExportKind::Mqtt(m) => (**m).clone(),
+            _ => panic!("not mqtt"),
+        }
+    }
+
+    fn errors(keys: &str) -> Vec<String> {
+        with_export(keys)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
+    }
+
+    const BASE: &str = "host = \"b\"\nclient_id = \"c\"\ntopic = \"t/{tag}\"";
+
+    #[test]
+    fn defaults() {
+        let m = mqtt(BASE);
+        assert_eq!(m.port, 1883);
+        assert_eq!(m.qos, super::Qos::AtLeastOnce);
+        assert!(!m.clean_session);
+        assert_eq!(m.max_in_flight, 100);
+        assert_eq!(m.max_payload, 128 * 1024);
+        assert_eq!(m.publish_rate, None);
+        assert!(m.tls.is_none());
+    }
+
+    #[test]
+    fn aws_iot_limits_and_defaults() {
+        let m = mqtt(&format!(
+            "{BASE}\naws_iot = true\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\""
+        ));
+        assert_eq!(m.port, 8883);
+        assert!(m.tls.is_some());
+        assert_eq!(m.publish_rate, Some(100));
+        assert_eq!(m.publish_bandwidth, Some(512 * 1024));
+        let errs = errors(
+            "host = \"b\"\nclient_id = \"c\"\ntopic = \"a/b/c/d/e/f/g/h/{tag}\"\naws_iot = true\ntls = false\nmax_in_flight = 1000\nmax_payload_size = \"256KiB\"\npublish_rate = 500\nkeep_alive = \"10s\"\nqos = 2",
+        );
+        for want in [
+            "streams[0].exports[0].topic: has 8 slashes",
+            "streams[0].exports[0].max_in_flight: 1000 is above the limit of 100",
+            "streams[0].exports[0].max_payload_size: 256KiB is above",
+            "streams[0].exports[0].publish_rate: 500 is above the limit of 100",
+            "streams[0].exports[0].keep_alive: AWS IoT Core accepts",
+            "streams[0].exports[0].tls: AWS IoT Core only accepts TLS",
+            "streams[0].exports[0].qos: QoS 2",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_with_its_path() {
+        let errs = errors(
+            "host = \"\"\nclient_id = \"\"\ntopic = \"t/{nope}/#\"\nca_file = \"ca.pem\"\nclient_key = \"k\"\npassword = \"p\"\nprotocol = \"5\"\npayload = \"csv\"",
+        );
+        for want in [
+            "streams[0].exports[0].host",
+            "streams[0].exports[0].client_id",
+            "streams[0].exports[0].topic: unknown placeholder {nope}",
+            "streams[0].exports[0].topic: must not contain the wildcards",
+            "streams[0].exports[0].ca_file: needs tls = true",
+            "streams[0].exports[0].client_cert: is required with client_key",
+            "streams[0].exports[0].username: is required when a password is set",
+            "streams[0].exports[0].protocol",
+            "streams[0].exports[0].payload",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        assert!(
+            errors(&format!("{BASE}\nunknown_key = 1"))
+                .iter()
+                .any(|e| e.contains("unknown_key"))
+        );
+        assert!(
+            errors(&format!("{BASE}\nbatch_size = 20000"))
+                .iter()
+                .any(|e| e.contains("batch_size"))
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let m = mqtt(&format!(
+            "{BASE}\nusername = \"u\"\npassword = \"hunter2-secret\""
+        ));
+        let shown = format!("{m:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+}

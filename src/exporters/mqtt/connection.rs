@@ -47,9 +47,20 @@ pub struct State {
     /// Counts connections; a kill request names the connection it is meant for.
     pub epoch: u64,
     pub kill: Option<u64>,
+    /// The in-flight window and how much room in it is worth waking the exporter for.
+    pub window: usize,
+    pub refill_step: usize,
 }
 
 impl State {
+    /// Wake the exporter when the window has `refill_step` free slots or its send is complete.
+    /// `refill_step` is 1 on purpose: brokers with Nagle on (mosquitto's default) hold their
+    /// next PUBACK until our TCP ACK, and our kernel delays that ACK unless we send data; so a
+    /// publish must follow every PUBACK. Larger steps measured 2.5k instead of 35k samples/s.
+    fn wants_wakeup(&self) -> bool {
+        self.settled >= self.results.len() || self.inflight.len() + self.refill_step <= self.window
+    }
+
     fn settle(&mut self, tag: Tag, result: Settled, stats: &MqttStats) {
         if let Settled::Lost { sent: true, .. } = &result {
             stats.lost_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +184,7 @@ async fn connection(
             }
             Ok(event) => {
                 let mut st = shared.lock();
-                if handle(&mut st, &event, stats) {
+                if handle(&mut st, &event, stats) && st.wants_wakeup() {
                     drop(st);
                     shared.progress.notify_one();
                 }

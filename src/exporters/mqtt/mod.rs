@@ -80,8 +80,13 @@ pub struct MqttExporter {
 impl MqttExporter {
     /// Starts the connection task (needs a tokio runtime).
     pub fn new(config: MqttExportConfig, stats: Arc<MqttStats>) -> MqttExporter {
+        let window = config.max_in_flight as usize;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                window,
+                refill_step: 1,
+                ..State::default()
+            }),
             progress: Default::default(),
             kill: Default::default(),
             stats,
@@ -266,9 +271,11 @@ impl Exporter for MqttExporter {
                 _ = tokio::time::sleep(rate_wait), if !rate_wait.is_zero() => {}
                 _ = tokio::time::sleep_until(ack_deadline), if in_flight > 0 => {
                     let mut st = self.shared.lock();
-                    st.kill = Some(st.epoch);
-                    drop(st);
-                    self.shared.kill.notify_one();
+                    if st.settled == seen {
+                        st.kill = Some(st.epoch);
+                        drop(st);
+                        self.shared.kill.notify_one();
+                    }
                     last_progress = Instant::now();
                 }
             }
