@@ -308,6 +308,55 @@ async fn broker_restart_mid_stream_loses_nothing() {
     assert_eq!(stats.late_acks.load(Ordering::Relaxed), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_broker_hits_ack_timeout_and_nothing_is_lost() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = Broker::start(
+        &tmp.path().join("broker"),
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true"),
+        &[port],
+    );
+    let port_s = port.to_string();
+    let sub = Subscriber::start(tmp.path(), "frozen-sub", &["-p", &port_s], &[]);
+    let (data, out) = dirs(tmp.path());
+    let cfg = config(&Setup {
+        data: &data,
+        out: &out,
+        port,
+        client_id: "frozen",
+        extra: "ack_timeout = \"1s\"",
+        interval: "5ms",
+        tags: 10,
+    });
+    let mut p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = mqtt_stats(&p);
+    // Frozen: the TCP connection stays open, but no PUBACK comes.
+    broker.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked_frozen = stats.acked.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stats.acked.load(Ordering::Relaxed),
+        acked_frozen,
+        "acknowledged while the broker was frozen"
+    );
+    broker.signal("CONT");
+    drain(&mut p, Duration::from_secs(60)).await;
+    p.stop().await;
+    let error = stats.last_error.lock().unwrap().clone().unwrap_or_default();
+    assert!(
+        stats.connection_losses.load(Ordering::Relaxed) >= 1,
+        "ack_timeout did not drop the connection (last error: {error})"
+    );
+    let expected = reference(&out);
+    all_arrived(&expected, &sub);
+    contiguous(&expected);
+    assert_eq!(stats.late_acks.load(Ordering::Relaxed), 0);
+}
+
 fn tls_broker_conf(certs: &Certs, plain: u16, tls: u16) -> String {
     format!(
         "per_listener_settings false\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",

@@ -81,6 +81,16 @@ impl Broker {
         }
     }
 
+    /// Sends a signal (`STOP` freezes the broker with its connections open, `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -170,6 +180,16 @@ impl Subscriber {
     }
 
     /// Starts it again (after a broker restart: mosquitto_sub does not reconnect by itself).
+    /// Sends a signal (`STOP` freezes the broker with its connections open, `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
