@@ -50,6 +50,9 @@ pub struct Pipeline {
     bandwidth: Bandwidth,
     pub source_stats: Vec<(String, Arc<SourceStats>)>,
     pub export_stats: Vec<(String, Arc<ExportStats>)>,
+    /// Connection state and in-flight counters of the MQTT exports, by `stream/export`.
+    #[cfg(feature = "mqtt")]
+    pub mqtt_stats: Vec<(String, Arc<crate::exporters::mqtt::MqttStats>)>,
 }
 
 impl Pipeline {
@@ -80,6 +83,8 @@ impl Pipeline {
             bandwidth,
             source_stats: Vec::new(),
             export_stats: Vec::new(),
+            #[cfg(feature = "mqtt")]
+            mqtt_stats: Vec::new(),
         };
         if options.exports {
             pipeline.start_exports();
@@ -165,6 +170,17 @@ impl Pipeline {
                     ExportKind::Stdout(_) => {
                         self.exports
                             .spawn(driver::run(StdoutExporter::default(), ctx));
+                    }
+                    #[cfg(feature = "mqtt")]
+                    ExportKind::Mqtt(m) => {
+                        let stats = Arc::new(crate::exporters::mqtt::MqttStats::default());
+                        self.mqtt_stats
+                            .push((format!("{}/{}", stream.name, export.name), stats.clone()));
+                        let span = tracing::info_span!("export", stream = %stream.name, name = %export.name, kind = "mqtt");
+                        let exporter = span.in_scope(|| {
+                            crate::exporters::mqtt::MqttExporter::new((**m).clone(), stats)
+                        });
+                        self.exports.spawn(driver::run(exporter, ctx));
                     }
                 }
             }

@@ -5,6 +5,8 @@
 pub mod bandwidth;
 pub mod driver;
 pub mod file;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod retry;
 pub mod stdout;
 
@@ -76,6 +78,8 @@ pub struct Limits {
 pub enum RawExportKind {
     File(file::RawFileExport),
     Stdout(stdout::RawStdoutExport),
+    #[cfg(feature = "mqtt")]
+    Mqtt(Box<mqtt::RawMqttExport>),
 }
 
 /// A validated export kind with its settings.
@@ -83,6 +87,8 @@ pub enum RawExportKind {
 pub enum ExportKind {
     File(file::FileExportConfig),
     Stdout(stdout::StdoutExportConfig),
+    #[cfg(feature = "mqtt")]
+    Mqtt(Box<mqtt::config::MqttExportConfig>),
 }
 
 impl RawExportKind {
@@ -90,6 +96,8 @@ impl RawExportKind {
         match self {
             RawExportKind::File(_) => "file",
             RawExportKind::Stdout(_) => "stdout",
+            #[cfg(feature = "mqtt")]
+            RawExportKind::Mqtt(_) => "mqtt",
         }
     }
 
@@ -97,6 +105,8 @@ impl RawExportKind {
         match self {
             RawExportKind::File(_) => file::LIMITS,
             RawExportKind::Stdout(_) => stdout::LIMITS,
+            #[cfg(feature = "mqtt")]
+            RawExportKind::Mqtt(_) => mqtt::LIMITS,
         }
     }
 
@@ -104,6 +114,8 @@ impl RawExportKind {
         match self {
             RawExportKind::File(f) => ExportKind::File(f.validate(path, errs)),
             RawExportKind::Stdout(s) => ExportKind::Stdout(s.validate(path, errs)),
+            #[cfg(feature = "mqtt")]
+            RawExportKind::Mqtt(m) => ExportKind::Mqtt(Box::new(m.validate(path, errs))),
         }
     }
 }
@@ -113,6 +125,8 @@ impl ExportKind {
         match self {
             ExportKind::File(_) => "file",
             ExportKind::Stdout(_) => "stdout",
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(_) => "mqtt",
         }
     }
 }

@@ -1,0 +1,194 @@
+//! MQTT export benchmark: sustained samples/s through QoS 1 into a local mosquitto (started
+//! here on a free 127.0.0.1 port), with in-flight windows of 100 and 1,000, and peak RSS.
+//! Prints figures; never fails on a slow machine.
+//!
+//!     cargo run --release --example bench_mqtt [backlog_samples] [seconds]
+//!
+//! Per window: (1) queue a backlog with the export stopped, then time its drain (each record
+//! acknowledged by a PUBACK); (2) simulator and export running together for `seconds`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use streamgate::app::{Pipeline, StartOptions};
+use streamgate::telemetry::rss;
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Resets the kernel's peak-RSS mark (VmHWM) so each phase reports its own peak.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn config(data: &Path, port: u16, window: u16) -> streamgate::config::Config {
+    let text = format!(
+        r#"
+[gateway]
+data_dir = "{data}"
+equipment_id = "bench-line-1"
+status_interval = "1s"
+shutdown_timeout = "30s"
+
+[[streams]]
+name = "bench"
+max_size = "4GiB"
+
+[[streams.exports]]
+name = "mqtt"
+kind = "mqtt"
+host = "127.0.0.1"
+port = {port}
+client_id = "bench-{window}"
+topic = "lines/{{sourceId}}/{{equipmentId}}/{{tag}}"
+max_in_flight = {window}
+batch_size = 10000
+batch_bytes = "8MiB"
+batch_interval = "20ms"
+
+[[sources]]
+kind = "simulator"
+id = "bench-sim"
+stream = "bench"
+interval = "0"
+
+[[sources.tags]]
+name = "temperature"
+waveform = "sine"
+min = 10.0
+max = 90.0
+repeat = 100
+"#,
+        data = data.display()
+    );
+    match streamgate::config::parse(&text) {
+        Ok(c) => c,
+        Err(e) => panic!("bench config: {e:?}"),
+    }
+}
+
+async fn backlog(p: &Pipeline) -> (u64, u64) {
+    match p.handle.status().await {
+        Ok(s) => (s[0].records, s[0].exports[0].backlog),
+        Err(_) => (0, 0),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let target: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300_000);
+    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let conf = tmp.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"),
+    )
+    .expect("write mosquitto.conf");
+    let _broker = Broker(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto not installed: run tests/peers/setup.sh"),
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let version = Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    println!(
+        "bench_mqtt: QoS 1 to a local {version}, one sample (~240 bytes) per message, batch_size 10000"
+    );
+
+    for window in [100u16, 1000] {
+        // 1. Backlog drain.
+        let data = tmp.path().join(format!("data-{window}"));
+        let cfg = config(&data, port, window);
+        let mut p = Pipeline::start(
+            &cfg,
+            StartOptions {
+                sources: true,
+                exports: false,
+            },
+        )
+        .expect("pipeline");
+        while p.samples_read() < target {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        p.stop_sources(Duration::from_secs(30)).await;
+        let queued = p.samples_read();
+        while backlog(&p).await.0 < queued {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reset_peak();
+        let t = Instant::now();
+        p.start_exports();
+        while backlog(&p).await.1 > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let el = t.elapsed().as_secs_f64();
+        let (_, peak) = rss().unwrap_or((0, 0));
+        let m = p.mqtt_stats[0].1.clone();
+        println!(
+            "window {window:>4}: backlog of {queued} drained in {el:.2} s = {:.0} samples/s acknowledged (PUBACK), peak RSS {:.1} MiB, connects {}",
+            queued as f64 / el,
+            mib(peak),
+            m.connects.load(Ordering::Relaxed)
+        );
+        p.stop().await;
+
+        // 2. Live: simulator as fast as the queue takes it, export running.
+        let data = tmp.path().join(format!("live-{window}"));
+        let cfg = config(&data, port, window);
+        let p = Pipeline::start(&cfg, StartOptions::default()).expect("pipeline");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        reset_peak();
+        let (r0, d0, t0) = (p.samples_read(), p.records_delivered(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let (r1, d1, el) = (
+            p.samples_read(),
+            p.records_delivered(),
+            t0.elapsed().as_secs_f64(),
+        );
+        let (_, peak) = rss().unwrap_or((0, 0));
+        let (_, left) = backlog(&p).await;
+        println!(
+            "window {window:>4}: live {seconds} s: {:.0} samples/s read, {:.0} samples/s acknowledged end to end (backlog at end {left}), peak RSS {:.1} MiB",
+            (r1 - r0) as f64 / el,
+            (d1 - d0) as f64 / el,
+            mib(peak)
+        );
+        p.stop().await;
+    }
+}
