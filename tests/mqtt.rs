@@ -217,6 +217,18 @@ async fn end_to_end_every_sample_arrives_with_its_topic() {
     assert_eq!(stats.acked.load(Ordering::Relaxed), expected.len() as u64);
     assert_eq!(stats.late_acks.load(Ordering::Relaxed), 0);
     assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
+    // `streamgate status` shows the connection state the export reported.
+    let report = streamgate::status::read(&data).unwrap();
+    let mqtt = report.streams[0]
+        .exports
+        .iter()
+        .find(|e| e.kind == "mqtt")
+        .expect("the mqtt export");
+    let state = mqtt.state.clone().unwrap_or_default();
+    assert!(
+        state.starts_with(&format!("connected to 127.0.0.1:{port}, 0 in flight")),
+        "{state}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -307,6 +307,23 @@ impl Exporter for MqttExporter {
         Ok(outcomes)
     }
 
+    fn state(&self) -> Option<String> {
+        let st = &self.shared.stats;
+        let (host, port) = (&self.config.host, self.config.port);
+        let connected = if st.connected.load(Ordering::Relaxed) {
+            "connected to"
+        } else {
+            "disconnected from"
+        };
+        Some(format!(
+            "{connected} {host}:{port}, {} in flight, {} connects, {} connection losses, {} possible duplicates",
+            st.in_flight.load(Ordering::Relaxed),
+            st.connects.load(Ordering::Relaxed),
+            st.connection_losses.load(Ordering::Relaxed),
+            st.possible_duplicates.load(Ordering::Relaxed),
+        ))
+    }
+
     async fn close(&mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
