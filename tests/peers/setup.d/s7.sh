@@ -4,6 +4,6 @@
 # (request counting wraps Server._handle_read_area).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
-need_apt python3 python3-pip
+python3 -m pip --version >/dev/null 2>&1 || need_apt python3 python3-pip
 python3 -c 'import snap7, sys; sys.exit(0 if snap7.__version__ == "3.3.0" else 1)' >/dev/null 2>&1 \
     || python3 -m pip install --quiet --disable-pip-version-check "python-snap7==3.3.0"
