@@ -143,6 +143,27 @@ impl Errors {
         }
     }
 
+    /// `<path>.initial_backoff` and `<path>.max_backoff` (both at least `min`, max not below
+    /// initial), as used by every export and every reader that reconnects.
+    pub fn backoff(
+        &mut self,
+        path: &str,
+        initial: Option<&str>,
+        max: Option<&str>,
+        defaults: (Duration, Duration),
+        min: Duration,
+    ) -> (Duration, Duration) {
+        let initial = self.duration(&format!("{path}.initial_backoff"), initial, defaults.0, min);
+        let max = self.duration(&format!("{path}.max_backoff"), max, defaults.1, min);
+        if max < initial {
+            self.push(
+                format!("{path}.max_backoff"),
+                "must not be below initial_backoff",
+            );
+        }
+        (initial, max)
+    }
+
     /// Checks a name used in file names, status and metrics.
     pub fn name(&mut self, path: &str, value: &str) {
         let ok = !value.is_empty()
@@ -347,24 +368,13 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
         limits.default_batch_interval,
         Duration::ZERO,
     );
-    let initial_backoff = errs.duration(
-        &format!("{path}.initial_backoff"),
+    let (initial_backoff, max_backoff) = errs.backoff(
+        path,
         e.initial_backoff.as_deref(),
-        Duration::from_millis(100),
-        Duration::from_millis(1),
-    );
-    let max_backoff = errs.duration(
-        &format!("{path}.max_backoff"),
         e.max_backoff.as_deref(),
-        Duration::from_secs(60),
+        (Duration::from_millis(100), Duration::from_secs(60)),
         Duration::from_millis(1),
     );
-    if max_backoff < initial_backoff {
-        errs.push(
-            format!("{path}.max_backoff"),
-            "must not be below initial_backoff",
-        );
-    }
     let kind = e.kind.validate(path, errs);
     ExportConfig {
         name,

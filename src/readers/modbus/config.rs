@@ -261,24 +261,13 @@ impl RawModbus {
                 MAX_BITS as i64,
             ) as u16,
         };
-        let initial_backoff = errs.duration(
-            &format!("{path}.initial_backoff"),
+        let (initial_backoff, max_backoff) = errs.backoff(
+            path,
             self.initial_backoff.as_deref(),
-            Duration::from_millis(500),
-            Duration::from_millis(1),
-        );
-        let max_backoff = errs.duration(
-            &format!("{path}.max_backoff"),
             self.max_backoff.as_deref(),
-            Duration::from_secs(30),
+            (Duration::from_millis(500), Duration::from_secs(30)),
             Duration::from_millis(1),
         );
-        if max_backoff < initial_backoff {
-            errs.push(
-                format!("{path}.max_backoff"),
-                "must not be below initial_backoff",
-            );
-        }
         let exception_retry = errs.duration(
             &format!("{path}.exception_retry"),
             self.exception_retry.as_deref(),

@@ -189,24 +189,13 @@ impl RawS7 {
             MAX_ITEMS_PER_REQUEST,
         ) as usize;
         let merge_gap = errs.int(&format!("{path}.merge_gap"), self.merge_gap, 16, 0, 256) as u32;
-        let initial_backoff = errs.duration(
-            &format!("{path}.initial_backoff"),
+        let (initial_backoff, max_backoff) = errs.backoff(
+            path,
             self.initial_backoff.as_deref(),
-            Duration::from_millis(500),
-            Duration::from_millis(10),
-        );
-        let max_backoff = errs.duration(
-            &format!("{path}.max_backoff"),
             self.max_backoff.as_deref(),
-            Duration::from_secs(30),
+            (Duration::from_millis(500), Duration::from_secs(30)),
             Duration::from_millis(10),
         );
-        if max_backoff < initial_backoff {
-            errs.push(
-                format!("{path}.max_backoff"),
-                "must not be shorter than initial_backoff",
-            );
-        }
         let failed_tag_retry = errs.duration(
             &format!("{path}.failed_tag_retry"),
             self.failed_tag_retry.as_deref(),
