@@ -543,3 +543,51 @@ async fn outage_buffers_then_drains_high_priority_first() {
         expected.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_above_the_record_limit_is_dead_lettered_and_the_rest_delivered() {
+    init_env();
+    let moto = Moto::start();
+    let k = create_kinesis_stream(&moto.url(), "line", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = config(
+        dir.path(),
+        &[(
+            "line",
+            1,
+            Export {
+                kind: "kinesis",
+                target: "line",
+                endpoint: moto.url(),
+                extra: "",
+            },
+        )],
+        "",
+    );
+    // A second source whose only tag is a text value larger than a Kinesis record (1 MiB).
+    text.push_str(&format!(
+        "\n[[sources]]\nkind = \"simulator\"\nid = \"big\"\nstream = \"line\"\ninterval = \"300ms\"\n\n[[sources.tags]]\nname = \"blob\"\nwaveform = \"cycle\"\nvalues = [\"{}\"]\n",
+        "x".repeat(1_100_000)
+    ));
+    let status = run_pipeline(&text, Duration::from_millis(1200)).await;
+    let all = reference(&dir.path().join("ref-line"));
+    let (big, small): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+        all.into_iter().partition(|s| s.len() > 1_000_000);
+    assert!(!big.is_empty());
+    let arrived: Vec<Vec<u8>> = read_kinesis(&k, "line")
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(compare(&arrived, &small), 0);
+    let export = &status[0].exports[0];
+    assert_eq!(export.dead_lettered, big.len() as u64);
+    let dead = streamgate::status::read(&dir.path().join("data")).expect("status");
+    let reasons = &dead.streams[0].exports[0].recent_dead_letters;
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, r)| r.contains("above the service's limit of 1048576 bytes")),
+        "{reasons:?}"
+    );
+}

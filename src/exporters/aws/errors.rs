@@ -75,7 +75,7 @@ where
             "{name} did not answer within request_timeout; resending (network slow or down?)"
         ),
         SdkError::DispatchFailure(_) => {
-            let detail = DisplayErrorContext(err).to_string();
+            let detail = chain(err);
             if detail.contains("credential") {
                 format!(
                     "no usable AWS credentials for {name}: {detail}; set them in the environment, a profile, web identity or the instance/container role"
@@ -86,6 +86,21 @@ where
         }
         _ => format!("{name} call failed: {}", DisplayErrorContext(err)),
     }
+}
+
+/// The error and its causes, "a: b: c", without the Debug dump `DisplayErrorContext` adds.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// The message for a service error `code`; `server_date` is the response's `Date` header.
