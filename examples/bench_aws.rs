@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use streamgate::config::parse;
-use streamgate::exporters::aws::AwsExporter;
+use streamgate::exporters::aws::{AwsExporter, packer};
 use streamgate::exporters::{ExportKind, Exporter, Outcome};
 use streamgate::payload::{Flags, Meta, PAYLOAD_VERSION, Payload, Quality, Value};
 use streamgate::queue::Record;
@@ -125,6 +125,7 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
             5_000,
         ),
     ];
+    let mut plan_rates = Vec::new();
     for (n, (label, extra, batch)) in modes.into_iter().enumerate() {
         let stream = format!("bench{n}");
         let text = format!(
@@ -142,6 +143,16 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
             .shard_count(1)
             .send()
             .await?;
+        // CPU cost of packing and compressing alone (no I/O), on this machine's one core.
+        let payloads: Vec<&[u8]> = data.iter().map(|r| r.payload.as_slice()).collect();
+        let t = Instant::now();
+        for chunk in payloads.chunks(batch) {
+            let plan = packer::plan(chunk, &aws.pack, &aws.partition_key, &mut || {
+                "0123456789abcdef0123456789abcdef".into()
+            });
+            std::hint::black_box(plan);
+        }
+        plan_rates.push((label, payloads.len() as f64 / t.elapsed().as_secs_f64()));
         let mut exporter = AwsExporter::new(aws);
         let stats = exporter.stats();
         let start = Instant::now();
@@ -178,6 +189,10 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
             bytes_per_sample,
             shard
         );
+    }
+    println!("\npacking + compression alone (CPU, one thread, no I/O):");
+    for (label, rate) in plan_rates {
+        println!("{label:<22} {rate:>10.0} samples/s");
     }
     Ok(())
 }

@@ -427,7 +427,7 @@ async fn partial_failures(kind: &str, code: &'static str, packing: bool) {
         "{kind} packing={packing}: {} samples, {failed} entries failed by the proxy, {forwarded} forwarded, {duplicates} duplicates",
         expected.len()
     );
-    assert!(failed > 10, "the proxy failed only {failed} entries");
+    assert!(failed >= 5, "the proxy failed only {failed} entries");
     assert_eq!(duplicates, 0);
     // Only failed entries were sent again: moto received each record exactly once.
     if !packing {
