@@ -162,6 +162,11 @@ impl Pipeline {
                     shutdown: self.exports_stop.clone(),
                 };
                 match &export.kind {
+                    #[cfg(feature = "aws")]
+                    ExportKind::Aws(a) => {
+                        let exporter = crate::exporters::aws::AwsExporter::new(a.clone());
+                        self.exports.spawn(driver::run(exporter, ctx));
+                    }
                     ExportKind::File(f) => {
                         let prefix = format!("{}-{}", stream.name, export.name);
                         self.exports

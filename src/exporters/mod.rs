@@ -2,6 +2,8 @@
 //! outcome per record. An exporter knows nothing of PLCs; [`driver`] knows nothing of
 //! destinations. Adding a destination = a folder/file with its config and an [`Exporter`].
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod bandwidth;
 pub mod driver;
 pub mod file;
@@ -76,6 +78,10 @@ pub struct Limits {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RawExportKind {
+    #[cfg(feature = "aws")]
+    Kinesis(aws::RawAwsExport),
+    #[cfg(feature = "aws")]
+    Firehose(aws::RawAwsExport),
     File(file::RawFileExport),
     Stdout(stdout::RawStdoutExport),
     #[cfg(feature = "mqtt")]
@@ -85,6 +91,9 @@ pub enum RawExportKind {
 /// A validated export kind with its settings.
 #[derive(Debug, Clone)]
 pub enum ExportKind {
+    /// Kinesis or Firehose (the service is in the config).
+    #[cfg(feature = "aws")]
+    Aws(aws::AwsExportConfig),
     File(file::FileExportConfig),
     Stdout(stdout::StdoutExportConfig),
     #[cfg(feature = "mqtt")]
@@ -94,6 +103,10 @@ pub enum ExportKind {
 impl RawExportKind {
     pub fn kind_name(&self) -> &'static str {
         match self {
+            #[cfg(feature = "aws")]
+            RawExportKind::Kinesis(_) => "kinesis",
+            #[cfg(feature = "aws")]
+            RawExportKind::Firehose(_) => "firehose",
             RawExportKind::File(_) => "file",
             RawExportKind::Stdout(_) => "stdout",
             #[cfg(feature = "mqtt")]
@@ -103,6 +116,10 @@ impl RawExportKind {
 
     pub fn limits(&self) -> Limits {
         match self {
+            #[cfg(feature = "aws")]
+            RawExportKind::Kinesis(a) => a.limits(aws::Service::Kinesis),
+            #[cfg(feature = "aws")]
+            RawExportKind::Firehose(a) => a.limits(aws::Service::Firehose),
             RawExportKind::File(_) => file::LIMITS,
             RawExportKind::Stdout(_) => stdout::LIMITS,
             #[cfg(feature = "mqtt")]
@@ -112,6 +129,14 @@ impl RawExportKind {
 
     pub fn validate(&self, path: &str, errs: &mut Errors) -> ExportKind {
         match self {
+            #[cfg(feature = "aws")]
+            RawExportKind::Kinesis(a) => {
+                ExportKind::Aws(a.validate(path, aws::Service::Kinesis, errs))
+            }
+            #[cfg(feature = "aws")]
+            RawExportKind::Firehose(a) => {
+                ExportKind::Aws(a.validate(path, aws::Service::Firehose, errs))
+            }
             RawExportKind::File(f) => ExportKind::File(f.validate(path, errs)),
             RawExportKind::Stdout(s) => ExportKind::Stdout(s.validate(path, errs)),
             #[cfg(feature = "mqtt")]
@@ -123,6 +148,11 @@ impl RawExportKind {
 impl ExportKind {
     pub fn kind_name(&self) -> &'static str {
         match self {
+            #[cfg(feature = "aws")]
+            ExportKind::Aws(a) => match a.service {
+                aws::Service::Kinesis => "kinesis",
+                aws::Service::Firehose => "firehose",
+            },
             ExportKind::File(_) => "file",
             ExportKind::Stdout(_) => "stdout",
             #[cfg(feature = "mqtt")]

@@ -1,0 +1,325 @@
+//! `kind = "kinesis"` (PutRecords) and `kind = "firehose"` (PutRecordBatch).
+//!
+//! One exporter for both services: [`packer`] turns a driver batch into calls within the
+//! service's limits (pure, unit-tested), [`AwsExporter`] makes the calls and maps every
+//! record's result back to ALL the samples it carries, index-aligned:
+//! - entry accepted -> `Delivered`;
+//! - entry failed (throttling, internal failure) -> `Retry` for its samples only, never the
+//!   whole batch again (fluent-bit#6369) and never counted as delivered (vector#359);
+//! - a sample no record can hold -> `Rejected` (dead-letter table);
+//! - the whole call failed (network, auth, KMS, clock) -> every sample of it is retried, with
+//!   an error that says what to do about it.
+//!
+//! After a throttled call the rest of the batch is not sent: the driver backs off and retries,
+//! which is how the export slows down. The SDK's own retries are off so that every failure
+//! reaches the driver's backoff, `status` and the logs.
+
+pub mod config;
+mod errors;
+pub mod packer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_smithy_http_client::tls;
+use rand::Rng;
+
+pub use config::{AwsExportConfig, RawAwsExport, Service};
+use errors::{EntryFailure, entry_failure};
+use packer::PackedRecord;
+
+use super::{Exporter, Outcome, SendError};
+use crate::queue::Record;
+
+/// Counters of one AWS export (the driver counts records; these count the service's view).
+#[derive(Debug, Default)]
+pub struct AwsStats {
+    /// PutRecords / PutRecordBatch calls made.
+    pub calls: AtomicU64,
+    /// Service records sent (packed records count once).
+    pub records: AtomicU64,
+    /// Samples in the records sent (with retries).
+    pub samples: AtomicU64,
+    /// Service records (or calls' records) refused by throttling.
+    pub throttled: AtomicU64,
+    /// Payload bytes sent (after packing and compression).
+    pub bytes: AtomicU64,
+}
+
+enum Client {
+    Kinesis(aws_sdk_kinesis::Client),
+    Firehose(aws_sdk_firehose::Client),
+}
+
+pub struct AwsExporter {
+    config: AwsExportConfig,
+    client: Option<Client>,
+    stats: Arc<AwsStats>,
+}
+
+/// Loads the SDK configuration: the standard credential chain (environment, profile, web
+/// identity, container and instance metadata) or a named profile, rustls with ring.
+pub async fn sdk_config(config: &AwsExportConfig) -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5).min(config.request_timeout))
+                .operation_timeout(config.request_timeout)
+                .build(),
+        );
+    if let Some(region) = &config.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(profile) = &config.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(url) = &config.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+impl AwsExporter {
+    pub fn new(config: AwsExportConfig) -> AwsExporter {
+        AwsExporter {
+            config,
+            client: None,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<AwsStats> {
+        self.stats.clone()
+    }
+
+    async fn client(&mut self) -> &Client {
+        if self.client.is_none() {
+            let sdk = sdk_config(&self.config).await;
+            if sdk.region().is_none() {
+                tracing::warn!(
+                    "no AWS region: set `region` on the export or AWS_REGION; every call will fail"
+                );
+            }
+            tracing::info!(
+                target = %self.config.target,
+                region = sdk.region().map(|r| r.as_ref()).unwrap_or("none"),
+                endpoint = self.config.endpoint_url.as_deref().unwrap_or("default"),
+                packing = self.config.pack.packing,
+                "{} client ready",
+                self.config.service.name()
+            );
+            self.client = Some(match self.config.service {
+                Service::Kinesis => Client::Kinesis(aws_sdk_kinesis::Client::new(&sdk)),
+                Service::Firehose => Client::Firehose(aws_sdk_firehose::Client::new(&sdk)),
+            });
+        }
+        match &self.client {
+            Some(c) => c,
+            None => unreachable!("client was just set"),
+        }
+    }
+
+    /// One call. `Ok` holds one entry result per record (None = accepted).
+    async fn put(
+        &mut self,
+        records: Vec<PackedRecord>,
+    ) -> Result<Vec<Option<EntryFailure>>, String> {
+        let service = self.config.service;
+        let target = self.config.target.clone();
+        let n = records.len();
+        let client = self.client().await;
+        let results: Vec<Option<(String, String)>> = match client {
+            Client::Kinesis(c) => {
+                let mut entries = Vec::with_capacity(n);
+                for r in records {
+                    let entry = aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                        .data(Blob::new(r.data))
+                        .partition_key(r.key.unwrap_or_else(|| "-".into()))
+                        .build()
+                        .map_err(|e| format!("cannot build a Kinesis record: {e}"))?;
+                    entries.push(entry);
+                }
+                let out = c
+                    .put_records()
+                    .stream_name(&target)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| errors::describe_call_error(service, &target, &e))?;
+                out.records()
+                    .iter()
+                    .map(|e| {
+                        e.error_code().map(|code| {
+                            (
+                                code.to_string(),
+                                e.error_message().unwrap_or("").to_string(),
+                            )
+                        })
+                    })
+                    .collect()
+            }
+            Client::Firehose(c) => {
+                let mut entries = Vec::with_capacity(n);
+                for r in records {
+                    let entry = aws_sdk_firehose::types::Record::builder()
+                        .data(aws_sdk_firehose::primitives::Blob::new(r.data))
+                        .build()
+                        .map_err(|e| format!("cannot build a Firehose record: {e}"))?;
+                    entries.push(entry);
+                }
+                let out = c
+                    .put_record_batch()
+                    .delivery_stream_name(&target)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| errors::describe_call_error(service, &target, &e))?;
+                out.request_responses()
+                    .iter()
+                    .map(|e| {
+                        e.error_code().map(|code| {
+                            (
+                                code.to_string(),
+                                e.error_message().unwrap_or("").to_string(),
+                            )
+                        })
+                    })
+                    .collect()
+            }
+        };
+        if results.len() != n {
+            return Err(format!(
+                "{} answered {} entry results for {n} records; resending them",
+                service.name(),
+                results.len()
+            ));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.map(|(code, msg)| entry_failure(service, &code, &msg)))
+            .collect())
+    }
+}
+
+impl Exporter for AwsExporter {
+    async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
+        let payloads: Vec<&[u8]> = batch.iter().map(|r| r.payload.as_slice()).collect();
+        let plan = {
+            let mut rng = rand::rng();
+            packer::plan(
+                &payloads,
+                &self.config.pack,
+                &self.config.partition_key,
+                &mut || format!("{:032x}", rng.random::<u128>()),
+            )
+        };
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        for (i, reason) in plan.rejected {
+            outcomes[i] = Some(Outcome::Rejected(reason));
+        }
+        let service = self.config.service.name();
+        let mut stop: Option<String> = None;
+        let mut throttled_now = 0u64;
+        let mut first_call = true;
+        for call in plan.calls {
+            if let Some(reason) = &stop {
+                for r in &call {
+                    for &i in &r.samples {
+                        outcomes[i] = Some(Outcome::Retry(reason.clone()));
+                    }
+                }
+                continue;
+            }
+            let members: Vec<Vec<usize>> = call.iter().map(|r| r.samples.clone()).collect();
+            let samples: usize = members.iter().map(|m| m.len()).sum();
+            let bytes: usize = call.iter().map(|r| r.data.len()).sum();
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .records
+                .fetch_add(call.len() as u64, Ordering::Relaxed);
+            self.stats
+                .samples
+                .fetch_add(samples as u64, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            match self.put(call).await {
+                Ok(results) => {
+                    let mut failed = 0;
+                    for (result, members) in results.into_iter().zip(members) {
+                        let outcome = match result {
+                            None => Outcome::Delivered,
+                            Some(f) => {
+                                failed += 1;
+                                if f.throttled {
+                                    throttled_now += 1;
+                                }
+                                if f.retryable {
+                                    Outcome::Retry(f.message)
+                                } else {
+                                    Outcome::Rejected(f.message)
+                                }
+                            }
+                        };
+                        for i in members {
+                            outcomes[i] = Some(outcome.clone());
+                        }
+                    }
+                    if throttled_now > 0 {
+                        stop = Some(format!(
+                            "not sent: {service} throttled an earlier call of this batch; slowing down"
+                        ));
+                    }
+                    if failed > 0 {
+                        tracing::debug!(failed, "{service} refused some entries of a call");
+                    }
+                }
+                Err(message) => {
+                    if errors::is_throttling_message(&message) {
+                        throttled_now += members.len() as u64;
+                    }
+                    if first_call {
+                        // Nothing of this batch was accepted yet: let the driver retry all of it.
+                        self.note_throttled(throttled_now);
+                        return Err(SendError::new(message));
+                    }
+                    for i in members.into_iter().flatten() {
+                        outcomes[i] = Some(Outcome::Retry(message.clone()));
+                    }
+                    stop = Some(message);
+                }
+            }
+            first_call = false;
+        }
+        self.note_throttled(throttled_now);
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Retry("not planned into any call".into())))
+            .collect())
+    }
+}
+
+impl AwsExporter {
+    fn note_throttled(&self, records: u64) {
+        if records == 0 {
+            return;
+        }
+        let total = self.stats.throttled.fetch_add(records, Ordering::Relaxed) + records;
+        tracing::warn!(
+            records,
+            total_throttled = total,
+            "{} throttled this export; the driver backs off and resends only the throttled records",
+            self.config.service.name()
+        );
+    }
+}

@@ -1,0 +1,593 @@
+//! Kinesis and Firehose exports against moto's server (a real Kinesis/Firehose/S3 API), with a
+//! fault-injecting proxy for what moto never does: partial failures, throttling, outages.
+//! Each test starts its own moto on a free port and compares what arrived with what a `file`
+//! export of the same stream wrote, sample for sample.
+
+mod aws_support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_smithy_http_client::tls;
+use streamgate::app::{Pipeline, StartOptions};
+use streamgate::exporters::aws::packer::unpack;
+
+use aws_support::proxy::{Policy, Proxy};
+use aws_support::{Moto, init_env};
+
+const REGION: &str = "eu-central-1";
+
+async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .load()
+        .await
+}
+
+async fn create_kinesis_stream(endpoint: &str, name: &str, shards: i32) -> aws_sdk_kinesis::Client {
+    let k = aws_sdk_kinesis::Client::new(&sdk(endpoint).await);
+    k.create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create stream");
+    k
+}
+
+/// Every record of a Kinesis stream: (partition key, data), in order within each shard.
+async fn read_kinesis(k: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, Vec<u8>)> {
+    let shards = k
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("list shards");
+    let mut out = Vec::new();
+    for shard in shards.shards() {
+        let mut it = k
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("shard iterator")
+            .shard_iterator()
+            .map(str::to_string);
+        while let Some(i) = it {
+            let got = k
+                .get_records()
+                .shard_iterator(i)
+                .limit(10_000)
+                .send()
+                .await
+                .expect("get records");
+            if got.records().is_empty() {
+                break;
+            }
+            for r in got.records() {
+                out.push((r.partition_key().to_string(), r.data().as_ref().to_vec()));
+            }
+            it = got.next_shard_iterator().map(str::to_string);
+        }
+    }
+    out
+}
+
+/// The samples a `file` export wrote (the reference: every sample of the stream, once).
+fn reference(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("reference dir") {
+        let data = std::fs::read(e.expect("entry").path()).expect("read reference");
+        out.extend(unpack(&data).expect("reference lines"));
+    }
+    out
+}
+
+/// Compares arrived samples with the reference; returns the number of duplicates.
+fn compare(arrived: &[Vec<u8>], reference: &[Vec<u8>]) -> usize {
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    for a in arrived {
+        *counts.entry(a.as_slice()).or_default() += 1;
+    }
+    let mut missing = 0;
+    for r in reference {
+        if counts.get(r.as_slice()).is_none_or(|&c| c == 0) {
+            missing += 1;
+        }
+    }
+    let known: std::collections::HashSet<&[u8]> = reference.iter().map(|r| r.as_slice()).collect();
+    let extra = arrived
+        .iter()
+        .filter(|a| !known.contains(a.as_slice()))
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} samples did not arrive",
+        reference.len()
+    );
+    assert_eq!(extra, 0, "{extra} samples arrived that were never queued");
+    arrived.len() - reference.len()
+}
+
+struct Export<'a> {
+    kind: &'a str,
+    target: &'a str,
+    endpoint: String,
+    extra: &'a str,
+}
+
+fn config(dir: &Path, streams: &[(&str, u8, Export<'_>)], gateway_extra: &str) -> String {
+    let mut text = format!(
+        "[gateway]\ndata_dir = \"{}\"\nequipment_id = \"eq-1\"\nstatus_interval = \"100ms\"\n{gateway_extra}\n",
+        dir.join("data").display()
+    );
+    for (name, priority, e) in streams {
+        let target_key = if e.kind == "kinesis" {
+            "stream_name"
+        } else {
+            "delivery_stream_name"
+        };
+        text.push_str(&format!(
+            r#"
+[[streams]]
+name = "{name}"
+priority = {priority}
+
+[[streams.exports]]
+name = "aws"
+kind = "{kind}"
+{target_key} = "{target}"
+region = "{REGION}"
+endpoint_url = "{endpoint}"
+batch_interval = "50ms"
+initial_backoff = "20ms"
+max_backoff = "300ms"
+request_timeout = "5s"
+{extra}
+
+[[streams.exports]]
+name = "reference"
+kind = "file"
+path = "{refdir}"
+batch_interval = "50ms"
+"#,
+            kind = e.kind,
+            target = e.target,
+            endpoint = e.endpoint,
+            extra = e.extra,
+            refdir = dir.join(format!("ref-{name}")).display(),
+        ));
+    }
+    for (i, (name, _, _)) in streams.iter().enumerate() {
+        text.push_str(&format!(
+            r#"
+[[sources]]
+kind = "simulator"
+id = "sim{i}"
+stream = "{name}"
+interval = "5ms"
+
+[[sources.tags]]
+name = "temperature"
+waveform = "random_walk"
+repeat = 5
+"#
+        ));
+    }
+    text
+}
+
+/// Waits until every export of every stream has sent everything.
+async fn wait_drained(p: &Pipeline, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = p.handle.status().await.expect("status");
+        if status
+            .iter()
+            .all(|s| s.exports.iter().all(|e| e.backlog == 0))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exports did not drain: {:?}",
+            status
+                .iter()
+                .map(|s| (
+                    s.name.clone(),
+                    s.exports
+                        .iter()
+                        .map(|e| (e.backlog, e.last_error.clone()))
+                        .collect::<Vec<_>>()
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the pipeline for `run`, then stops the sources and waits until all was exported.
+async fn run_pipeline(text: &str, run: Duration) -> Vec<streamgate::queue::StreamStatus> {
+    let cfg = streamgate::config::parse(text).unwrap_or_else(|e| panic!("config: {e:?}\n{text}"));
+    let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
+    tokio::time::sleep(run).await;
+    p.stop_sources(Duration::from_secs(5)).await;
+    wait_drained(&p, Duration::from_secs(60)).await;
+    let status = p.handle.status().await.expect("status");
+    p.stop().await;
+    status
+}
+
+fn unpack_all(records: &[(String, Vec<u8>)]) -> Vec<Vec<u8>> {
+    records
+        .iter()
+        .flat_map(|(_, d)| unpack(d).expect("unpack"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_one_sample_per_record_arrives_once() {
+    init_env();
+    let moto = Moto::start();
+    let k = create_kinesis_stream(&moto.url(), "line", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(
+        dir.path(),
+        &[(
+            "line",
+            1,
+            Export {
+                kind: "kinesis",
+                target: "line",
+                endpoint: moto.url(),
+                extra: "",
+            },
+        )],
+        "",
+    );
+    run_pipeline(&text, Duration::from_millis(1200)).await;
+    let records = read_kinesis(&k, "line").await;
+    let expected = reference(&dir.path().join("ref-line"));
+    assert!(expected.len() > 500, "only {} samples", expected.len());
+    // Without packing, one record is one sample, with its own random key.
+    assert_eq!(records.len(), expected.len());
+    let arrived: Vec<Vec<u8>> = records.iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(compare(&arrived, &expected), 0);
+    let keys: std::collections::HashSet<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys.len(), records.len(), "random keys repeat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_packed_zstd_with_key_template_unpacks_to_every_sample() {
+    init_env();
+    let moto = Moto::start();
+    let k = create_kinesis_stream(&moto.url(), "packed", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(
+        dir.path(),
+        &[(
+            "line",
+            1,
+            Export {
+                kind: "kinesis",
+                target: "packed",
+                endpoint: moto.url(),
+                extra: "packing = true\ncompression = \"zstd\"\npack_record_size = \"16KiB\"\npartition_key = \"{equipmentId}/{tag}\"",
+            },
+        )],
+        "",
+    );
+    run_pipeline(&text, Duration::from_millis(1200)).await;
+    let records = read_kinesis(&k, "packed").await;
+    let expected = reference(&dir.path().join("ref-line"));
+    assert!(expected.len() > 500);
+    assert!(
+        records.len() * 5 < expected.len(),
+        "{} records for {} samples",
+        records.len(),
+        expected.len()
+    );
+    for (key, data) in &records {
+        for line in unpack(data).expect("unpack") {
+            let p = streamgate::payload::decode(&line).expect("payload");
+            assert_eq!(
+                key,
+                &format!("{}/{}", p.equipment_id, p.tag),
+                "sample under another key"
+            );
+        }
+    }
+    assert_eq!(compare(&unpack_all(&records), &expected), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firehose_packed_records_land_in_s3_as_ndjson() {
+    init_env();
+    let moto = Moto::start();
+    aws_support::create_bucket(moto.port, "landing");
+    let f = aws_sdk_firehose::Client::new(&sdk(&moto.url()).await);
+    f.create_delivery_stream()
+        .delivery_stream_name("to-s3")
+        .extended_s3_destination_configuration(
+            aws_sdk_firehose::types::ExtendedS3DestinationConfiguration::builder()
+                .role_arn("arn:aws:iam::123456789012:role/firehose")
+                .bucket_arn("arn:aws:s3:::landing")
+                .build()
+                .expect("s3 destination"),
+        )
+        .send()
+        .await
+        .expect("create delivery stream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(
+        dir.path(),
+        &[(
+            "line",
+            1,
+            Export {
+                kind: "firehose",
+                target: "to-s3",
+                endpoint: moto.url(),
+                extra: "packing = true\npack_record_size = \"8KiB\"",
+            },
+        )],
+        "",
+    );
+    run_pipeline(&text, Duration::from_millis(1200)).await;
+    let objects = aws_support::bucket_objects(moto.port, "landing");
+    assert!(!objects.is_empty());
+    let mut arrived = Vec::new();
+    for (key, data) in &objects {
+        // Valid NDJSON: every line a payload, the object ends with a newline.
+        assert!(data.ends_with(b"\n"), "{key} does not end with a newline");
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            streamgate::payload::decode(line).expect("each line is a payload");
+            arrived.push(line.to_vec());
+        }
+    }
+    let expected = reference(&dir.path().join("ref-line"));
+    assert_eq!(compare(&arrived, &expected), 0);
+}
+
+/// Fails entries the way the service does: every third entry of the first 20 calls is
+/// throttled (`code`), the rest is accepted.
+fn every_third(code: &'static str) -> Policy {
+    Box::new(move |call, i| (call < 20 && (i + call as usize).is_multiple_of(3)).then_some(code))
+}
+
+async fn partial_failures(kind: &str, code: &'static str, packing: bool) {
+    init_env();
+    let moto = Moto::start();
+    let proxy = Proxy::start(moto.port, Some(every_third(code)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = if kind == "kinesis" {
+        Some(create_kinesis_stream(&moto.url(), "target", 1).await)
+    } else {
+        aws_support::create_bucket(moto.port, "landing");
+        let f = aws_sdk_firehose::Client::new(&sdk(&moto.url()).await);
+        f.create_delivery_stream()
+            .delivery_stream_name("target")
+            .extended_s3_destination_configuration(
+                aws_sdk_firehose::types::ExtendedS3DestinationConfiguration::builder()
+                    .role_arn("arn:aws:iam::123456789012:role/firehose")
+                    .bucket_arn("arn:aws:s3:::landing")
+                    .build()
+                    .expect("s3 destination"),
+            )
+            .send()
+            .await
+            .expect("create delivery stream");
+        None
+    };
+    let extra = if packing {
+        "packing = true\npack_record_size = \"4KiB\""
+    } else {
+        ""
+    };
+    let text = config(
+        dir.path(),
+        &[(
+            "line",
+            1,
+            Export {
+                kind,
+                target: "target",
+                endpoint: proxy.url(),
+                extra,
+            },
+        )],
+        "",
+    );
+    let status = run_pipeline(&text, Duration::from_millis(1200)).await;
+    let arrived = match &k {
+        Some(k) => unpack_all(&read_kinesis(k, "target").await),
+        None => aws_support::bucket_objects(moto.port, "landing")
+            .iter()
+            .flat_map(|(_, d)| unpack(d).expect("unpack"))
+            .collect(),
+    };
+    let expected = reference(&dir.path().join("ref-line"));
+    let duplicates = compare(&arrived, &expected);
+    let failed = proxy.counters.entries_failed.load(Ordering::Relaxed);
+    let forwarded = proxy.counters.entries_forwarded.load(Ordering::Relaxed);
+    eprintln!(
+        "{kind} packing={packing}: {} samples, {failed} entries failed by the proxy, {forwarded} forwarded, {duplicates} duplicates",
+        expected.len()
+    );
+    assert!(failed >= 5, "the proxy failed only {failed} entries");
+    assert_eq!(duplicates, 0);
+    // Only failed entries were sent again: moto received each record exactly once.
+    if !packing {
+        assert_eq!(forwarded as usize, expected.len());
+    }
+    let export = &status[0].exports[0];
+    assert!(export.retries > 0);
+    assert_eq!(export.dead_lettered, 0);
+    assert!(
+        export
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("throttled by") && e.contains(code)),
+        "last_error: {:?}",
+        export.last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_partial_failure_resends_only_failed_entries() {
+    partial_failures("kinesis", "ProvisionedThroughputExceededException", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_partial_failure_of_packed_records_retries_all_their_samples() {
+    partial_failures("kinesis", "ProvisionedThroughputExceededException", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firehose_partial_failure_resends_only_failed_entries() {
+    partial_failures("firehose", "ServiceUnavailableException", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_buffers_then_drains_high_priority_first() {
+    init_env();
+    let moto = Moto::start();
+    let proxy = Proxy::start(moto.port, None);
+    let k = create_kinesis_stream(&moto.url(), "both", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(
+        dir.path(),
+        &[
+            (
+                "low",
+                9,
+                Export {
+                    kind: "kinesis",
+                    target: "both",
+                    endpoint: proxy.url(),
+                    extra: "",
+                },
+            ),
+            (
+                "high",
+                1,
+                Export {
+                    kind: "kinesis",
+                    target: "both",
+                    endpoint: proxy.url(),
+                    extra: "",
+                },
+            ),
+        ],
+        // Both streams produce ~230 KB/s; a shared limit makes the drain after the outage
+        // take a while, and the scheduler must serve the high stream first.
+        "max_export_bandwidth = \"320KiB\"",
+    );
+    let cfg = streamgate::config::parse(&text).expect("config");
+    let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set_down(true);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    p.stop_sources(Duration::from_secs(5)).await;
+    // During the outage everything stays queued, and status says why.
+    let status = p.handle.status().await.expect("status");
+    let aws = |s: &streamgate::queue::StreamStatus| s.exports[0].clone();
+    for s in &status {
+        assert!(
+            aws(s).backlog > 300,
+            "{}: backlog {}",
+            s.name,
+            aws(s).backlog
+        );
+        let err = aws(s).last_error.unwrap_or_default();
+        assert!(err.contains("Kinesis"), "{}: {err}", s.name);
+    }
+    proxy.set_down(false);
+    let start = Instant::now();
+    let mut drained: HashMap<String, Duration> = HashMap::new();
+    while drained.len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no recovery");
+        for s in p.handle.status().await.expect("status") {
+            if aws(&s).backlog == 0 {
+                drained.entry(s.name.clone()).or_insert(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_drained(&p, Duration::from_secs(30)).await;
+    p.stop().await;
+    eprintln!("drained after the outage: {drained:?}");
+    assert!(drained["high"] <= drained["low"], "{drained:?}");
+    assert!(proxy.counters.refused_connections.load(Ordering::Relaxed) > 0);
+
+    let records = read_kinesis(&k, "both").await;
+    let mut expected = reference(&dir.path().join("ref-high"));
+    expected.extend(reference(&dir.path().join("ref-low")));
+    let arrived: Vec<Vec<u8>> = records.iter().map(|(_, d)| d.clone()).collect();
+    let duplicates = compare(&arrived, &expected);
+    eprintln!(
+        "outage: {} samples, {duplicates} duplicates",
+        expected.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_above_the_record_limit_is_dead_lettered_and_the_rest_delivered() {
+    init_env();
+    let moto = Moto::start();
+    let k = create_kinesis_stream(&moto.url(), "line", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = config(
+        dir.path(),
+        &[(
+            "line",
+            1,
+            Export {
+                kind: "kinesis",
+                target: "line",
+                endpoint: moto.url(),
+                extra: "",
+            },
+        )],
+        "",
+    );
+    // A second source whose only tag is a text value larger than a Kinesis record (1 MiB).
+    text.push_str(&format!(
+        "\n[[sources]]\nkind = \"simulator\"\nid = \"big\"\nstream = \"line\"\ninterval = \"300ms\"\n\n[[sources.tags]]\nname = \"blob\"\nwaveform = \"cycle\"\nvalues = [\"{}\"]\n",
+        "x".repeat(1_100_000)
+    ));
+    let status = run_pipeline(&text, Duration::from_millis(1200)).await;
+    let all = reference(&dir.path().join("ref-line"));
+    let (big, small): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+        all.into_iter().partition(|s| s.len() > 1_000_000);
+    assert!(!big.is_empty());
+    let arrived: Vec<Vec<u8>> = read_kinesis(&k, "line")
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(compare(&arrived, &small), 0);
+    let export = &status[0].exports[0];
+    assert_eq!(export.dead_lettered, big.len() as u64);
+    let dead = streamgate::status::read(&dir.path().join("data")).expect("status");
+    let reasons = &dead.streams[0].exports[0].recent_dead_letters;
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, r)| r.contains("above the service's limit of 1048576 bytes")),
+        "{reasons:?}"
+    );
+}

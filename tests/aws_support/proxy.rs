@@ -1,0 +1,270 @@
+//! A fault-injecting HTTP/1.1 proxy in front of moto: moto never throttles nor fails part of a
+//! batch, real Kinesis and Firehose do. For PutRecords / PutRecordBatch the proxy forwards only
+//! the entries the policy lets through and forges the service's per-entry error for the others
+//! (index-aligned, with the failed count), so moto holds exactly what the service would have
+//! accepted. `set_down(true)` makes the endpoint unreachable (connections are dropped) while
+//! moto keeps its in-memory streams.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Decides per entry: `Some(error_code)` fails entry `index` of call `call` (0-based).
+pub type Policy = Box<dyn FnMut(u64, usize) -> Option<&'static str> + Send>;
+
+#[derive(Default)]
+pub struct Counters {
+    pub calls: AtomicU64,
+    pub entries_forwarded: AtomicU64,
+    pub entries_failed: AtomicU64,
+    pub refused_connections: AtomicU64,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    pub counters: Arc<Counters>,
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, policy: Option<Policy>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let counters = Arc::new(Counters::default());
+        let down = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let policy = Arc::new(Mutex::new(policy));
+        let (c, d, s) = (counters.clone(), down.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                if d.load(Ordering::SeqCst) {
+                    c.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    drop(conn);
+                    continue;
+                }
+                let (c, d, p) = (c.clone(), d.clone(), policy.clone());
+                std::thread::spawn(move || serve(conn, upstream, &c, &d, &p));
+            }
+        });
+        Proxy {
+            port,
+            counters,
+            down,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Status, headers (lower-case names), body.
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+struct Request {
+    head: Vec<(String, String)>,
+    line: String,
+    body: Vec<u8>,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut head = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        head.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = header(&head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Request {
+        head,
+        line: line.trim_end().to_string(),
+        body,
+    })
+}
+
+fn header<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    head.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn serve(
+    conn: TcpStream,
+    upstream: u16,
+    counters: &Counters,
+    down: &AtomicBool,
+    policy: &Mutex<Option<Policy>>,
+) {
+    let Ok(write_half) = conn.try_clone() else {
+        return;
+    };
+    let mut out = write_half;
+    let mut reader = BufReader::new(conn);
+    while let Some(mut req) = read_request(&mut reader) {
+        if down.load(Ordering::SeqCst) {
+            return;
+        }
+        let target = header(&req.head, "x-amz-target").unwrap_or("").to_string();
+        let batch = target.ends_with(".PutRecords") || target.ends_with(".PutRecordBatch");
+        let mut failed: Vec<Option<&'static str>> = Vec::new();
+        if batch {
+            let call = counters.calls.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&req.body)
+                && let Some(records) = json.get_mut("Records").and_then(|r| r.as_array_mut())
+            {
+                let mut guard = policy.lock().unwrap_or_else(|e| e.into_inner());
+                failed = (0..records.len())
+                    .map(|i| guard.as_mut().and_then(|p| p(call, i)))
+                    .collect();
+                let kept: Vec<serde_json::Value> = records
+                    .iter()
+                    .zip(&failed)
+                    .filter(|(_, f)| f.is_none())
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                let n_failed = failed.iter().filter(|f| f.is_some()).count() as u64;
+                counters
+                    .entries_failed
+                    .fetch_add(n_failed, Ordering::Relaxed);
+                counters
+                    .entries_forwarded
+                    .fetch_add(kept.len() as u64, Ordering::Relaxed);
+                *records = kept;
+                req.body = serde_json::to_vec(&json).unwrap_or_default();
+            }
+        }
+        let Some((status, head, body)) = forward(upstream, &req) else {
+            return;
+        };
+        let body = if batch && failed.iter().any(|f| f.is_some()) && status == 200 {
+            forge(&body, &failed, &target).unwrap_or(body)
+        } else {
+            body
+        };
+        let mut resp = format!("HTTP/1.1 {status} X\r\n");
+        for (k, v) in &head {
+            if !matches!(
+                k.as_str(),
+                "content-length" | "connection" | "transfer-encoding"
+            ) {
+                resp.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        resp.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        if out
+            .write_all(resp.as_bytes())
+            .and_then(|_| out.write_all(&body))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn forward(upstream: u16, req: &Request) -> Option<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
+    let mut head = format!("{}\r\n", req.line);
+    for (k, v) in &req.head {
+        if !matches!(k.as_str(), "content-length" | "connection") {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        req.body.len()
+    ));
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(&req.body).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    parse_response(&raw)
+}
+
+/// Status, headers (lower-case names) and body of a complete HTTP/1.1 response.
+pub fn parse_response(raw: &[u8]) -> Option<Response> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let head: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if header(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        body = dechunk(&body)?;
+    } else if let Some(len) = header(&head, "content-length").and_then(|v| v.parse().ok()) {
+        body.truncate(len);
+    }
+    Some((status, head, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// Merges moto's results for the forwarded entries with forged errors, index-aligned.
+fn forge(body: &[u8], failed: &[Option<&'static str>], target: &str) -> Option<Vec<u8>> {
+    let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let (list, count) = if target.ends_with(".PutRecords") {
+        ("Records", "FailedRecordCount")
+    } else {
+        ("RequestResponses", "FailedPutCount")
+    };
+    let mut accepted = json.get(list)?.as_array()?.clone().into_iter();
+    let mut merged = Vec::with_capacity(failed.len());
+    for f in failed {
+        match f {
+            None => merged.push(accepted.next()?),
+            Some(code) => merged.push(serde_json::json!({
+                "ErrorCode": code,
+                "ErrorMessage": "Rate exceeded for shard shardId-000000000000 in stream (forged by the test proxy)",
+            })),
+        }
+    }
+    let n = failed.iter().filter(|f| f.is_some()).count();
+    json[list] = serde_json::Value::Array(merged);
+    json[count] = serde_json::json!(n);
+    serde_json::to_vec(&json).ok()
+}
