@@ -52,7 +52,7 @@ const MAX_TXN_RECORDS: usize = 20_000;
 /// ... and while exports are reading (catching up): each turn then moves about as much out as
 /// in, so a producer faster than the exports is slowed down (backpressure) instead of growing
 /// the backlog without bound, while an outage (nobody reading) still buffers at full speed.
-const MAX_TXN_RECORDS_CONTENDED: usize = 4_000;
+const MAX_TXN_RECORDS_CONTENDED: usize = 10_000;
 /// Append batches that may wait for the queue thread before readers feel backpressure.
 const APPEND_CHANNEL_BATCHES: usize = 8;
 
