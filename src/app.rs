@@ -114,6 +114,15 @@ impl Pipeline {
                     let sim = Simulator::new(sim.clone(), seed);
                     self.sources.spawn(sim.run(ctx, stop).instrument(span));
                 }
+                #[cfg(feature = "opcua")]
+                SourceKind::Opcua(ua) => {
+                    let reader = crate::readers::opcua::OpcuaReader::new(
+                        ua.clone(),
+                        &src.id,
+                        &self.config.gateway.data_dir,
+                    );
+                    self.sources.spawn(reader.run(ctx, stop).instrument(span));
+                }
             }
         }
     }

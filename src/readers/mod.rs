@@ -2,6 +2,8 @@
 //! normalises them into the unified payload, numbers them, flags them and appends them to the
 //! queue. A reader knows nothing of queues beyond its context, nothing of exporters at all.
 
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -21,12 +23,16 @@ use crate::queue::{AppendBatch, Appender, NewRecord, QueueError};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RawSourceKind {
     Simulator(simulator::RawSimulator),
+    #[cfg(feature = "opcua")]
+    Opcua(opcua::RawOpcua),
 }
 
 /// A validated source kind with its settings.
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     Simulator(simulator::SimulatorConfig),
+    #[cfg(feature = "opcua")]
+    Opcua(opcua::OpcuaConfig),
 }
 
 impl RawSourceKind {
@@ -41,6 +47,8 @@ impl RawSourceKind {
             RawSourceKind::Simulator(s) => {
                 SourceKind::Simulator(s.validate(path, stream_index, raw, errs))
             }
+            #[cfg(feature = "opcua")]
+            RawSourceKind::Opcua(s) => SourceKind::Opcua(s.validate(path, stream_index, raw, errs)),
         }
     }
 }
@@ -49,6 +57,8 @@ impl SourceKind {
     pub fn kind_name(&self) -> &'static str {
         match self {
             SourceKind::Simulator(_) => "simulator",
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(_) => "opcua",
         }
     }
 
@@ -56,6 +66,8 @@ impl SourceKind {
     pub fn tags(&self) -> Vec<(String, Option<usize>)> {
         match self {
             SourceKind::Simulator(s) => s.tags.iter().map(|t| (t.name.clone(), t.stream)).collect(),
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(s) => s.tags.iter().map(|t| (t.name.clone(), t.stream)).collect(),
         }
     }
 }
