@@ -43,6 +43,11 @@ impl std::fmt::Display for Unsupported {
     }
 }
 
+/// The name of a status code without its flag bits ("BadSensorFailure").
+pub fn status_name(s: StatusCode) -> &'static str {
+    s.sub_code().name()
+}
+
 /// ms since the Unix epoch of an OPC UA DateTime (100 ns ticks since 1601).
 pub fn datetime_ms(dt: &DateTime) -> i64 {
     const TICKS_1601_TO_1970: i64 = 116_444_736_000_000_000;
@@ -76,13 +81,13 @@ pub fn value(v: &Variant) -> Result<Value, Unsupported> {
         Variant::Float(f) => Value::Float(f64::from(*f)),
         Variant::Double(f) => Value::Float(*f),
         Variant::String(s) => Value::Text(s.value().clone().unwrap_or_default()),
-        Variant::XmlElement(s) => Value::Text(s.value().clone().unwrap_or_default()),
+        Variant::XmlElement(s) => Value::Text(s.to_string()),
         Variant::LocalizedText(t) => Value::Text(t.text.value().clone().unwrap_or_default()),
         Variant::QualifiedName(q) => Value::Text(q.to_string()),
         Variant::NodeId(n) => Value::Text(n.to_string()),
         Variant::ExpandedNodeId(n) => Value::Text(n.to_string()),
         Variant::Guid(g) => Value::Text(g.to_string()),
-        Variant::StatusCode(s) => Value::Text(s.name().to_string()),
+        Variant::StatusCode(s) => Value::Text(status_name(*s).to_string()),
         Variant::ByteString(b) => Value::Text(b.as_base64()),
         Variant::DateTime(d) => Value::Int(datetime_ms(d)),
         Variant::Array(a) if a.values.len() == 1 => return value(&a.values[0]),

@@ -22,8 +22,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use opcua::client::{
-    ClientBuilder, DataChangeCallback, IdentityToken, Session, SessionActivity, SessionConnectMode,
-    SessionPollResult,
+    ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session, SessionActivity,
+    SessionConnectMode, SessionPollResult,
 };
 use opcua::crypto::{CertificateStore, X509};
 use opcua::types::{
@@ -335,7 +335,7 @@ impl OpcuaReader {
                     let now = crate::time::now_ms();
                     for (tag, status, why) in s.failed {
                         tracing::error!(tag = %c.tags[tag].name, node = %c.tags[tag].node, %status, "OPC UA tag unavailable: {why}");
-                        ctx.push(Sample { tag, value: Value::Text(status.name().to_string()), quality: Quality::Bad, timestamp_ms: now, flags: Flags::ATS });
+                        ctx.push(Sample { tag, value: Value::Text(mapping::status_name(status).to_string()), quality: Quality::Bad, timestamp_ms: now, flags: Flags::ATS });
                     }
                     poll = s.poll;
                     subscription = Some(s.subscription);
@@ -413,7 +413,7 @@ impl OpcuaReader {
                     quality = Quality::Bad;
                 }
                 // No usable value: the status name says why (e.g. "BadSensorFailure").
-                Value::Text(dv.status.unwrap_or(StatusCode::Good).name().to_string())
+                Value::Text(mapping::status_name(dv.status.unwrap_or(StatusCode::Good)).to_string())
             }
         };
         ctx.push(Sample {
@@ -580,7 +580,7 @@ async fn setup_items(
                 0,
                 0,
                 true,
-                DataChangeCallback::new(move |dv, item| {
+                DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
                     let _ = tx.send((item.client_handle(), dv));
                 }),
             )
