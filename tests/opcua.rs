@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use streamgate::app::{Pipeline, StartOptions};
 use streamgate::payload::{Flags, Payload, Quality, Value, decode};
 
-const NS: &str = "urn:streamgate:test";
-
 /// The asyncua server, killed on drop (also when a test panics).
 struct Peer {
     child: Child,
@@ -85,6 +83,13 @@ fn server_log(path: &Path) -> HashMap<String, Vec<Written>> {
             "Good" => Quality::Ok,
             "Uncertain" => Quality::Uncertain,
             _ => Quality::Bad,
+        };
+        // With a Bad status no value travels (OPC UA Part 4: the value should be null); the
+        // sample then carries the status name. The peer's only Bad status is BadSensorFailure.
+        let value = if quality == Quality::Bad {
+            Value::Text("BadSensorFailure".into())
+        } else {
+            value
         };
         out.entry(v["tag"].as_str().unwrap().to_string())
             .or_default()
@@ -189,6 +194,25 @@ async fn wait_for(out: &Path, what: &str, pred: impl Fn(&[Payload]) -> bool) {
     }
 }
 
+/// Exports what the readers queued at shutdown (stop does not wait for the exports to catch
+/// up): the pipeline again, exports only, until the backlog is empty.
+async fn drain(cfg: &streamgate::config::Config) {
+    let p = Pipeline::start(
+        cfg,
+        StartOptions {
+            sources: false,
+            exports: true,
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.handle.status().await.unwrap()[0].exports[0].backlog > 0 {
+        assert!(Instant::now() < deadline, "the export did not drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.stop().await;
+}
+
 fn real(p: &Payload) -> bool {
     !p.meta.flags.contains(Flags::SYN) && p.tag != "missing"
 }
@@ -239,6 +263,7 @@ async fn subscribed_values_carry_source_timestamps_and_status() {
     })
     .await;
     p.stop().await;
+    drain(&cfg).await;
 
     let samples = exported(&out);
     let log = server_log(&log);
@@ -343,6 +368,7 @@ node = "nsu=urn:streamgate:test;s=Line1.Temp"
     })
     .await;
     p.stop().await;
+    drain(&cfg).await;
 
     let samples = exported(&out);
     let counter: Vec<&Payload> = samples.iter().filter(|p| p.tag == "counter").collect();

@@ -48,6 +48,26 @@ pub fn status_name(s: StatusCode) -> &'static str {
     s.sub_code().name()
 }
 
+impl Unsupported {
+    /// A short text for the sample's value.
+    pub fn short(&self) -> String {
+        match self {
+            Unsupported::Empty => "no value".into(),
+            Unsupported::Array(n) => format!("array of {n} values"),
+            Unsupported::Structure(what) => (*what).into(),
+        }
+    }
+}
+
+/// The element a tag with `index` wants. Servers should apply the IndexRange themselves and
+/// send a one-element array; some (asyncua) send the whole array, so pick it here too.
+pub fn element(v: &Variant, index: Option<u32>) -> &Variant {
+    match (v, index) {
+        (Variant::Array(a), Some(i)) if a.values.len() > 1 => a.values.get(i as usize).unwrap_or(v),
+        _ => v,
+    }
+}
+
 /// ms since the Unix epoch of an OPC UA DateTime (100 ns ticks since 1601).
 pub fn datetime_ms(dt: &DateTime) -> i64 {
     const TICKS_1601_TO_1970: i64 = 116_444_736_000_000_000;
@@ -212,7 +232,14 @@ mod tests {
             vec![Variant::Int32(1), Variant::Int32(2), Variant::Int32(3)],
         )
         .unwrap();
-        let err = value(&Variant::from(three)).unwrap_err();
+        let three = Variant::from(three);
+        assert_eq!(value(element(&three, Some(1))), Ok(Value::Int(2)));
+        assert_eq!(
+            element(&three, Some(7)),
+            &three,
+            "out of range: the array, reported"
+        );
+        let err = value(&three).unwrap_err();
         assert_eq!(err, Unsupported::Array(3));
         assert_eq!(
             err.to_string(),

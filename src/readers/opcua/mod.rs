@@ -398,7 +398,11 @@ impl OpcuaReader {
         let now = crate::time::now_ms();
         let (timestamp_ms, flags) = mapping::timestamp(dv, now, skew);
         let mut quality = mapping::quality(dv.status);
-        let value = match dv.value.as_ref().map(mapping::value) {
+        let value = match dv
+            .value
+            .as_ref()
+            .map(|v| mapping::value(mapping::element(v, t.index)))
+        {
             Some(Ok(v)) => v,
             other => {
                 let why = match other {
@@ -409,11 +413,15 @@ impl OpcuaReader {
                     reported[tag] = true;
                     tracing::error!(tag = %t.name, node = %t.node, "OPC UA value not supported: {why}");
                 }
-                if why != mapping::Unsupported::Empty {
+                if why == mapping::Unsupported::Empty {
+                    // No value (a Bad status carries none): the status name says why.
+                    Value::Text(
+                        mapping::status_name(dv.status.unwrap_or(StatusCode::Good)).to_string(),
+                    )
+                } else {
                     quality = Quality::Bad;
+                    Value::Text(why.short())
                 }
-                // No usable value: the status name says why (e.g. "BadSensorFailure").
-                Value::Text(mapping::status_name(dv.status.unwrap_or(StatusCode::Good)).to_string())
             }
         };
         ctx.push(Sample {
