@@ -117,7 +117,7 @@ impl Pipeline {
                 #[cfg(feature = "opcua")]
                 SourceKind::Opcua(ua) => {
                     let reader = crate::readers::opcua::OpcuaReader::new(
-                        ua.clone(),
+                        ua.as_ref().clone(),
                         &src.id,
                         &self.config.gateway.data_dir,
                     );

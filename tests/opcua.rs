@@ -542,6 +542,7 @@ async fn trust_on_first_use_trusts_once() {
         })
         .await;
         p.stop().await;
+        drain(&cfg).await;
     }
     assert_eq!(
         std::fs::read_dir(dir.path().join("pki/trusted"))

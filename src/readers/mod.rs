@@ -24,7 +24,7 @@ use crate::queue::{AppendBatch, Appender, NewRecord, QueueError};
 pub enum RawSourceKind {
     Simulator(simulator::RawSimulator),
     #[cfg(feature = "opcua")]
-    Opcua(opcua::RawOpcua),
+    Opcua(Box<opcua::RawOpcua>),
 }
 
 /// A validated source kind with its settings.
@@ -32,7 +32,7 @@ pub enum RawSourceKind {
 pub enum SourceKind {
     Simulator(simulator::SimulatorConfig),
     #[cfg(feature = "opcua")]
-    Opcua(opcua::OpcuaConfig),
+    Opcua(Box<opcua::OpcuaConfig>),
 }
 
 impl RawSourceKind {
@@ -48,7 +48,9 @@ impl RawSourceKind {
                 SourceKind::Simulator(s.validate(path, stream_index, raw, errs))
             }
             #[cfg(feature = "opcua")]
-            RawSourceKind::Opcua(s) => SourceKind::Opcua(s.validate(path, stream_index, raw, errs)),
+            RawSourceKind::Opcua(s) => {
+                SourceKind::Opcua(Box::new(s.validate(path, stream_index, raw, errs)))
+            }
         }
     }
 }

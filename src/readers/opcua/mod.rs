@@ -22,8 +22,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use opcua::client::{
-    ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session, SessionActivity,
-    SessionConnectMode, SessionPollResult,
+    ANONYMOUS_USER_TOKEN_ID, ClientBuilder, ClientEndpoint, DataChangeCallback, IdentityToken,
+    MonitoredItem, Session, SessionActivity, SessionConnectMode, SessionPollResult,
 };
 use opcua::crypto::{CertificateStore, X509};
 use opcua::types::{
@@ -141,6 +141,15 @@ impl OpcuaReader {
             .publish_timeout(c.request_timeout.max(c.publishing_interval * 3))
             .recreate_subscriptions(false)
             .session_name(format!("streamgate {}", self.source_id))
+            .endpoint(
+                "gateway",
+                ClientEndpoint {
+                    url: c.endpoint.clone(),
+                    security_policy: c.security_policy.as_str().to_string(),
+                    security_mode: String::from(security_mode(c.security_mode)),
+                    user_token_id: ANONYMOUS_USER_TOKEN_ID.to_string(),
+                },
+            )
     }
 
     /// The marker that records the server certificate trusted on first use by this source.
@@ -192,11 +201,7 @@ impl OpcuaReader {
             },
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let mode = match c.security_mode {
-            SecurityMode::None => MessageSecurityMode::None,
-            SecurityMode::Sign => MessageSecurityMode::Sign,
-            SecurityMode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
-        };
+        let mode = security_mode(c.security_mode);
         let wanted: EndpointDescription = (
             c.endpoint.as_str(),
             c.security_policy.as_str(),
@@ -452,6 +457,15 @@ impl OpcuaReader {
         }
         if matches!(
             status,
+            StatusCode::BadCertificateHostNameInvalid | StatusCode::BadCertificateUriInvalid
+        ) {
+            return OpcuaError::Connect(format!(
+                "the server certificate of {} does not name the host or application it was reached at ({status}); use the host name the certificate lists in `endpoint`, or have the server's certificate reissued",
+                c.endpoint
+            ));
+        }
+        if matches!(
+            status,
             StatusCode::BadSecurityChecksFailed
                 | StatusCode::BadCertificateUntrusted
                 | StatusCode::BadCertificateInvalid
@@ -489,6 +503,14 @@ impl OpcuaReader {
                 tracing::error!(marker = %marker.display(), error = %e, "could not record the certificate trusted on first use")
             }
         }
+    }
+}
+
+fn security_mode(mode: SecurityMode) -> MessageSecurityMode {
+    match mode {
+        SecurityMode::None => MessageSecurityMode::None,
+        SecurityMode::Sign => MessageSecurityMode::Sign,
+        SecurityMode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
     }
 }
 

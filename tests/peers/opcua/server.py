@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -59,7 +58,7 @@ async def main():
         d.mkdir(parents=True, exist_ok=True)
         await setup_self_signed_certificate(
             d / "server-key.pem", d / "server-cert.der", server.get_application_uri(),
-            socket.gethostname(), [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": "streamgate test peer"})
+            "127.0.0.1", [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": "streamgate test peer"})
         await server.load_certificate(str(d / "server-cert.der"))
         await server.load_private_key(str(d / "server-key.pem"))
         server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
