@@ -579,3 +579,56 @@ async fn trust_on_first_use_trusts_once() {
         "no data from an unknown certificate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_notices_a_frozen_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let port = free_port();
+    let tags = "[[sources.tags]]\nname = \"counter\"\nnode = \"nsu=urn:streamgate:test;i=1001\"\n";
+    let peer = start_peer(port, &log, &["--interval-ms", "100"]);
+    let cfg = streamgate::config::parse(&config(dir.path(), port, "", tags)).unwrap();
+    let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
+    let out = dir.path().join("out");
+    wait_for(&out, "counter samples", |s| s.len() >= 5).await;
+    // The process stops answering but its socket stays open: only the keep-alive can tell.
+    let pid = peer.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(&out, "Lst from the keep-alive", |s| {
+        s.iter().any(|p| p.meta.flags.contains(Flags::LST))
+    })
+    .await;
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(&out, "values again after the server thawed", |s| {
+        let lst = s
+            .iter()
+            .position(|p| p.meta.flags.contains(Flags::LST))
+            .unwrap();
+        s[lst + 1..].iter().filter(|p| real(p)).count() >= 3
+    })
+    .await;
+    p.stop().await;
+    let samples = exported(&out);
+    let lst = samples
+        .iter()
+        .position(|p| p.meta.flags.contains(Flags::LST))
+        .unwrap();
+    assert!(
+        samples[lst + 1].meta.flags.contains(Flags::FST),
+        "{:?}",
+        samples[lst + 1]
+    );
+    drop(peer);
+}
