@@ -632,3 +632,39 @@ async fn keep_alive_notices_a_frozen_server() {
     );
     drop(peer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_policies_and_sign_mode_work() {
+    for (policy, mode, peer_policy) in [
+        (
+            "Aes128_Sha256_RsaOaep",
+            "SignAndEncrypt",
+            "Aes128Sha256RsaOaep_SignAndEncrypt",
+        ),
+        ("Aes256_Sha256_RsaPss", "Sign", "Aes256Sha256RsaPss_Sign"),
+        ("Basic256Sha256", "Sign", "Basic256Sha256_Sign"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let port = free_port();
+        let certs = dir.path().join("certs");
+        let _peer = start_peer(
+            port,
+            &log,
+            &["--secure", certs.to_str().unwrap(), "--policy", peer_policy],
+        );
+        let source = format!(
+            "security_policy = \"{policy}\"\nsecurity_mode = \"{mode}\"\ntrust_on_first_use = true"
+        );
+        let tags =
+            "[[sources.tags]]\nname = \"counter\"\nnode = \"nsu=urn:streamgate:test;i=1001\"\n";
+        let cfg = streamgate::config::parse(&config(dir.path(), port, &source, tags)).unwrap();
+        let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
+        let out = dir.path().join("out");
+        wait_for(&out, policy, |s| s.iter().filter(|p| real(p)).count() >= 5).await;
+        p.stop().await;
+        let samples = exported(&out);
+        let got: Vec<&Payload> = samples.iter().filter(|p| real(p)).collect();
+        assert_matches_log(policy, &got, &server_log(&log)["counter"]);
+    }
+}

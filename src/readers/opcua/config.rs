@@ -67,6 +67,14 @@ impl SecurityPolicy {
             SecurityPolicy::Aes256Sha256RsaPss => "Aes256_Sha256_RsaPss",
         }
     }
+
+    /// The policy URI (the crate's short names differ: "Aes128-Sha256-RsaOaep").
+    pub fn uri(self) -> String {
+        format!(
+            "http://opcfoundation.org/UA/SecurityPolicy#{}",
+            self.as_str()
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

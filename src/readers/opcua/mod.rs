@@ -145,7 +145,7 @@ impl OpcuaReader {
                 "gateway",
                 ClientEndpoint {
                     url: c.endpoint.clone(),
-                    security_policy: c.security_policy.as_str().to_string(),
+                    security_policy: c.security_policy.uri(),
                     security_mode: String::from(security_mode(c.security_mode)),
                     user_token_id: ANONYMOUS_USER_TOKEN_ID.to_string(),
                 },
@@ -204,7 +204,7 @@ impl OpcuaReader {
         let mode = security_mode(c.security_mode);
         let wanted: EndpointDescription = (
             c.endpoint.as_str(),
-            c.security_policy.as_str(),
+            c.security_policy.uri().as_str(),
             mode,
             UserTokenPolicy::anonymous(),
         )

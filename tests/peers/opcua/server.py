@@ -44,7 +44,9 @@ async def main():
     p.add_argument("--ticks", type=int, default=1_000_000)
     p.add_argument("--start", type=int, default=0, help="first tick number (restarts continue)")
     p.add_argument("--extra-namespaces", type=int, default=0)
-    p.add_argument("--secure", help="directory for the server key/cert; Basic256Sha256 only")
+    p.add_argument("--secure", help="directory for the server key/cert (created if missing)")
+    p.add_argument("--policy", default="Basic256Sha256_SignAndEncrypt",
+                   help="the one secure policy offered, as asyncua names it")
     p.add_argument("--bench", type=int, default=0)
     a = p.parse_args()
 
@@ -61,7 +63,7 @@ async def main():
             "127.0.0.1", [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": "streamgate test peer"})
         await server.load_certificate(str(d / "server-cert.der"))
         await server.load_private_key(str(d / "server-key.pem"))
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        server.set_security_policy([getattr(ua.SecurityPolicyType, a.policy)])
     else:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
 
