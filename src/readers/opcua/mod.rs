@@ -260,8 +260,8 @@ impl OpcuaReader {
         let mut poll_tick = tokio::time::interval(c.poll_interval);
         poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = false;
-        // The subscription of the last setup: reused when the server reactivates the session.
-        let mut subscription: Option<Option<u32>> = None;
+        // The subscription of the last setup, deleted at the next.
+        let mut subscription: Option<u32> = None;
         let mut reported: Vec<bool> = vec![false; c.tags.len()];
         let skew = c.max_clock_skew.map(|d| d.as_millis() as i64);
 
@@ -305,16 +305,16 @@ impl OpcuaReader {
                         if first_use && !marker.exists() {
                             self.remember_first_use(&marker, server_cert_file.as_deref());
                         }
-                        match (how, subscription) {
-                            (SessionConnectMode::ReactivatedSession(_), Some(_)) => {
-                                // Subscriptions live on in a reactivated session.
-                                ctx.connected();
-                                connected = true;
-                            }
-                            (_, old) => {
-                                setup = Some(Box::pin(setup_items(session.clone(), c.clone(), tx.clone(), old.flatten())));
-                            }
-                        }
+                        // Also for a reactivated session: its subscription may have expired on the
+                        // server meanwhile (a frozen server runs its lifetime timers when it
+                        // thaws). The old one is deleted, a fresh one made: a few repeated values
+                        // (flagged Fst) instead of silence.
+                        setup = Some(Box::pin(setup_items(
+                            session.clone(),
+                            c.clone(),
+                            tx.clone(),
+                            subscription,
+                        )));
                     }
                     Some(Ok(SessionPollResult::ConnectionLost(status))) => {
                         tracing::warn!(endpoint = %c.endpoint, %status, "OPC UA connection lost; reconnecting");
@@ -343,7 +343,7 @@ impl OpcuaReader {
                         ctx.push(Sample { tag, value: Value::Text(mapping::status_name(status).to_string()), quality: Quality::Bad, timestamp_ms: now, flags: Flags::ATS });
                     }
                     poll = s.poll;
-                    subscription = Some(s.subscription);
+                    subscription = s.subscription;
                     tracing::info!(endpoint = %c.endpoint, subscribed = c.tags.len() - poll.len(), polled = poll.len(), "OPC UA tags set up");
                     ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
                 }
@@ -546,7 +546,8 @@ async fn setup_items(
     old_subscription: Option<u32>,
 ) -> Result<Setup, OpcuaError> {
     if let Some(old) = old_subscription {
-        // A new session: the old subscription died with the old one; drop its local state.
+        // Gone with the old session, or expired: drop it (server side if still there, and the
+        // crate's local state either way).
         let _ = session.delete_subscription(old).await;
     }
     let mut failed = Vec::new();
@@ -605,7 +606,9 @@ async fn setup_items(
         let sub = session
             .create_subscription(
                 config.publishing_interval,
-                keep_alive_count * 3,
+                // Survives short outages (a reactivated session keeps it), at least 3 keep-alives.
+                (keep_alive_count * 3)
+                    .max((30_000 / config.publishing_interval.as_millis().max(1)) as u32),
                 keep_alive_count,
                 0,
                 0,
