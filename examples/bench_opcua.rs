@@ -92,6 +92,7 @@ pki_dir = "{d}/pki"
     while p.samples_read() < variables as u64 && t0.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu0 = cpu_seconds();
     let (r0, d0, w0, start) = (
         p.samples_read(),
         p.records_delivered(),
@@ -100,6 +101,7 @@ pki_dir = "{d}/pki"
     );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds() - cpu0) / secs * 100.0;
     let (r1, d1, w1) = (
         p.samples_read(),
         p.records_delivered(),
@@ -109,10 +111,21 @@ pki_dir = "{d}/pki"
     let _ = server.kill();
     let _ = server.wait();
     println!(
-        "opcua bench: {variables} monitored items, {secs:.1}s: {:.0} data changes/s queued, {:.0} records/s exported; the Python server wrote {:.0} values/s (reported once a second)",
+        "opcua bench: {variables} monitored items, {secs:.1}s: {:.0} data changes/s queued, {:.0} records/s exported; the Python server wrote {:.0} values/s (reported once a second); gateway process CPU {cpu:.0}% of one core",
         (r1 - r0) as f64 / secs,
         (d1 - d0) as f64 / secs,
         w1.saturating_sub(w0) as f64 / secs
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// User + system CPU seconds of this process (Linux /proc; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
