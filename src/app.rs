@@ -132,6 +132,15 @@ impl Pipeline {
                     let reader = crate::readers::modbus::ModbusReader::new(m.clone(), &lines);
                     self.sources.spawn(reader.run(ctx, stop).instrument(span));
                 }
+                #[cfg(feature = "opcua")]
+                SourceKind::Opcua(ua) => {
+                    let reader = crate::readers::opcua::OpcuaReader::new(
+                        ua.as_ref().clone(),
+                        &src.id,
+                        &self.config.gateway.data_dir,
+                    );
+                    self.sources.spawn(reader.run(ctx, stop).instrument(span));
+                }
             }
         }
     }

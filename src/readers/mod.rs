@@ -4,6 +4,8 @@
 
 #[cfg(feature = "modbus")]
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 #[cfg(feature = "s7")]
 pub mod s7;
 pub mod simulator;
@@ -31,6 +33,8 @@ pub enum RawSourceKind {
     ModbusTcp(modbus::RawModbus),
     #[cfg(feature = "modbus")]
     ModbusRtu(modbus::RawModbus),
+    #[cfg(feature = "opcua")]
+    Opcua(Box<opcua::RawOpcua>),
 }
 
 /// A validated source kind with its settings.
@@ -43,6 +47,8 @@ pub enum SourceKind {
     ModbusTcp(modbus::ModbusConfig),
     #[cfg(feature = "modbus")]
     ModbusRtu(modbus::ModbusConfig),
+    #[cfg(feature = "opcua")]
+    Opcua(Box<opcua::OpcuaConfig>),
 }
 
 impl RawSourceKind {
@@ -67,6 +73,10 @@ impl RawSourceKind {
             RawSourceKind::ModbusRtu(m) => {
                 SourceKind::ModbusRtu(m.validate(path, true, stream_index, raw, errs))
             }
+            #[cfg(feature = "opcua")]
+            RawSourceKind::Opcua(s) => {
+                SourceKind::Opcua(Box::new(s.validate(path, stream_index, raw, errs)))
+            }
         }
     }
 }
@@ -81,6 +91,8 @@ impl SourceKind {
             SourceKind::ModbusTcp(_) => "modbus_tcp",
             #[cfg(feature = "modbus")]
             SourceKind::ModbusRtu(_) => "modbus_rtu",
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(_) => "opcua",
         }
     }
 
@@ -94,6 +106,8 @@ impl SourceKind {
             SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
                 m.tags.iter().map(|t| (t.name.clone(), t.stream)).collect()
             }
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(s) => s.tags.iter().map(|t| (t.name.clone(), t.stream)).collect(),
         }
     }
 }

@@ -1,0 +1,648 @@
+//! `kind = "opcua"`: subscribes to (or polls) OPC UA nodes and turns each data change into a
+//! sample that keeps the device's SourceTimestamp and StatusCode.
+//!
+//! One task per source owns everything: the async-opcua session event loop is polled inside
+//! this task's `select!` (never spawned), so cancelling the reader ends the session, its
+//! keep-alives and its publish requests with it. Each (re)connect builds a fresh session,
+//! resolves `nsu=` namespace URIs against the server's current NamespaceArray and creates the
+//! subscription and monitored items again; reconnects back off with jitter
+//! ([`crate::exporters::retry::Backoff`]). Data changes reach the task through a channel that
+//! the subscription callback fills while this task polls the event loop, so it holds at most
+//! one publish response: while the queue pushes back, the event loop is not polled and the
+//! server keeps the values in its monitored-item queues.
+
+pub mod config;
+pub mod mapping;
+pub mod nodeid;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use opcua::client::{
+    ANONYMOUS_USER_TOKEN_ID, ClientBuilder, ClientEndpoint, DataChangeCallback, IdentityToken,
+    MonitoredItem, Session, SessionActivity, SessionConnectMode, SessionPollResult,
+};
+use opcua::crypto::{CertificateStore, X509};
+use opcua::types::{
+    AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, EndpointDescription,
+    ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode,
+    MonitoringParameters, NodeId, NumericRange, QualifiedName, ReadValueId, StatusCode,
+    TimestampsToReturn, UserTokenPolicy,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use config::{Deadband, Identity, Mode, OpcuaTag, SecurityMode};
+pub use config::{OpcuaConfig, RawOpcua};
+use nodeid::Namespace;
+
+use super::{Sample, SourceContext};
+use crate::exporters::retry::Backoff;
+use crate::payload::{Flags, Quality, Value};
+
+/// How long the reader waits for the session to close at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Monitored items per CreateMonitoredItems request (servers limit the operations per call).
+const ITEMS_PER_REQUEST: usize = 500;
+/// Failed keep-alives (each bounded by request_timeout) before the session counts as dead.
+const MAX_FAILED_KEEP_ALIVES: u64 = 2;
+
+/// Why a session ended or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpcuaError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("connection lost: {0}")]
+    Lost(StatusCode),
+    #[error("could not set up subscriptions: {0}")]
+    Setup(String),
+    #[error("the queue is closed")]
+    Queue,
+}
+
+/// The reader of one `kind = "opcua"` source.
+pub struct OpcuaReader {
+    config: Arc<OpcuaConfig>,
+    source_id: String,
+    pki_dir: PathBuf,
+}
+
+/// Serialises first-start creation of the shared client certificate between sources.
+static PKI_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What a (re)connect set up: the polled nodes and the tags that failed.
+struct Setup {
+    subscription: Option<u32>,
+    poll: Vec<(usize, ReadValueId)>,
+    failed: Vec<(usize, StatusCode, String)>,
+}
+
+impl OpcuaReader {
+    pub fn new(config: OpcuaConfig, source_id: &str, data_dir: &Path) -> OpcuaReader {
+        let pki_dir = config
+            .pki_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("opcua-pki"));
+        OpcuaReader {
+            config: Arc::new(config),
+            source_id: source_id.to_string(),
+            pki_dir,
+        }
+    }
+
+    /// Runs until `shutdown`: connects, subscribes, reconnects with backoff. On loss and on
+    /// stop every tag that sent gets a `Bad`+`Lst`+`Syn` sample; the next values carry `Fst`.
+    pub async fn run(self, mut ctx: SourceContext, shutdown: CancellationToken) {
+        tracing::info!(endpoint = %self.config.endpoint, tags = self.config.tags.len(), "OPC UA reader started");
+        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        loop {
+            let mut was_connected = false;
+            let result = self.session(&mut ctx, &shutdown, &mut was_connected).await;
+            if was_connected {
+                backoff.reset();
+            }
+            match result {
+                Ok(()) => break,
+                Err(OpcuaError::Queue) => return,
+                Err(e) => {
+                    let delay = backoff.fail(rand::random::<f64>());
+                    tracing::warn!(endpoint = %self.config.endpoint, retry_in = ?delay, "OPC UA: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        if let Err(e) = ctx.flush().await {
+            tracing::warn!(error = %e, "could not queue the OPC UA reader's last samples");
+        }
+        tracing::info!(next_sequence = ctx.next_seq(), "OPC UA reader stopped");
+    }
+
+    fn client_builder(&self, trust_unknown: bool) -> ClientBuilder {
+        let c = &self.config;
+        ClientBuilder::new()
+            .application_name("streamgate")
+            .application_uri("urn:streamgate")
+            .product_uri("urn:streamgate")
+            .pki_dir(&self.pki_dir)
+            .create_sample_keypair(true)
+            .trust_server_certs(trust_unknown)
+            .session_retry_limit(0)
+            .session_retry_initial(c.reconnect_initial)
+            .session_retry_max(c.reconnect_max)
+            .keep_alive_interval(c.keep_alive_interval)
+            .max_failed_keep_alive_count(MAX_FAILED_KEEP_ALIVES)
+            .request_timeout(c.request_timeout)
+            .publish_timeout(c.request_timeout.max(c.publishing_interval * 3))
+            .recreate_subscriptions(false)
+            .session_name(format!("streamgate {}", self.source_id))
+            .endpoint(
+                "gateway",
+                ClientEndpoint {
+                    url: c.endpoint.clone(),
+                    security_policy: c.security_policy.uri(),
+                    security_mode: String::from(security_mode(c.security_mode)),
+                    user_token_id: ANONYMOUS_USER_TOKEN_ID.to_string(),
+                },
+            )
+    }
+
+    /// The marker that records the server certificate trusted on first use by this source.
+    fn first_use_marker(&self) -> PathBuf {
+        self.pki_dir
+            .join("first-use")
+            .join(format!("{}.txt", self.source_id))
+    }
+
+    fn identity(&self) -> Result<IdentityToken, OpcuaError> {
+        Ok(match &self.config.identity {
+            Identity::Anonymous => IdentityToken::Anonymous,
+            Identity::UserName { user, password } => {
+                IdentityToken::new_user_name(user.clone(), password.clone())
+            }
+            Identity::Certificate { cert, key } => {
+                let c = CertificateStore::read_cert(cert).map_err(|e| {
+                    OpcuaError::Connect(format!("user_certificate {}: {e}", cert.display()))
+                })?;
+                let k = CertificateStore::read_pkey(key).map_err(|e| {
+                    OpcuaError::Connect(format!("user_private_key {}: {e}", key.display()))
+                })?;
+                IdentityToken::X509(Box::new(c), Box::new(k))
+            }
+        })
+    }
+
+    /// One session: connect, subscribe, pump data changes until loss, error or shutdown.
+    async fn session(
+        &self,
+        ctx: &mut SourceContext,
+        shutdown: &CancellationToken,
+        was_connected: &mut bool,
+    ) -> Result<(), OpcuaError> {
+        let c = &self.config;
+        let marker = self.first_use_marker();
+        let first_use = c.trust_on_first_use && !marker.exists();
+        let client = {
+            let _guard = PKI_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            self.client_builder(first_use)
+                .client()
+                .map_err(|e| OpcuaError::Connect(format!("client settings: {}", e.join("; "))))?
+        };
+        let endpoints = tokio::select! {
+            r = tokio::time::timeout(c.request_timeout * 2, client.get_server_endpoints_from_url(c.endpoint.as_str())) => match r {
+                Ok(Ok(e)) => e,
+                Ok(Err(e)) => return Err(OpcuaError::Connect(format!("GetEndpoints from {} failed: {e}", c.endpoint))),
+                Err(_) => return Err(OpcuaError::Connect(format!("GetEndpoints from {} timed out after {:?}", c.endpoint, c.request_timeout * 2))),
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let mode = security_mode(c.security_mode);
+        let wanted: EndpointDescription = (
+            c.endpoint.as_str(),
+            c.security_policy.uri().as_str(),
+            mode,
+            UserTokenPolicy::anonymous(),
+        )
+            .into();
+        let server_cert_file = endpoints
+            .iter()
+            .find(|e| {
+                e.security_mode == mode
+                    && e.security_policy_uri
+                        .as_ref()
+                        .ends_with(c.security_policy.as_str())
+            })
+            .and_then(|e| X509::from_byte_string(&e.server_certificate).ok())
+            .map(|x| CertificateStore::cert_file_name(&x));
+        let builder = client
+            .session_builder()
+            .with_endpoints(endpoints.clone())
+            .connect_to_matching_endpoint(wanted)
+            .map_err(|_| {
+                let offered: Vec<String> = endpoints
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {:?}",
+                            e.security_policy_uri
+                                .as_ref()
+                                .rsplit('#')
+                                .next()
+                                .unwrap_or_default(),
+                            e.security_mode
+                        )
+                    })
+                    .collect();
+                OpcuaError::Connect(format!(
+                    "{} offers no endpoint with security_policy \"{}\" and security_mode \"{:?}\"; it offers: {}",
+                    c.endpoint,
+                    c.security_policy.as_str(),
+                    mode,
+                    offered.join(", ")
+                ))
+            })?;
+        let (session, event_loop) = builder
+            .user_identity_token(self.identity()?)
+            .build(client.certificate_store().clone())
+            .map_err(|e| OpcuaError::Connect(format!("session for {}: {e}", c.endpoint)))?;
+
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u32, DataValue)>();
+        let stream = event_loop.enter();
+        tokio::pin!(stream);
+        let mut setup: Option<BoxFuture<'static, Result<Setup, OpcuaError>>> = None;
+        let mut read: Option<BoxFuture<'static, Result<Vec<DataValue>, StatusCode>>> = None;
+        let mut poll: Vec<(usize, ReadValueId)> = Vec::new();
+        let mut poll_tick = tokio::time::interval(c.poll_interval);
+        poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected = false;
+        // The subscription of the last setup, deleted at the next.
+        let mut subscription: Option<u32> = None;
+        let mut reported: Vec<bool> = vec![false; c.tags.len()];
+        let skew = c.max_clock_skew.map(|d| d.as_millis() as i64);
+
+        loop {
+            let heartbeat = ctx.heartbeat_due();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    if connected {
+                        ctx.lost(crate::time::now_ms());
+                    }
+                    // Close the session on the server (deletes its subscriptions) while the
+                    // event loop keeps running, bounded in time.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                        let close = session.disconnect();
+                        tokio::pin!(close);
+                        loop {
+                            tokio::select! {
+                                _ = &mut close => break,
+                                ev = stream.next() => if ev.is_none() { break },
+                            }
+                        }
+                    }).await;
+                    return Ok(());
+                }
+                ev = stream.next() => match ev {
+                    None => return Err(OpcuaError::Connect("session closed".into())),
+                    Some(Err(status)) => {
+                        if connected {
+                            ctx.lost(crate::time::now_ms());
+                            ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
+                            return Err(OpcuaError::Lost(status));
+                        }
+                        return Err(self.explain(status, server_cert_file.as_deref()));
+                    }
+                    Some(Ok(SessionPollResult::Reconnected(how))) => {
+                        tracing::info!(endpoint = %c.endpoint, "OPC UA session {}", match &how {
+                            SessionConnectMode::NewSession(_) => "created",
+                            SessionConnectMode::ReactivatedSession(_) => "reactivated",
+                        });
+                        if first_use && !marker.exists() {
+                            self.remember_first_use(&marker, server_cert_file.as_deref());
+                        }
+                        // Also for a reactivated session: its subscription may have expired on the
+                        // server meanwhile (a frozen server runs its lifetime timers when it
+                        // thaws). The old one is deleted, a fresh one made: a few repeated values
+                        // (flagged Fst) instead of silence.
+                        setup = Some(Box::pin(setup_items(
+                            session.clone(),
+                            c.clone(),
+                            tx.clone(),
+                            subscription,
+                        )));
+                    }
+                    Some(Ok(SessionPollResult::ConnectionLost(status))) => {
+                        tracing::warn!(endpoint = %c.endpoint, %status, "OPC UA connection lost; reconnecting");
+                        if connected {
+                            ctx.lost(crate::time::now_ms());
+                            ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
+                        }
+                        connected = false;
+                        setup = None;
+                        read = None;
+                    }
+                    Some(Ok(SessionPollResult::SessionActivity(SessionActivity::KeepAliveFailed(status)))) => {
+                        tracing::warn!(endpoint = %c.endpoint, %status, "OPC UA keep-alive failed");
+                    }
+                    Some(Ok(_)) => {}
+                },
+                r = async { setup.as_mut().expect("guarded by the select condition").await }, if setup.is_some() => {
+                    setup = None;
+                    let s = r?;
+                    *was_connected = true;
+                    connected = true;
+                    ctx.connected();
+                    let now = crate::time::now_ms();
+                    for (tag, status, why) in s.failed {
+                        tracing::error!(tag = %c.tags[tag].name, node = %c.tags[tag].node, %status, "OPC UA tag unavailable: {why}");
+                        ctx.push(Sample { tag, value: Value::Text(mapping::status_name(status).to_string()), quality: Quality::Bad, timestamp_ms: now, flags: Flags::ATS });
+                    }
+                    poll = s.poll;
+                    subscription = s.subscription;
+                    tracing::info!(endpoint = %c.endpoint, subscribed = c.tags.len() - poll.len(), polled = poll.len(), "OPC UA tags set up");
+                    ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
+                }
+                Some((handle, dv)) = rx.recv() => {
+                    self.push(ctx, handle.wrapping_sub(1) as usize, &dv, skew, &mut reported);
+                    while let Ok((handle, dv)) = rx.try_recv() {
+                        self.push(ctx, handle.wrapping_sub(1) as usize, &dv, skew, &mut reported);
+                        if ctx.should_flush() {
+                            ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
+                        }
+                    }
+                    ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
+                }
+                r = async { read.as_mut().expect("guarded by the select condition").await }, if read.is_some() => {
+                    read = None;
+                    match r {
+                        Ok(values) => {
+                            for ((tag, _), dv) in poll.iter().zip(values.iter()) {
+                                self.push(ctx, *tag, dv, skew, &mut reported);
+                            }
+                            ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
+                        }
+                        Err(status) => tracing::warn!(%status, "OPC UA poll read failed"),
+                    }
+                }
+                _ = poll_tick.tick(), if connected && !poll.is_empty() && read.is_none() => {
+                    let s = session.clone();
+                    let nodes: Vec<ReadValueId> = poll.iter().map(|(_, r)| r.clone()).collect();
+                    let timeout = c.request_timeout;
+                    read = Some(Box::pin(async move {
+                        match tokio::time::timeout(timeout, s.read(&nodes, TimestampsToReturn::Both, 0.0)).await {
+                            Ok(Ok(v)) => Ok(v),
+                            Ok(Err(e)) => Err(e.status()),
+                            Err(_) => Err(StatusCode::BadTimeout),
+                        }
+                    }));
+                }
+                _ = tokio::time::sleep_until(heartbeat.unwrap_or_else(tokio::time::Instant::now)), if connected && heartbeat.is_some() => {
+                    ctx.heartbeats(crate::time::now_ms());
+                    ctx.flush().await.map_err(|_| OpcuaError::Queue)?;
+                }
+            }
+        }
+    }
+
+    fn push(
+        &self,
+        ctx: &mut SourceContext,
+        tag: usize,
+        dv: &DataValue,
+        skew: Option<i64>,
+        reported: &mut [bool],
+    ) {
+        let Some(t) = self.config.tags.get(tag) else {
+            return;
+        };
+        let now = crate::time::now_ms();
+        let (timestamp_ms, flags) = mapping::timestamp(dv, now, skew);
+        let mut quality = mapping::quality(dv.status);
+        let value = match dv
+            .value
+            .as_ref()
+            .map(|v| mapping::value(mapping::element(v, t.index)))
+        {
+            Some(Ok(v)) => v,
+            other => {
+                let why = match other {
+                    Some(Err(u)) => u,
+                    _ => mapping::Unsupported::Empty,
+                };
+                if why != mapping::Unsupported::Empty && !reported[tag] {
+                    reported[tag] = true;
+                    tracing::error!(tag = %t.name, node = %t.node, "OPC UA value not supported: {why}");
+                }
+                if why == mapping::Unsupported::Empty {
+                    // No value (a Bad status carries none): the status name says why.
+                    Value::Text(
+                        mapping::status_name(dv.status.unwrap_or(StatusCode::Good)).to_string(),
+                    )
+                } else {
+                    quality = Quality::Bad;
+                    Value::Text(why.short())
+                }
+            }
+        };
+        ctx.push(Sample {
+            tag,
+            value,
+            quality,
+            timestamp_ms,
+            flags,
+        });
+    }
+
+    /// Turns a failed first connect into an actionable message.
+    fn explain(&self, status: StatusCode, server_cert_file: Option<&str>) -> OpcuaError {
+        let c = &self.config;
+        let rejected = self.pki_dir.join("rejected");
+        let trusted = self.pki_dir.join("trusted");
+        let own = self.pki_dir.join("own").join("cert.der");
+        if let Some(file) = server_cert_file
+            && rejected.join(file).exists()
+            && !trusted.join(file).exists()
+        {
+            return OpcuaError::Connect(format!(
+                "the server certificate of {} is not trusted ({status}). It was saved as {}: check it is the server's, then move it to {} (or set trust_on_first_use = true to trust the first certificate this source sees)",
+                c.endpoint,
+                rejected.join(file).display(),
+                trusted.display()
+            ));
+        }
+        if matches!(
+            status,
+            StatusCode::BadCertificateHostNameInvalid | StatusCode::BadCertificateUriInvalid
+        ) {
+            return OpcuaError::Connect(format!(
+                "the server certificate of {} does not name the host or application it was reached at ({status}); use the host name the certificate lists in `endpoint`, or have the server's certificate reissued",
+                c.endpoint
+            ));
+        }
+        if matches!(
+            status,
+            StatusCode::BadSecurityChecksFailed
+                | StatusCode::BadCertificateUntrusted
+                | StatusCode::BadCertificateInvalid
+                | StatusCode::BadIdentityTokenRejected
+                | StatusCode::BadUserAccessDenied
+                | StatusCode::BadIdentityTokenInvalid
+        ) {
+            return OpcuaError::Connect(format!(
+                "{} refused the connection ({status}): if the server does not trust streamgate's certificate, add {} to the server's trusted certificates; check username/password or the user certificate too",
+                c.endpoint,
+                own.display()
+            ));
+        }
+        OpcuaError::Connect(format!("could not connect to {}: {status}", c.endpoint))
+    }
+
+    fn remember_first_use(&self, marker: &Path, server_cert_file: Option<&str>) {
+        let text = format!(
+            "trusted on first use by source {}: {}\n",
+            self.source_id,
+            server_cert_file.unwrap_or("(no server certificate)")
+        );
+        let written = marker
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|_| std::fs::write(marker, text));
+        match written {
+            Ok(()) => tracing::warn!(
+                endpoint = %self.config.endpoint,
+                certificate = server_cert_file.unwrap_or("-"),
+                "OPC UA server certificate trusted on first use; later certificates must be trusted by hand"
+            ),
+            Err(e) => {
+                tracing::error!(marker = %marker.display(), error = %e, "could not record the certificate trusted on first use")
+            }
+        }
+    }
+}
+
+fn security_mode(mode: SecurityMode) -> MessageSecurityMode {
+    match mode {
+        SecurityMode::None => MessageSecurityMode::None,
+        SecurityMode::Sign => MessageSecurityMode::Sign,
+        SecurityMode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
+    }
+}
+
+/// The ReadValueId of a tag with its namespace resolved.
+fn read_value_id(tag: &OpcuaTag, node: NodeId) -> ReadValueId {
+    ReadValueId {
+        node_id: node,
+        attribute_id: AttributeId::Value as u32,
+        index_range: tag.index.map(NumericRange::Index).unwrap_or_default(),
+        data_encoding: QualifiedName::null(),
+    }
+}
+
+fn filter(deadband: Deadband) -> ExtensionObject {
+    let (kind, value) = match deadband {
+        Deadband::None => return ExtensionObject::null(),
+        Deadband::Absolute(v) => (DeadbandType::Absolute, v),
+        Deadband::Percent(v) => (DeadbandType::Percent, v),
+    };
+    ExtensionObject::from_message(DataChangeFilter {
+        trigger: DataChangeTrigger::StatusValue,
+        deadband_type: kind as u32,
+        deadband_value: value,
+    })
+}
+
+/// Resolves namespaces, creates the subscription and its monitored items; returns the
+/// polled nodes and the tags the server refused (bad node id, unknown namespace ...).
+async fn setup_items(
+    session: Arc<Session>,
+    config: Arc<OpcuaConfig>,
+    tx: mpsc::UnboundedSender<(u32, DataValue)>,
+    old_subscription: Option<u32>,
+) -> Result<Setup, OpcuaError> {
+    if let Some(old) = old_subscription {
+        // Gone with the old session, or expired: drop it (server side if still there, and the
+        // crate's local state either way).
+        let _ = session.delete_subscription(old).await;
+    }
+    let mut failed = Vec::new();
+    let needs_map = config
+        .tags
+        .iter()
+        .any(|t| matches!(t.node.namespace, Namespace::Uri(_)));
+    let map = if needs_map {
+        Some(
+            session
+                .read_namespace_array()
+                .await
+                .map_err(|e| OpcuaError::Setup(format!("reading the NamespaceArray: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let mut subscribe = Vec::new();
+    let mut poll = Vec::new();
+    for (i, t) in config.tags.iter().enumerate() {
+        let ns = match &t.node.namespace {
+            Namespace::Index(n) => *n,
+            Namespace::Uri(uri) => match map.as_ref().and_then(|m| m.get_index(uri)) {
+                Some(n) => n,
+                None => {
+                    failed.push((
+                        i,
+                        StatusCode::BadNodeIdUnknown,
+                        format!("the server has no namespace \"{uri}\""),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let rv = read_value_id(t, t.node.to_node_id(ns));
+        match t.mode {
+            Mode::Poll => poll.push((i, rv)),
+            Mode::Subscribe => subscribe.push(MonitoredItemCreateRequest {
+                item_to_monitor: rv,
+                monitoring_mode: MonitoringMode::Reporting,
+                requested_parameters: MonitoringParameters {
+                    client_handle: i as u32 + 1,
+                    sampling_interval: t.sampling_interval.as_secs_f64() * 1000.0,
+                    filter: filter(t.deadband),
+                    queue_size: t.queue_size,
+                    discard_oldest: true,
+                },
+            }),
+        }
+    }
+    let mut subscription = None;
+    if !subscribe.is_empty() {
+        let keep_alive_count = (config.keep_alive_interval.as_millis()
+            / config.publishing_interval.as_millis().max(1))
+        .clamp(1, 1000) as u32;
+        let sub = session
+            .create_subscription(
+                config.publishing_interval,
+                // Survives short outages (a reactivated session keeps it), at least 3 keep-alives.
+                (keep_alive_count * 3)
+                    .max((30_000 / config.publishing_interval.as_millis().max(1)) as u32),
+                keep_alive_count,
+                0,
+                0,
+                true,
+                DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
+                    let _ = tx.send((item.client_handle(), dv));
+                }),
+            )
+            .await
+            .map_err(|e| OpcuaError::Setup(format!("CreateSubscription: {e}")))?;
+        subscription = Some(sub);
+        for chunk in subscribe.chunks(ITEMS_PER_REQUEST) {
+            let results = session
+                .create_monitored_items(sub, TimestampsToReturn::Both, chunk.to_vec())
+                .await
+                .map_err(|e| OpcuaError::Setup(format!("CreateMonitoredItems: {e}")))?;
+            for (req, res) in chunk.iter().zip(results.iter()) {
+                if !res.result.status_code.is_good() {
+                    let tag = req.requested_parameters.client_handle as usize - 1;
+                    failed.push((
+                        tag,
+                        res.result.status_code,
+                        format!(
+                            "the server refused to monitor {}",
+                            req.item_to_monitor.node_id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Setup {
+        subscription,
+        poll,
+        failed,
+    })
+}
