@@ -164,6 +164,23 @@ impl Errors {
         (initial, max)
     }
 
+    /// A source's `[[sources.tags]]` list: at least one, at most `max`. `what` names the source
+    /// in the message ("a Modbus source").
+    pub fn tag_count(&mut self, path: &str, count: usize, max: usize, what: &str) {
+        if count == 0 {
+            self.push(
+                format!("{path}.tags"),
+                format!("{what} needs at least one [[sources.tags]]"),
+            );
+        }
+        if count > max {
+            self.push(
+                format!("{path}.tags"),
+                format!("{count} tags is above the limit of {max}"),
+            );
+        }
+    }
+
     /// Checks a name used in file names, status and metrics.
     pub fn name(&mut self, path: &str, value: &str) {
         let ok = !value.is_empty()

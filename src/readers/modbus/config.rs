@@ -274,18 +274,7 @@ impl RawModbus {
             Duration::from_secs(60),
             Duration::from_secs(1),
         );
-        if self.tags.is_empty() {
-            errs.push(
-                format!("{path}.tags"),
-                "a Modbus source needs at least one [[sources.tags]]",
-            );
-        }
-        if self.tags.len() > MAX_TAGS {
-            errs.push(
-                format!("{path}.tags"),
-                format!("{} tags is above the limit of {MAX_TAGS}", self.tags.len()),
-            );
-        }
+        errs.tag_count(path, self.tags.len(), MAX_TAGS, "a Modbus source");
         let mut names = HashSet::new();
         let mut tags = Vec::new();
         for (i, t) in self.tags.iter().enumerate() {

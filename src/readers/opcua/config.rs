@@ -298,18 +298,7 @@ impl RawOpcua {
             d => Some(d),
         };
 
-        if self.tags.is_empty() {
-            errs.push(
-                format!("{path}.tags"),
-                "an OPC UA source needs at least one [[sources.tags]] with a name and a node",
-            );
-        }
-        if self.tags.len() > MAX_TAGS {
-            errs.push(
-                format!("{path}.tags"),
-                format!("{} tags is above the limit of {MAX_TAGS}", self.tags.len()),
-            );
-        }
+        errs.tag_count(path, self.tags.len(), MAX_TAGS, "an OPC UA source");
         let mut names = HashSet::new();
         let mut tags = Vec::new();
         for (i, t) in self.tags.iter().enumerate() {

@@ -203,18 +203,7 @@ impl RawS7 {
             Duration::from_millis(100),
         );
 
-        if self.tags.is_empty() {
-            errs.push(
-                format!("{path}.tags"),
-                "an s7 source needs at least one [[sources.tags]]",
-            );
-        }
-        if self.tags.len() > MAX_TAGS {
-            errs.push(
-                format!("{path}.tags"),
-                format!("{} tags is above the limit of {MAX_TAGS}", self.tags.len()),
-            );
-        }
+        errs.tag_count(path, self.tags.len(), MAX_TAGS, "an s7 source");
         let mut tags = Vec::new();
         let mut names = HashSet::new();
         for (i, t) in self.tags.iter().enumerate() {
