@@ -9,4 +9,6 @@ if ! python3 -c "import moto, flask, flask_cors" >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1' \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'moto[server]==5.2.1'
 fi
+# pyenv puts console scripts on PATH through shims, made by `pyenv rehash`.
+command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 command -v moto_server >/dev/null || { echo "moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
