@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{Errors, unknown_stream as validate_unknown_stream, validate};
+pub use validate::{Errors, validate};
 
 use crate::exporters::ExportKind;
 use crate::readers::SourceKind;

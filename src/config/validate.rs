@@ -181,6 +181,27 @@ impl Errors {
         }
     }
 
+    /// A tag's `name` (1 to 256 characters) and optional `stream` override, resolved to the
+    /// stream's index. Shared by every reader's `[[sources.tags]]`.
+    pub fn tag_name_and_stream(
+        &mut self,
+        path: &str,
+        name: &str,
+        stream: Option<&str>,
+        stream_index: &dyn Fn(&str) -> Option<usize>,
+        raw: &RawConfig,
+    ) -> Option<usize> {
+        if name.trim().is_empty() || name.len() > 256 {
+            self.push(format!("{path}.name"), "must be 1 to 256 characters");
+        }
+        let name = stream?;
+        let index = stream_index(name);
+        if index.is_none() {
+            self.push(format!("{path}.stream"), unknown_stream(name, raw));
+        }
+        index
+    }
+
     /// Checks a name used in file names, status and metrics.
     pub fn name(&mut self, path: &str, value: &str) {
         let ok = !value.is_empty()

@@ -303,9 +303,6 @@ impl RawOpcua {
         let mut tags = Vec::new();
         for (i, t) in self.tags.iter().enumerate() {
             let tpath = format!("{path}.tags[{i}]");
-            if t.name.trim().is_empty() || t.name.len() > 256 {
-                errs.push(format!("{tpath}.name"), "must be 1 to 256 characters");
-            }
             if !names.insert(t.name.clone()) {
                 errs.push(
                     format!("{tpath}.name"),
@@ -319,19 +316,8 @@ impl RawOpcua {
                     None
                 }
             };
-            let stream = match t.stream.as_deref() {
-                Some(name) => match stream_index(name) {
-                    Some(s) => Some(s),
-                    None => {
-                        errs.push(
-                            format!("{tpath}.stream"),
-                            crate::config::validate_unknown_stream(name, raw),
-                        );
-                        None
-                    }
-                },
-                None => None,
-            };
+            let stream =
+                errs.tag_name_and_stream(&tpath, &t.name, t.stream.as_deref(), stream_index, raw);
             let mode = errs.choice(
                 &format!("{tpath}.mode"),
                 t.mode.as_deref(),

@@ -122,22 +122,7 @@ fn tag(
     raw: &RawConfig,
     errs: &mut Errors,
 ) -> Option<SimTag> {
-    if t.name.trim().is_empty() || t.name.len() > 256 {
-        errs.push(format!("{path}.name"), "must be 1 to 256 characters");
-    }
-    let stream = match t.stream.as_deref() {
-        Some(name) => match stream_index(name) {
-            Some(i) => Some(i),
-            None => {
-                errs.push(
-                    format!("{path}.stream"),
-                    crate::config::validate_unknown_stream(name, raw),
-                );
-                None
-            }
-        },
-        None => None,
-    };
+    let stream = errs.tag_name_and_stream(path, &t.name, t.stream.as_deref(), stream_index, raw);
     let min = t.min.unwrap_or(0.0);
     let max = t.max.unwrap_or(100.0);
     if !(min.is_finite() && max.is_finite()) || min > max {
