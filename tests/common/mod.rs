@@ -195,7 +195,9 @@ impl Ledger {
 
 /// Every payload in the queue database (all streams), read-only.
 pub fn queued(db: &Path) -> Vec<Vec<u8>> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let Some(conn) = open_if_created(db) else {
+        return Vec::new();
+    };
     let tables: Vec<i64> = conn
         .prepare("SELECT tbl FROM streams")
         .unwrap()
@@ -217,9 +219,27 @@ pub fn queued(db: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// The queue database read-only, or None if the gateway was killed before it created it.
+fn open_if_created(db: &Path) -> Option<Connection> {
+    if !db.exists() {
+        return None;
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let has_schema: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('streams', 'sources')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (has_schema == 2).then_some(conn)
+}
+
 /// The source's next sequence number as committed in the queue database.
 pub fn next_seq(db: &Path, source: &str) -> u64 {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let Some(conn) = open_if_created(db) else {
+        return 1;
+    };
     conn.query_row(
         "SELECT next_seq FROM sources WHERE id = ?1",
         [source],
