@@ -620,7 +620,12 @@ impl Worker {
                         if failing_since.is_none() {
                             failing_since = Some(now);
                         }
-                        tracing::error!(error = %e, "queue commit failed; keeping the batch in memory and retrying in 1 s");
+                        if self.disk_full.is_some() {
+                            // Reported once when the episode began.
+                            tracing::debug!(error = %e, "disk full, not even counters could be written; retrying in 1 s");
+                        } else {
+                            tracing::error!(error = %e, "queue commit failed; keeping the batch in memory and retrying in 1 s");
+                        }
                         self.answer_reads(&mut reads);
                         self.answer_statuses(&mut statuses);
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -696,10 +701,11 @@ impl Worker {
             return;
         }
         let now = Instant::now();
+        let free = disk::free_bytes(&self.data_dir);
         let released = disk::release_reserve(&self.data_dir);
         tracing::error!(
             path = %self.data_dir.display(),
-            free_bytes = disk::free_bytes(&self.data_dir),
+            free_bytes = free,
             reserve_released = released,
             error = %e,
             "disk full: the queue cannot grow; new records are dropped (reject_new) or replace the oldest (overwrite_oldest) and counted as dropped_disk_full until space returns. Free space on this filesystem"

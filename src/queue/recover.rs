@@ -137,18 +137,24 @@ fn move_aside(data_dir: &Path) -> Result<PathBuf, QueueError> {
 
 /// Opens the moved copy without changing it: read-only (WAL replayed in memory), or, if
 /// that fails, as immutable (the WAL ignored).
+/// `writable_schema` (the connection never writes) lets SQLite read a truncated file: without
+/// it, a file shorter than its header's page count is refused as a whole.
 fn open_old(path: &Path) -> Option<Connection> {
     let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-    if let Ok(c) = Connection::open_with_flags(path, ro)
-        && c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+    let usable = |c: &Connection| {
+        let _ = c.pragma_update(None, "writable_schema", "ON");
+        c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
             r.get::<_, i64>(0)
         })
         .is_ok()
+    };
+    if let Ok(c) = Connection::open_with_flags(path, ro)
+        && usable(&c)
     {
         return Some(c);
     }
     let uri = format!("file:{}?immutable=1", path.display());
-    Connection::open_with_flags(uri, ro).ok()
+    Connection::open_with_flags(uri, ro).ok().filter(usable)
 }
 
 fn salvage_stream(
