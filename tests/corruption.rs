@@ -229,3 +229,67 @@ fn queue_marked_damaged_by_a_running_gateway_is_recovered_at_start() {
     assert_eq!(salvaged, before, "an intact file is salvaged completely");
     assert!(first_new < 1_000_000_000, "counter readable: no jump");
 }
+
+#[test]
+fn corruption_met_while_running_exits_once_and_the_restart_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = data.join("queue.db");
+    let cfg = dir.path().join("running.toml");
+    // A slow export: the backlog grows, and its reads reach pages that left SQLite's cache
+    // long ago, so damage written under the running gateway is met by a read.
+    let text = config(dir.path())
+        .replace(
+            "report_interval = \"0\"",
+            "report_interval = \"0\"\nmax_export_bandwidth = \"300KiB\"",
+        )
+        .replace(
+            "path = \"/proc/streamgate-cannot-write-here\"",
+            &format!("path = \"{}/out\"", dir.path().display()),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let mut gw = Gateway::start(&cfg, LOG);
+    std::thread::sleep(Duration::from_secs(4));
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        let len = f.metadata().unwrap().len();
+        assert!(len > 4 << 20, "db large enough: {len}");
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&vec![0x5A; 2 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let exit = gw.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        exit.code(),
+        Some(streamgate::queue::recover::EXIT_CORRUPT_WHILE_RUNNING),
+        "log:\n{}",
+        gw.log().join("\n")
+    );
+    let line = gw
+        .log()
+        .into_iter()
+        .find(|l| l.contains("found while running"));
+    eprintln!("{line:?}");
+    assert!(line.is_some_and(|l| l.contains("ERROR") && l.contains(&db.display().to_string())));
+    assert!(
+        data.join(streamgate::queue::recover::CORRUPT_MARKER)
+            .exists()
+    );
+    // The restart (systemd's Restart=on-failure) recovers and keeps running: no crash loop.
+    let log = run_for(&cfg, 1000);
+    assert!(
+        log.iter().any(|l| l.contains("queue recovery finished")),
+        "{}",
+        log.join("\n")
+    );
+    assert!(
+        !data
+            .join(streamgate::queue::recover::CORRUPT_MARKER)
+            .exists()
+    );
+    let log = run_for(&cfg, 500);
+    assert!(
+        !log.iter().any(|l| l.contains("damaged")),
+        "healthy after one recovery"
+    );
+}

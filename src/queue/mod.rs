@@ -94,7 +94,7 @@ pub enum QueueError {
     )]
     Locked { path: PathBuf },
     #[error(
-        "data directory {path} is not writable ({source}); mount it read-write, give the service user write access (e.g. chown -R streamgate {path}), or set gateway.data_dir to a writable directory"
+        "data directory {path} is not writable; mount it read-write, give the service user write access (e.g. chown -R streamgate {path}), or set gateway.data_dir to a writable directory"
     )]
     ReadOnly {
         path: PathBuf,
