@@ -822,3 +822,95 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::NewRecord;
+
+    fn spec(strategy: StrategyOnFull) -> Vec<StreamSpec> {
+        vec![StreamSpec {
+            name: "s".into(),
+            priority: 1,
+            max_size: 1 << 30,
+            strategy_on_full: strategy,
+            time_to_live: None,
+            durability: Durability::ProcessCrash,
+            exports: vec![("e".into(), "file".into(), true)],
+        }]
+    }
+
+    fn batch(from_seq: u64, n: u64) -> AppendBatch {
+        AppendBatch {
+            source: 0,
+            next_seq: from_seq + n,
+            records: (0..n)
+                .map(|i| NewRecord {
+                    stream: 0,
+                    created_ms: 1,
+                    payload: vec![b'x'; 1000 + i as usize],
+                })
+                .collect(),
+        }
+    }
+
+    fn store(strategy: StrategyOnFull) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(
+            &dir.path().join("q.db"),
+            spec(strategy),
+            &["src".to_string()],
+        )
+        .unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn disk_full_reject_new_counts_drops_and_still_commits_sequence_numbers() {
+        let (_dir, mut s) = store(StrategyOnFull::RejectNew);
+        s.commit(&[batch(1, 10)], &mut [], 0, true, AppendMode::Normal)
+            .unwrap();
+        s.commit(&[batch(11, 5)], &mut [], 0, true, AppendMode::DiskFull)
+            .unwrap();
+        let st = &s.status().unwrap()[0];
+        assert_eq!((st.records, st.dropped_disk_full), (10, 5));
+        assert_eq!(
+            s.source_next_seq(),
+            vec![16],
+            "dropped samples are a gap, not reused"
+        );
+    }
+
+    #[test]
+    fn disk_full_overwrite_oldest_replaces_queued_records() {
+        let (_dir, mut s) = store(StrategyOnFull::OverwriteOldest);
+        s.commit(&[batch(1, 200)], &mut [], 0, true, AppendMode::Normal)
+            .unwrap();
+        s.commit(&[batch(201, 5)], &mut [], 0, true, AppendMode::DiskFull)
+            .unwrap();
+        let st = &s.status().unwrap()[0];
+        assert!(st.dropped_disk_full > 0, "{st:?}");
+        assert_eq!(
+            st.records,
+            205 - st.dropped_disk_full,
+            "new records inserted"
+        );
+        assert_eq!(st.last_id, 205);
+        assert_eq!(
+            st.exports[0].acked_upto, st.dropped_disk_full as i64,
+            "cursor moved past"
+        );
+        s.commit(
+            &[batch(206, 5)],
+            &mut [],
+            0,
+            true,
+            AppendMode::DiskFullDropAll,
+        )
+        .unwrap();
+        let after = &s.status().unwrap()[0];
+        assert_eq!(after.dropped_disk_full, st.dropped_disk_full + 5);
+        assert_eq!(after.last_id, 205);
+        assert_eq!(s.source_next_seq(), vec![211]);
+    }
+}
