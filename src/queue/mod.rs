@@ -405,6 +405,15 @@ impl Queue {
         };
         let store = match opened {
             Ok(store) => store,
+            // Started on a full disk: the reserve left by the last run makes room to open.
+            Err(e) if disk::is_disk_full(&e, data_dir) && disk::release_reserve(data_dir) => {
+                tracing::error!(
+                    path = %data_dir.display(),
+                    free_bytes = disk::free_bytes(data_dir),
+                    "disk full at start: released the reserve file to open the queue; free space on this filesystem"
+                );
+                Store::open(&db_path(data_dir), streams.clone(), sources)?
+            }
             Err(e) if disk::is_corruption(&e) => {
                 recover::recover(data_dir, &e, streams.clone(), sources)?.0
             }
