@@ -55,6 +55,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a stream that is no longer in the config, with the records it still holds.
+    /// The gateway must be stopped (the queue is locked while it runs).
+    Purge {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Name of the stream to delete.
+        #[arg(long)]
+        stream: String,
+    },
     /// Measure throughput, latency, memory and disk use on this machine (prints figures).
     Bench {
         /// Seconds per measuring phase.
@@ -146,6 +155,34 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Purge { config, stream } => {
+            let c = match load_or_demo(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            if c.stream_index(stream).is_some() {
+                eprintln!(
+                    "error: stream `{stream}` is in the config; remove it from the config first (its records are only deleted once it is not configured)"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            match streamgate::queue::purge_stream(&c.gateway.data_dir, stream)? {
+                Some(p) => println!(
+                    "purged stream `{stream}`: {} record(s), {} byte(s) of payload deleted from {}",
+                    p.records,
+                    p.bytes,
+                    c.gateway.data_dir.display()
+                ),
+                None => {
+                    eprintln!(
+                        "error: the queue in {} has no stream `{stream}`",
+                        c.gateway.data_dir.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { config, json } => {
             let c = match load_or_demo(config.as_deref()) {
                 Ok(c) => c,
@@ -181,9 +218,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone())?;
+                let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+                spawn_signal_handler(shutdown.clone(), reload_tx, config.is_some())?;
                 let report = Some(c.gateway.report_interval);
-                streamgate::app::run(c, shutdown, report)
+                let reload = config.clone().map(|path| streamgate::app::ReloadRequests {
+                    path,
+                    requests: reload_rx,
+                });
+                streamgate::app::run(c, shutdown, report, reload)
                     .await
                     .context("the gateway stopped with an error")
             })?;
@@ -221,17 +263,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::Sender<()>,
+    has_file: bool,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::spawn(async move {
-        // Live reload is not implemented yet: SIGHUP must not kill the daemon meanwhile.
         while hup.recv().await.is_some() {
-            tracing::warn!(
-                "SIGHUP received: live reload is not supported yet; restart the service to apply a changed config"
-            );
+            if !has_file {
+                tracing::warn!(
+                    "SIGHUP received, but the built-in demo has no config file to reload; start with --config FILE"
+                );
+                continue;
+            }
+            tracing::info!("SIGHUP received");
+            // A reload already waiting covers this one too.
+            let _ = reload.try_send(());
         }
     });
     tokio::spawn(async move {

@@ -425,3 +425,88 @@ proptest! {
         q.take().unwrap().close();
     }
 }
+
+#[test]
+fn reconfigure_matches_by_name_and_keeps_what_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let q = open(
+            dir.path(),
+            spec(1 << 30, StrategyOnFull::RejectNew, None, &["a", "b"]),
+        );
+        let now = streamgate::time::now_ms();
+        put(
+            &q,
+            AppendBatch {
+                source: 0,
+                next_seq: 11,
+                records: records(0, 10, 10, now),
+            },
+        )
+        .await;
+        q.handle.ack(ack(E0, (1..=10).collect())).unwrap();
+        q.handle.ack(ack(E1, vec![1, 2])).unwrap();
+        // A new stream first (positions change), export b removed, export c added, a new
+        // source before the old one.
+        let mut other = spec(1 << 30, StrategyOnFull::RejectNew, None, &["x"]);
+        other.name = "other".into();
+        let r = q
+            .handle
+            .reconfigure(
+                vec![
+                    other,
+                    spec(1 << 30, StrategyOnFull::RejectNew, None, &["c", "a"]),
+                ],
+                vec!["new".to_string(), "src".to_string()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.slots.streams, vec![1, 0], "the old stream keeps slot 0");
+        assert_eq!(r.slots.exports, vec![vec![0], vec![2, 0]]);
+        assert_eq!(r.slots.sources, vec![1, 0]);
+        assert_eq!(r.source_next_seq, vec![11, 1]);
+        let c = ExportId {
+            stream: 0,
+            export: 2,
+        };
+        // Removing b lets what a acknowledged go; c starts at the head and holds the rest.
+        // (1 and 2 were acknowledged by a and b before the reload and are gone.)
+        assert_eq!(r.handle.export_start(c), 3, "new export starts at the head");
+        let st = r.handle.status().await.unwrap();
+        assert_eq!(st[0].records, 8, "c has acknowledged nothing yet");
+        r.handle.ack(ack(c, (3..=6).collect())).unwrap();
+        let st = r.handle.status().await.unwrap();
+        assert_eq!(st[0].records, 4, "b no longer holds records back");
+        assert!(!st[0].exports[1].in_config);
+        // Then the old stream is removed altogether: its records stay.
+        let r2 = r
+            .handle
+            .reconfigure(
+                vec![{
+                    let mut o = spec(1 << 30, StrategyOnFull::RejectNew, None, &["x"]);
+                    o.name = "other".into();
+                    o
+                }],
+                vec!["new".to_string()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r2.slots.streams, vec![1]);
+        let st = r2.handle.status().await.unwrap();
+        assert!(!st[0].in_config);
+        assert_eq!(st[0].records, 4, "a removed stream keeps its records");
+        drop((r, r2));
+        q.close();
+    });
+    assert_eq!(
+        streamgate::queue::purge_stream(dir.path(), "s").unwrap(),
+        Some(streamgate::queue::Purged {
+            records: 4,
+            bytes: 40
+        })
+    );
+    assert_eq!(
+        streamgate::queue::purge_stream(dir.path(), "s").unwrap(),
+        None
+    );
+}

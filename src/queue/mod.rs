@@ -60,6 +60,8 @@ pub mod recover;
 pub mod scheduler;
 mod sqlite;
 
+pub use sqlite::Slots;
+
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -197,8 +199,12 @@ pub struct AckBatch {
 pub struct ExportStatus {
     pub name: String,
     pub enabled: bool,
+    /// False once a reload removed the export (it no longer holds records back).
+    pub in_config: bool,
     pub acked_upto: i64,
     pub backlog: u64,
+    /// Queue time of the first record not yet acknowledged: how far behind the export is.
+    pub oldest_unacked_ms: Option<i64>,
     pub delivered: u64,
     pub retries: u64,
     pub dead_lettered: u64,
@@ -211,6 +217,8 @@ pub struct ExportStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamStatus {
     pub name: String,
+    /// False once a reload removed the stream (its records are kept).
+    pub in_config: bool,
     pub priority: u8,
     pub records: u64,
     pub bytes: u64,
@@ -235,6 +243,20 @@ enum Ctl {
     },
     Ack(AckBatch),
     Status(oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>),
+    Reconfigure {
+        streams: Vec<StreamSpec>,
+        sources: Vec<String>,
+        reply: oneshot::Sender<Result<Reconfigured, QueueError>>,
+    },
+}
+
+/// The queue after a reload: a handle that knows the new streams, and where the new
+/// config's streams, exports and sources live (see [`Slots`]).
+pub struct Reconfigured {
+    pub handle: QueueHandle,
+    pub slots: Slots,
+    /// Next sequence number of each source slot.
+    pub source_next_seq: Vec<u64>,
 }
 
 /// Where readers put records. Dropping every appender is how the queue learns that the
@@ -321,6 +343,25 @@ impl QueueHandle {
         self.ctl.send(Ctl::Ack(ack)).map_err(|_| QueueError::Closed)
     }
 
+    /// Applies a reloaded configuration (see `Store::reconfigure`): first commits every batch
+    /// the readers have handed over, so a restarted source continues with the right sequence
+    /// number, then matches streams, exports and sources by name.
+    pub async fn reconfigure(
+        &self,
+        streams: Vec<StreamSpec>,
+        sources: Vec<String>,
+    ) -> Result<Reconfigured, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Reconfigure {
+                streams,
+                sources,
+                reply,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
     pub async fn status(&self) -> Result<Vec<StreamStatus>, QueueError> {
         let (reply, rx) = oneshot::channel();
         self.ctl
@@ -360,6 +401,43 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("queue.db")
 }
 
+/// Takes the data directory's lock: one process at a time uses a queue.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, QueueError> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("streamgate.lock"))
+        .map_err(|source| QueueError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+    if lock.try_lock().is_err() {
+        return Err(QueueError::Locked {
+            path: data_dir.to_owned(),
+        });
+    }
+    Ok(lock)
+}
+
+/// What `purge_stream` deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purged {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// Deletes a stream that is no longer configured, with every record it still holds, its
+/// export cursors and counters. Needs the data directory's lock: the gateway must be stopped.
+pub fn purge_stream(data_dir: &Path, name: &str) -> Result<Option<Purged>, QueueError> {
+    let path = db_path(data_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    sqlite::purge_stream(&path, name)
+}
+
 impl Queue {
     /// Opens the queue in `data_dir` (created if missing) and starts its thread.
     pub fn open(
@@ -382,18 +460,7 @@ impl Queue {
             }
         };
         std::fs::create_dir_all(data_dir).map_err(dir_err)?;
-        let lock_path = data_dir.join("streamgate.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(dir_err)?;
-        if lock.try_lock().is_err() {
-            return Err(QueueError::Locked {
-                path: data_dir.to_owned(),
-            });
-        }
+        let lock = lock_data_dir(data_dir)?;
         let priorities: Vec<u8> = streams.iter().map(|s| s.priority).collect();
         let marked = data_dir.join(recover::CORRUPT_MARKER).exists();
         let opened = if marked {
@@ -436,25 +503,13 @@ impl Queue {
             );
         }
         let source_next_seq = store.source_next_seq();
-        let starts = streams
-            .iter()
-            .enumerate()
-            .map(|(s, spec)| {
-                (0..spec.exports.len())
-                    .map(|e| {
-                        store.export_start(ExportId {
-                            stream: s,
-                            export: e,
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
+        let starts = store.export_starts();
         let (tail_tx, tails): (Vec<_>, Vec<_>) =
             store.tails().into_iter().map(watch::channel).unzip();
         let (app_tx, app_rx) = mpsc::channel(APPEND_CHANNEL_BATCHES);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let dir = data_dir.to_owned();
+        let weak_ctl = ctl_tx.downgrade();
         let thread = std::thread::Builder::new()
             .name("queue".into())
             .spawn(move || {
@@ -464,6 +519,7 @@ impl Queue {
                     store,
                     app_rx,
                     ctl_rx,
+                    ctl_tx: weak_ctl,
                     tail_tx,
                     priorities: streams.iter().map(|s| s.priority).collect(),
                     options,
@@ -517,6 +573,9 @@ struct Worker {
     store: Store,
     app_rx: mpsc::Receiver<AppendBatch>,
     ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    /// Weak, so the channel still closes when every handle is gone; used to hand out a new
+    /// handle after a reload.
+    ctl_tx: mpsc::WeakUnboundedSender<Ctl>,
     tail_tx: Vec<watch::Sender<i64>>,
     priorities: Vec<u8>,
     options: QueueOptions,
@@ -549,12 +608,16 @@ impl Worker {
         let mut acks: Vec<AckBatch> = Vec::new();
         let mut reads = Vec::new();
         let mut statuses = Vec::new();
+        let mut reconfigs = Vec::new();
         let mut next_maintenance = Instant::now() + self.options.maintenance_interval;
         let mut app_open = true;
         let mut ctl_open = true;
         let mut failing_since: Option<Instant> = None;
         loop {
-            let pending = !appends.is_empty() || !acks.is_empty() || !statuses.is_empty();
+            let pending = !appends.is_empty()
+                || !acks.is_empty()
+                || !statuses.is_empty()
+                || !reconfigs.is_empty();
             if !pending && !app_open && !ctl_open {
                 // Final status write.
                 let _ = self.store.commit(
@@ -572,7 +635,7 @@ impl Worker {
                 tokio::select! {
                     biased;
                     c = self.ctl_rx.recv(), if ctl_open => match c {
-                        Some(c) => sort_ctl(c, &mut reads, &mut acks, &mut statuses),
+                        Some(c) => sort_ctl(c, &mut reads, &mut acks, &mut statuses, &mut reconfigs),
                         None => ctl_open = false,
                     },
                     a = self.app_rx.recv(), if app_open => match a {
@@ -583,7 +646,7 @@ impl Worker {
                 }
             }
             while let Ok(c) = self.ctl_rx.try_recv() {
-                sort_ctl(c, &mut reads, &mut acks, &mut statuses);
+                sort_ctl(c, &mut reads, &mut acks, &mut statuses, &mut reconfigs);
             }
             // Exports waiting for records are served first, from what is already committed.
             let contended = !reads.is_empty();
@@ -644,10 +707,13 @@ impl Worker {
             }
             // Status requests taken before the commit see everything they were sent after.
             self.answer_statuses(&mut statuses);
+            for req in reconfigs.drain(..) {
+                self.reconfigure(req, &mut appends, &mut acks);
+            }
             // Reads that arrived during the commit are served now; acks and status requests
             // that came with them wait for the next turn's commit.
             while let Ok(c) = self.ctl_rx.try_recv() {
-                sort_ctl(c, &mut reads, &mut acks, &mut statuses);
+                sort_ctl(c, &mut reads, &mut acks, &mut statuses, &mut reconfigs);
             }
             self.answer_reads(&mut reads);
         }
@@ -740,6 +806,62 @@ impl Worker {
         );
     }
 
+    /// Commits everything waiting (so restarted sources see their last sequence number), then
+    /// applies the new streams and answers with a handle that knows them.
+    fn reconfigure(
+        &mut self,
+        (streams, sources, reply): ReconfigReq,
+        appends: &mut Vec<AppendBatch>,
+        acks: &mut Vec<AckBatch>,
+    ) {
+        while let Ok(a) = self.app_rx.try_recv() {
+            appends.push(a);
+        }
+        if !appends.is_empty() || !acks.is_empty() {
+            match self.commit(appends, acks, false) {
+                Ok(report) => {
+                    appends.clear();
+                    acks.clear();
+                    for (s, tail) in report.tails {
+                        self.tail_tx[s].send_replace(tail);
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let slots = match self.store.reconfigure(streams, &sources) {
+            Ok(slots) => slots,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let known = self.tail_tx.len();
+        for tail in self.store.tails().into_iter().skip(known) {
+            self.tail_tx.push(watch::channel(tail).0);
+        }
+        self.priorities = self.store.priorities();
+        // The request came through a handle, so a sender is alive to upgrade.
+        let Some(ctl) = self.ctl_tx.upgrade() else {
+            let _ = reply.send(Err(QueueError::Closed));
+            return;
+        };
+        let handle = QueueHandle {
+            ctl,
+            tails: self.tail_tx.iter().map(|t| t.subscribe()).collect(),
+            starts: self.store.export_starts(),
+            priorities: self.priorities.clone(),
+        };
+        let _ = reply.send(Ok(Reconfigured {
+            handle,
+            slots,
+            source_next_seq: self.store.source_next_seq(),
+        }));
+    }
+
     /// Serves reads, highest stream priority first.
     fn answer_reads(&mut self, reads: &mut Vec<ReadReq>) {
         reads.sort_by_key(|r| self.priorities[r.0.stream]);
@@ -764,6 +886,12 @@ impl Worker {
     }
 }
 
+type ReconfigReq = (
+    Vec<StreamSpec>,
+    Vec<String>,
+    oneshot::Sender<Result<Reconfigured, QueueError>>,
+);
+
 type ReadReq = (
     ExportId,
     i64,
@@ -777,6 +905,7 @@ fn sort_ctl(
     reads: &mut Vec<ReadReq>,
     acks: &mut Vec<AckBatch>,
     statuses: &mut Vec<oneshot::Sender<Result<Vec<StreamStatus>, QueueError>>>,
+    reconfigs: &mut Vec<ReconfigReq>,
 ) {
     match c {
         Ctl::Read {
@@ -788,5 +917,10 @@ fn sort_ctl(
         } => reads.push((export, from, max_records, max_bytes, reply)),
         Ctl::Ack(a) => acks.push(a),
         Ctl::Status(reply) => statuses.push(reply),
+        Ctl::Reconfigure {
+            streams,
+            sources,
+            reply,
+        } => reconfigs.push((streams, sources, reply)),
     }
 }

@@ -8,8 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::cursor::Cursor;
 use super::{
-    AckBatch, AppendBatch, DeadLetter, ExportId, ExportStatus, QueueError, Record, StreamSpec,
-    StreamStatus,
+    AckBatch, AppendBatch, DeadLetter, ExportStatus, QueueError, Record, StreamSpec, StreamStatus,
 };
 use crate::config::{Durability, StrategyOnFull};
 
@@ -59,6 +58,8 @@ CREATE TABLE IF NOT EXISTS gateway(key TEXT PRIMARY KEY, value);
 struct ExportState {
     name: String,
     enabled: bool,
+    /// False once a reload removed the export: it no longer holds records back.
+    in_config: bool,
     cursor: Cursor,
     persisted_upto: i64,
     delivered: u64,
@@ -73,6 +74,8 @@ struct ExportState {
 #[derive(Debug, Clone)]
 struct StreamState {
     spec: StreamSpec,
+    /// False once a reload removed the stream: its records stay until it comes back or is purged.
+    in_config: bool,
     table: String,
     /// Built once: the hot path must not format SQL per record.
     insert_sql: String,
@@ -102,6 +105,15 @@ pub enum AppendMode {
     /// The disk is full and overwriting did not help: every new record is dropped and
     /// counted; only sequence numbers, acknowledgements and counters are written.
     DiskFullDropAll,
+}
+
+/// Where a (re)loaded configuration's streams, exports and sources live in the store, by
+/// their position in the config: `streams[i]` is the slot of `config.streams[i]`, and so on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slots {
+    pub streams: Vec<usize>,
+    pub exports: Vec<Vec<usize>>,
+    pub sources: Vec<usize>,
 }
 
 /// What one commit changed, for notifications and logs.
@@ -228,38 +240,13 @@ impl Store {
 
         let mut exports = Vec::new();
         for (name, kind, enabled) in &spec.exports {
-            let row: Option<(i64, i64, i64, i64, Option<i64>, Option<String>, Option<i64>)> = conn
-                .query_row(
-                    "SELECT acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms
-                     FROM exports WHERE stream = ?1 AND name = ?2",
-                    [&spec.name, name],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-                )
-                .optional()?;
-            // A new export starts at the head: it exports everything the stream holds.
-            let row = row.unwrap_or((head - 1, 0, 0, 0, None, None, None));
-            let acked = row.0.max(head - 1).min(next_id - 1);
-            conn.execute(
-                "INSERT INTO exports(stream, name, kind, acked_upto) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(stream, name) DO UPDATE SET kind = ?3, in_config = 1",
-                params![spec.name, name, kind, acked],
-            )?;
-            exports.push(ExportState {
-                name: name.clone(),
-                enabled: *enabled,
-                cursor: Cursor::new(acked),
-                persisted_upto: row.0,
-                delivered: row.1 as u64,
-                retries: row.2 as u64,
-                dead_lettered: row.3 as u64,
-                last_export_ms: row.4,
-                last_error: row.5,
-                last_error_ms: row.6,
-                state: None,
-            });
+            exports.push(Self::load_export(
+                conn, &spec.name, name, kind, *enabled, head, next_id,
+            )?);
         }
         Ok(StreamState {
             spec,
+            in_config: true,
             insert_sql: format!("INSERT INTO {table}(id, at_ms, payload) VALUES (?1, ?2, ?3)"),
             table,
             head,
@@ -274,17 +261,183 @@ impl Store {
         })
     }
 
+    /// Loads (or creates) an export's cursor and counters. A new export starts at the head:
+    /// it exports everything the stream holds.
+    #[allow(clippy::type_complexity)] // rows read as tuples
+    fn load_export(
+        conn: &Connection,
+        stream: &str,
+        name: &str,
+        kind: &str,
+        enabled: bool,
+        head: i64,
+        next_id: i64,
+    ) -> Result<ExportState, QueueError> {
+        let row: Option<(i64, i64, i64, i64, Option<i64>, Option<String>, Option<i64>)> = conn
+            .query_row(
+                "SELECT acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms
+                 FROM exports WHERE stream = ?1 AND name = ?2",
+                [stream, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            )
+            .optional()?;
+        let row = row.unwrap_or((head - 1, 0, 0, 0, None, None, None));
+        let acked = row.0.max(head - 1).min(next_id - 1);
+        conn.execute(
+            "INSERT INTO exports(stream, name, kind, acked_upto) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(stream, name) DO UPDATE SET kind = ?3, in_config = 1",
+            params![stream, name, kind, acked],
+        )?;
+        Ok(ExportState {
+            name: name.to_string(),
+            enabled,
+            in_config: true,
+            cursor: Cursor::new(acked),
+            persisted_upto: row.0,
+            delivered: row.1 as u64,
+            retries: row.2 as u64,
+            dead_lettered: row.3 as u64,
+            last_export_ms: row.4,
+            last_error: row.5,
+            last_error_ms: row.6,
+            state: None,
+        })
+    }
+
+    /// Applies a reloaded configuration: streams, exports and sources are matched by name, so
+    /// the slots (indices) of everything that stays keep their meaning for the readers and
+    /// exports that keep running; new ones get new slots at the end; removed ones keep their
+    /// slot and their records (a removed stream keeps its data until it is configured again or
+    /// purged; a removed export no longer holds records back). Transactional: on error nothing
+    /// changed, in the database or in memory.
+    pub fn reconfigure(
+        &mut self,
+        specs: Vec<StreamSpec>,
+        sources: &[String],
+    ) -> Result<Slots, QueueError> {
+        let saved = (
+            self.streams.clone(),
+            self.source_seq.clone(),
+            self.sources_dirty.clone(),
+        );
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match self.reconfigure_inner(specs, sources) {
+            Ok(slots) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(slots),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    (self.streams, self.source_seq, self.sources_dirty) = saved;
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                (self.streams, self.source_seq, self.sources_dirty) = saved;
+                Err(e)
+            }
+        }
+    }
+
+    fn reconfigure_inner(
+        &mut self,
+        specs: Vec<StreamSpec>,
+        sources: &[String],
+    ) -> Result<Slots, QueueError> {
+        self.conn.execute("UPDATE streams SET in_config = 0", [])?;
+        self.conn.execute("UPDATE exports SET in_config = 0", [])?;
+        for st in &mut self.streams {
+            st.in_config = false;
+            for e in &mut st.exports {
+                e.in_config = false;
+            }
+        }
+        let mut slots = Slots::default();
+        for spec in specs {
+            let slot = match self.streams.iter().position(|st| st.spec.name == spec.name) {
+                Some(slot) => {
+                    self.conn.execute(
+                        "UPDATE streams SET in_config = 1, priority = ?2, max_size = ?3 WHERE name = ?1",
+                        params![spec.name, spec.priority, spec.max_size as i64],
+                    )?;
+                    let st = &mut self.streams[slot];
+                    let mut export_slots = Vec::new();
+                    for (name, kind, enabled) in &spec.exports {
+                        let e = match st.exports.iter().position(|e| &e.name == name) {
+                            Some(e) => {
+                                self.conn.execute(
+                                    "UPDATE exports SET in_config = 1, kind = ?3 WHERE stream = ?1 AND name = ?2",
+                                    params![spec.name, name, kind],
+                                )?;
+                                st.exports[e].enabled = *enabled;
+                                st.exports[e].in_config = true;
+                                e
+                            }
+                            None => {
+                                st.exports.push(Self::load_export(
+                                    &self.conn, &spec.name, name, kind, *enabled, st.head,
+                                    st.next_id,
+                                )?);
+                                st.exports.len() - 1
+                            }
+                        };
+                        export_slots.push(e);
+                    }
+                    st.in_config = true;
+                    st.spec = spec;
+                    slots.exports.push(export_slots);
+                    slot
+                }
+                None => {
+                    let n = spec.exports.len();
+                    self.streams.push(Self::load_stream(&self.conn, spec)?);
+                    slots.exports.push((0..n).collect());
+                    self.streams.len() - 1
+                }
+            };
+            slots.streams.push(slot);
+        }
+        for id in sources {
+            let slot = match self.source_seq.iter().position(|(s, _)| s == id) {
+                Some(slot) => slot,
+                None => {
+                    let next: Option<i64> = self
+                        .conn
+                        .query_row("SELECT next_seq FROM sources WHERE id = ?1", [id], |r| {
+                            r.get(0)
+                        })
+                        .optional()?;
+                    self.source_seq
+                        .push((id.clone(), next.unwrap_or(1).max(1) as u64));
+                    self.sources_dirty.push(false);
+                    self.source_seq.len() - 1
+                }
+            };
+            slots.sources.push(slot);
+        }
+        Ok(slots)
+    }
+
     /// The next sequence number of each source, in the order given to `open`.
     pub fn source_next_seq(&self) -> Vec<u64> {
         self.source_seq.iter().map(|(_, s)| *s).collect()
     }
 
-    /// The first id an export has not acknowledged.
-    pub fn export_start(&self, id: ExportId) -> i64 {
-        self.streams[id.stream].exports[id.export]
-            .cursor
-            .acked_upto()
-            + 1
+    /// The first unacknowledged id of every export, by stream and export slot.
+    pub fn export_starts(&self) -> Vec<Vec<i64>> {
+        self.streams
+            .iter()
+            .map(|st| {
+                st.exports
+                    .iter()
+                    .map(|e| e.cursor.acked_upto() + 1)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The priority of every stream slot.
+    pub fn priorities(&self) -> Vec<u8> {
+        self.streams.iter().map(|st| st.spec.priority).collect()
     }
 
     /// The last id of each stream (0 when nothing was ever written).
@@ -504,7 +657,7 @@ impl Store {
         let Some(upto) = st
             .exports
             .iter()
-            .filter(|e| e.enabled)
+            .filter(|e| e.enabled && e.in_config)
             .map(|e| e.cursor.acked_upto())
             .min()
         else {
@@ -705,8 +858,36 @@ impl Store {
                 .prepare_cached(&format!("SELECT at_ms FROM {} WHERE id = ?1", st.table))?
                 .query_row([st.head], |r| r.get(0))
                 .optional()?;
+            let mut exports = Vec::with_capacity(st.exports.len());
+            for e in &st.exports {
+                let first = e.cursor.acked_upto() + 1;
+                let oldest_unacked_ms: Option<i64> = if first < st.next_id {
+                    self.conn
+                        .prepare_cached(&format!("SELECT at_ms FROM {} WHERE id = ?1", st.table))?
+                        .query_row([first.max(st.head)], |r| r.get(0))
+                        .optional()?
+                } else {
+                    None
+                };
+                exports.push(ExportStatus {
+                    name: e.name.clone(),
+                    enabled: e.enabled,
+                    in_config: e.in_config,
+                    acked_upto: e.cursor.acked_upto(),
+                    backlog: (st.next_id - 1 - e.cursor.acked_upto()).max(0) as u64,
+                    oldest_unacked_ms,
+                    delivered: e.delivered,
+                    retries: e.retries,
+                    dead_lettered: e.dead_lettered,
+                    last_export_ms: e.last_export_ms,
+                    last_error: e.last_error.clone(),
+                    last_error_ms: e.last_error_ms,
+                    state: e.state.clone(),
+                });
+            }
             out.push(StreamStatus {
                 name: st.spec.name.clone(),
+                in_config: st.in_config,
                 priority: st.spec.priority,
                 records: (st.next_id - st.head) as u64,
                 bytes: st.bytes,
@@ -717,23 +898,7 @@ impl Store {
                 dropped_overwritten: st.dropped_overwritten,
                 dropped_ttl: st.dropped_ttl,
                 dropped_disk_full: st.dropped_disk_full,
-                exports: st
-                    .exports
-                    .iter()
-                    .map(|e| ExportStatus {
-                        name: e.name.clone(),
-                        enabled: e.enabled,
-                        acked_upto: e.cursor.acked_upto(),
-                        backlog: (st.next_id - 1 - e.cursor.acked_upto()).max(0) as u64,
-                        delivered: e.delivered,
-                        retries: e.retries,
-                        dead_lettered: e.dead_lettered,
-                        last_export_ms: e.last_export_ms,
-                        last_error: e.last_error.clone(),
-                        last_error_ms: e.last_error_ms,
-                        state: e.state.clone(),
-                    })
-                    .collect(),
+                exports,
             });
         }
         Ok(out)
@@ -821,6 +986,35 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// See [`super::purge_stream`].
+pub fn purge_stream(path: &Path, name: &str) -> Result<Option<super::Purged>, QueueError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let tx = conn.transaction()?;
+    let tbl: Option<i64> = tx
+        .query_row("SELECT tbl FROM streams WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(tbl) = tbl else {
+        return Ok(None);
+    };
+    let table = format!("q_{tbl}");
+    let (records, bytes): (i64, Option<i64>) = tx.query_row(
+        &format!("SELECT COUNT(*), SUM(length(payload)) FROM {table}"),
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    tx.execute_batch(&format!("DROP TABLE {table}"))?;
+    tx.execute("DELETE FROM exports WHERE stream = ?1", [name])?;
+    tx.execute("DELETE FROM streams WHERE name = ?1", [name])?;
+    tx.commit()?;
+    Ok(Some(super::Purged {
+        records: records as u64,
+        bytes: bytes.unwrap_or(0) as u64,
+    }))
 }
 
 #[cfg(test)]

@@ -49,6 +49,18 @@ impl Lines {
     }
 }
 
+impl Lines {
+    /// Drops the line registered under `key`: sources started later open a new connection
+    /// with their own settings (used when a reload changed a line's settings).
+    pub fn forget(&self, key: &str) {
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.remove(key);
+    }
+}
+
 pub struct Line {
     transport: Transport,
     state: tokio::sync::Mutex<LineState>,

@@ -1,0 +1,455 @@
+//! Live reload (SIGHUP) of the real binary while samples flow: a changed source interval takes
+//! effect, an added export starts with what is queued, an unchanged source keeps running
+//! untouched, nothing is lost, and a broken file is rejected while the gateway keeps going.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streamgate::payload::{Flags, Payload, decode};
+
+fn config(dir: &Path, fast_interval: &str, with_second_export: bool) -> String {
+    let second = if with_second_export {
+        format!(
+            r#"
+[[streams.exports]]
+name = "added"
+kind = "file"
+path = "{}/out-added"
+batch_interval = "20ms"
+"#,
+            dir.display()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+[gateway]
+data_dir = "{dir}/data"
+equipment_id = "reload-test"
+status_interval = "100ms"
+report_interval = "0"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+name = "files"
+kind = "file"
+path = "{dir}/out"
+batch_interval = "20ms"
+{second}
+[[sources]]
+kind = "simulator"
+id = "changing"
+stream = "line"
+interval = "{fast_interval}"
+
+[[sources.tags]]
+name = "speed"
+waveform = "counter"
+
+[[sources]]
+kind = "simulator"
+id = "steady"
+stream = "line"
+interval = "40ms"
+
+[[sources.tags]]
+name = "temperature"
+waveform = "sine"
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Runs the binary with its log captured line by line.
+struct Gateway {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    fn start(cfg: &Path) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start streamgate");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("gateway: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Gateway { child, log }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits until a log line after line `from` contains every one of `words`.
+    fn wait_log(&self, from: usize, words: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = self.log.lock().unwrap()[from..]
+                .iter()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {words:?}; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every payload in the NDJSON files of a directory, in file order.
+fn exported(dir: &Path) -> Vec<Payload> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read(&f).unwrap();
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            out.push(decode(line).expect("exported lines are whole payloads"));
+        }
+    }
+    out
+}
+
+/// Sequence number -> payload per source; panics if a number is reused for another sample.
+fn by_source(payloads: &[Payload]) -> BTreeMap<String, BTreeMap<u64, Payload>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, Payload>> = BTreeMap::new();
+    for p in payloads {
+        let seqs = out.entry(p.meta.source_id.clone()).or_default();
+        if let Some(prev) = seqs.get(&p.meta.sequence_number) {
+            assert_eq!(prev, p, "a sequence number was reused for another sample");
+        }
+        seqs.insert(p.meta.sequence_number, p.clone());
+    }
+    out
+}
+
+fn median_gap_ms(samples: &[&Payload]) -> i64 {
+    let mut gaps: Vec<i64> = samples
+        .windows(2)
+        .map(|w| w[1].timestamp - w[0].timestamp)
+        .collect();
+    gaps.sort();
+    gaps[gaps.len() / 2]
+}
+
+fn count_lines(dir: &Path) -> usize {
+    exported(dir).len()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_applies_changes_rejects_broken_files_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, config(dir.path(), "100ms", false)).unwrap();
+    let gw = Gateway::start(&cfg);
+    let out = dir.path().join("out");
+    wait_for("samples before the reload", || count_lines(&out) >= 40);
+
+    // 1. Faster interval for one source, and a second export.
+    std::fs::write(&cfg, config(dir.path(), "10ms", true)).unwrap();
+    let mark = gw.log_len();
+    gw.signal("HUP");
+    let line = gw.wait_log(mark, &["config reloaded"]);
+    assert!(
+        line.contains("restarted: changing") && line.contains("started: line/added"),
+        "the reload names what it restarted and started: {line}"
+    );
+    assert!(
+        line.contains("sources started: -;"),
+        "no source was new: {line}"
+    );
+    wait_for("samples in the added export", || {
+        count_lines(&dir.path().join("out-added")) >= 100
+    });
+
+    // 2. A broken file: rejected with its error, the gateway goes on with what it had.
+    std::fs::write(
+        &cfg,
+        config(dir.path(), "10ms", true)
+            .replace("batch_interval = \"20ms\"", "batch_interval = \"soon\""),
+    )
+    .unwrap();
+    let mark = gw.log_len();
+    gw.signal("HUP");
+    let rejected = gw.wait_log(
+        mark,
+        &[
+            "config reload rejected",
+            "streams[0].exports[0].batch_interval",
+        ],
+    );
+    assert!(rejected.contains("is not a duration"), "{rejected}");
+    let before = count_lines(&dir.path().join("out-added"));
+    wait_for("samples still flowing after the rejected reload", || {
+        count_lines(&dir.path().join("out-added")) >= before + 50
+    });
+
+    // 3. Graceful stop; then compare what arrived.
+    gw.signal("TERM");
+    let mut gw = gw;
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "graceful exit after reloads: {status:?}");
+
+    let first = by_source(&exported(&out));
+    let added = by_source(&exported(&dir.path().join("out-added")));
+    let conn = rusqlite::Connection::open(dir.path().join("data/queue.db")).unwrap();
+    let queued: Vec<Vec<u8>> = conn
+        .prepare("SELECT payload FROM q_1 ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let queued: Vec<Payload> = queued.iter().map(|b| decode(b).unwrap()).collect();
+    let queued = by_source(&queued);
+    let mut first_of_added = BTreeMap::new();
+    for source in ["changing", "steady"] {
+        let next_seq: i64 = conn
+            .query_row(
+                "SELECT next_seq FROM sources WHERE id = ?1",
+                [source],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // Every sequence number ever committed is exported by the first export, or queued.
+        let missing: Vec<i64> = (1..next_seq)
+            .filter(|s| {
+                !first[source].contains_key(&(*s as u64))
+                    && !queued
+                        .get(source)
+                        .is_some_and(|q| q.contains_key(&(*s as u64)))
+            })
+            .take(10)
+            .collect();
+        assert!(missing.is_empty(), "{source}: lost {missing:?}");
+        // The added export started with what was queued at the reload and has everything
+        // since: each number from its first on is in it or still queued.
+        let a = &added[source];
+        let lo = *a.keys().next().unwrap();
+        let missing: Vec<i64> = (lo as i64..next_seq)
+            .filter(|s| {
+                !a.contains_key(&(*s as u64))
+                    && !queued
+                        .get(source)
+                        .is_some_and(|q| q.contains_key(&(*s as u64)))
+            })
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{source}: added export lost {missing:?}"
+        );
+        first_of_added.insert(source, lo);
+    }
+
+    // Everything each source produced (exported or still queued), in sequence order.
+    let mut all = first.clone();
+    for (source, q) in &queued {
+        all.entry(source.clone()).or_default().extend(q.clone());
+    }
+    // The changed source was restarted (Lst then Fst) and runs faster since.
+    let changing: Vec<&Payload> = all["changing"].values().collect();
+    let restart = changing
+        .iter()
+        .position(|p| p.meta.flags.contains(Flags::LST))
+        .expect("the restarted source flagged its last sample Lst");
+    assert!(changing[restart + 1].meta.flags.contains(Flags::FST));
+    assert!(
+        first_of_added["changing"] <= changing[restart + 1].meta.sequence_number,
+        "the added export got what was queued before it started, too"
+    );
+    let before = median_gap_ms(&changing[..restart]);
+    let after = median_gap_ms(&changing[restart + 1..changing.len() - 1]);
+    assert!(
+        (90..=110).contains(&before) && (5..=20).contains(&after),
+        "interval 100ms -> 10ms took effect: median gap {before} ms before, {after} ms after"
+    );
+    // The unchanged source was not restarted: Fst only at start, Lst only at the end.
+    let steady: Vec<&Payload> = all["steady"].values().collect();
+    let fst = steady
+        .iter()
+        .filter(|p| p.meta.flags.contains(Flags::FST))
+        .count();
+    let lst = steady
+        .iter()
+        .filter(|p| p.meta.flags.contains(Flags::LST))
+        .count();
+    assert_eq!((fst, lst), (1, 1), "unchanged source kept running");
+    assert!(steady.last().unwrap().meta.flags.contains(Flags::LST));
+}
+
+#[test]
+fn removed_stream_keeps_its_records_until_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    // Stream "parked" has a disabled export, so its records stay queued.
+    let with_parked = format!(
+        r#"{}
+[[streams]]
+name = "parked"
+
+[[streams.exports]]
+name = "later"
+kind = "file"
+path = "{}/parked"
+disabled = true
+
+[[sources]]
+kind = "simulator"
+id = "parker"
+stream = "parked"
+interval = "5ms"
+
+[[sources.tags]]
+name = "x"
+waveform = "counter"
+"#,
+        config(dir.path(), "50ms", false),
+        dir.path().display()
+    );
+    // TOML: the `parked` stream must come before the sources; put streams first.
+    let with_parked = reorder_streams_first(&with_parked);
+    std::fs::write(&cfg, &with_parked).unwrap();
+    let gw = Gateway::start(&cfg);
+    let db = dir.path().join("data/queue.db");
+    let parked_rows = || -> i64 {
+        if !db.exists() {
+            return 0;
+        }
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM q_2", [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    wait_for("records in the parked stream", || parked_rows() >= 50);
+
+    std::fs::write(&cfg, config(dir.path(), "50ms", false)).unwrap();
+    let mark = gw.log_len();
+    gw.signal("HUP");
+    gw.wait_log(mark, &["config reloaded", "stopped: parker"]);
+    gw.wait_log(mark, &["stream removed from the config", "parked", "purge"]);
+    let kept = parked_rows();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        parked_rows(),
+        kept,
+        "nothing more arrives, nothing is deleted"
+    );
+
+    // Purge needs the gateway stopped: the queue is locked while it runs.
+    let purge = |cfg: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_streamgate"))
+            .args(["purge", "--stream", "parked", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap()
+    };
+    let locked = purge(&cfg);
+    assert!(!locked.status.success());
+    assert!(
+        String::from_utf8_lossy(&locked.stderr).contains("another streamgate process"),
+        "{}",
+        String::from_utf8_lossy(&locked.stderr)
+    );
+    gw.signal("TERM");
+    let mut gw = gw;
+    assert!(gw.child.wait().unwrap().success());
+    assert_eq!(parked_rows(), kept, "a restart keeps them too");
+
+    // A stream still in the config is never purged.
+    let still = dir.path().join("still.toml");
+    std::fs::write(&still, &with_parked).unwrap();
+    let refused = purge(&still);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is in the config"));
+
+    let done = purge(&cfg);
+    let text = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{kept} record(s)")),
+        "purge reports what it deleted: {text}"
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM streams WHERE name = 'parked'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+/// Moves every `[[streams]]` block (with its exports) before the first `[[sources]]`.
+fn reorder_streams_first(text: &str) -> String {
+    let mut head = String::new();
+    let mut streams = String::new();
+    let mut sources = String::new();
+    let mut section = 0; // 0 head, 1 streams, 2 sources
+    for line in text.lines() {
+        if line.starts_with("[[streams]]") {
+            section = 1;
+        } else if line.starts_with("[[sources]]") {
+            section = 2;
+        }
+        let target = match section {
+            0 => &mut head,
+            1 => &mut streams,
+            _ => &mut sources,
+        };
+        target.push_str(line);
+        target.push('\n');
+    }
+    format!("{head}{streams}{sources}")
+}
