@@ -86,7 +86,7 @@ pub enum QueueError {
     Sqlite(#[from] rusqlite::Error),
     #[error("queue database failed its integrity check: {0}")]
     Corrupt(String),
-    #[error("cannot use data directory {path}: {source}")]
+    #[error("cannot use data directory {path}")] // the cause follows in the error chain
     DataDir {
         path: PathBuf,
         source: std::io::Error,
@@ -401,6 +401,21 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("queue.db")
 }
 
+/// An I/O error on the data directory; "not writable" gets its own message with the fix.
+fn dir_error(data_dir: &Path, source: std::io::Error) -> QueueError {
+    if disk::is_not_writable(&source) {
+        QueueError::ReadOnly {
+            path: data_dir.to_owned(),
+            source,
+        }
+    } else {
+        QueueError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Takes the data directory's lock: one process at a time uses a queue.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, QueueError> {
     let lock = std::fs::OpenOptions::new()
@@ -408,10 +423,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, QueueError> {
         .truncate(false)
         .write(true)
         .open(data_dir.join("streamgate.lock"))
-        .map_err(|source| QueueError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        .map_err(|source| dir_error(data_dir, source))?;
     if lock.try_lock().is_err() {
         return Err(QueueError::Locked {
             path: data_dir.to_owned(),
@@ -446,19 +458,7 @@ impl Queue {
         sources: &[String],
         options: QueueOptions,
     ) -> Result<Queue, QueueError> {
-        let dir_err = |source: std::io::Error| {
-            if disk::is_not_writable(&source) {
-                QueueError::ReadOnly {
-                    path: data_dir.to_owned(),
-                    source,
-                }
-            } else {
-                QueueError::DataDir {
-                    path: data_dir.to_owned(),
-                    source,
-                }
-            }
-        };
+        let dir_err = |source| dir_error(data_dir, source);
         std::fs::create_dir_all(data_dir).map_err(dir_err)?;
         let lock = lock_data_dir(data_dir)?;
         let priorities: Vec<u8> = streams.iter().map(|s| s.priority).collect();
