@@ -9,6 +9,9 @@
 //! SIGKILL at once. A non-empty `queue.db-wal` after the kill proves the checkpoint had not
 //! finished (a finished TRUNCATE checkpoint leaves it empty); those are counted and printed.
 //!
+//! Others change the config file (batch size, tag count), send SIGHUP (live reload) and
+//! SIGKILL 0..300 ms later, while or just after the reload is applied.
+//!
 //!     STREAMGATE_POWERLOSS_CYCLES=200 cargo test --test powerloss -- --nocapture
 //!
 //! runs the nightly-size version (STREAMGATE_POWERLOSS_SEED=<n> repeats a run's kill schedule).
@@ -22,9 +25,12 @@ use common::{Gateway, Ledger};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-const LOG: &str = "warn,streamgate::queue=debug";
+const LOG: &str = "warn,streamgate::queue=debug,streamgate::app=info";
 
-fn config(dir: &Path) -> String {
+/// `variant` changes what a live reload applies: the export's batch size and the tag count
+/// (so the reader restarts).
+fn config(dir: &Path, variant: bool) -> String {
+    let (batch, repeat) = if variant { (300, 40) } else { (500, 50) };
     format!(
         r#"
 [gateway]
@@ -41,7 +47,7 @@ durability = "power_loss"
 name = "files"
 kind = "file"
 path = "{dir}/out"
-batch_size = 500
+batch_size = {batch}
 batch_interval = "5ms"
 rotate_size = "1MiB"
 
@@ -53,7 +59,7 @@ interval = "2ms"
 [[sources.tags]]
 name = "t"
 waveform = "sine"
-repeat = 50
+repeat = {repeat}
 "#,
         dir = dir.display()
     )
@@ -66,16 +72,16 @@ enum Disturbance {
     Kill,
     /// SIGTERM, then SIGKILL as soon as the final WAL checkpoint started.
     KillInShutdownCheckpoint,
-    // RELOAD HOOK (lead, live reload): add `KillDuringReload` here: write a changed config
-    // (e.g. another tag count or export batch size), send SIGHUP, SIGKILL after a random short
-    // delay; the checks after each cycle stay the same. Pick it in `pick()` below.
+    /// Write a changed config, SIGHUP (live reload: the queue commits, the reader and the
+    /// export restart), SIGKILL 0..300 ms later: while the reload is being applied or just after.
+    KillDuringReload,
 }
 
 fn pick(rng: &mut SmallRng) -> Disturbance {
-    if rng.random_bool(0.35) {
-        Disturbance::KillInShutdownCheckpoint
-    } else {
-        Disturbance::Kill
+    match rng.random_range(0..20) {
+        0..=6 => Disturbance::KillInShutdownCheckpoint,
+        7..=10 => Disturbance::KillDuringReload,
+        _ => Disturbance::Kill,
     }
 }
 
@@ -95,7 +101,8 @@ fn sigkill_at_random_moments_loses_no_committed_sample() {
     let mut rng = SmallRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("powerloss.toml");
-    std::fs::write(&cfg, config(dir.path())).unwrap();
+    let mut variant = false;
+    std::fs::write(&cfg, config(dir.path(), variant)).unwrap();
     let db = dir.path().join("data/queue.db");
     let wal = dir.path().join("data/queue.db-wal");
     let out = dir.path().join("out");
@@ -104,6 +111,7 @@ fn sigkill_at_random_moments_loses_no_committed_sample() {
     let mut ledger = Ledger::default();
     let mut last_committed = 0u64;
     let (mut kills, mut checkpoint_kills, mut inside_checkpoint) = (0, 0, 0);
+    let (mut reload_kills, mut reloads_applied) = (0, 0);
     let mut wal_sizes = Vec::new();
     for cycle in 0..cycles {
         let what = pick(&mut rng);
@@ -119,6 +127,17 @@ fn sigkill_at_random_moments_loses_no_committed_sample() {
             Disturbance::Kill => {
                 gw.sigkill();
                 kills += 1;
+            }
+            Disturbance::KillDuringReload => {
+                variant = !variant;
+                std::fs::write(&cfg, config(dir.path(), variant)).unwrap();
+                gw.signal("HUP");
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+                gw.sigkill();
+                reload_kills += 1;
+                if gw.count("config reloaded") > 0 {
+                    reloads_applied += 1;
+                }
             }
             Disturbance::KillInShutdownCheckpoint => {
                 gw.sigterm();
@@ -154,7 +173,8 @@ fn sigkill_at_random_moments_loses_no_committed_sample() {
     }
     assert!(last_committed > 0, "the gateway never committed anything");
     eprintln!(
-        "powerloss: {cycles} cycles in {:.1} s: {kills} SIGKILLs while running, {checkpoint_kills} SIGKILLs after the shutdown checkpoint started, \
+        "powerloss: {cycles} cycles in {:.1} s: {kills} SIGKILLs while running, {reload_kills} during a live reload ({reloads_applied} of them after the reload was applied), \
+         {checkpoint_kills} SIGKILLs after the shutdown checkpoint started, \
          {inside_checkpoint} of them inside it (WAL not yet truncated: {wal_sizes:?} bytes); \
          {last_committed} samples committed, all exported or queued, none reused; {} duplicate deliveries (at least once)",
         started.elapsed().as_secs_f64(),

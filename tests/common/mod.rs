@@ -75,8 +75,12 @@ impl Gateway {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
