@@ -20,6 +20,7 @@ use crate::exporters::bandwidth::Bandwidth;
 use crate::exporters::driver::{self, DriverContext, ExportStats};
 use crate::exporters::file::FileExporter;
 use crate::exporters::stdout::StdoutExporter;
+use crate::metrics::{Published, Registry};
 use crate::queue::{ExportId, Queue, QueueError, QueueHandle, QueueOptions, Slots, StreamSpec};
 use crate::readers::simulator::Simulator;
 use crate::readers::{SourceContext, SourceKind, SourceStats};
@@ -63,6 +64,8 @@ pub struct Pipeline {
     /// Connection state and in-flight counters of the MQTT exports, by `stream/export`.
     #[cfg(feature = "mqtt")]
     pub mqtt_stats: Vec<(String, Arc<crate::exporters::mqtt::MqttStats>)>,
+    /// What the metrics endpoint reads.
+    registry: Arc<Registry>,
 }
 
 struct RunningSource {
@@ -169,6 +172,7 @@ impl Pipeline {
             export_stats: Vec::new(),
             #[cfg(feature = "mqtt")]
             mqtt_stats: Vec::new(),
+            registry: Arc::default(),
         };
         if options.exports {
             pipeline.start_exports();
@@ -176,7 +180,23 @@ impl Pipeline {
         if options.sources {
             pipeline.start_sources();
         }
+        pipeline.publish();
         Ok(pipeline)
+    }
+
+    /// The counters the metrics endpoint shows; kept current across reloads.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    fn publish(&self) {
+        self.registry.publish(Published {
+            sources: self.source_stats.clone(),
+            exports: self.export_stats.clone(),
+            #[cfg(feature = "mqtt")]
+            mqtt: self.mqtt_stats.clone(),
+            queue: Some(self.handle.clone()),
+        });
     }
 
     /// The configuration the pipeline runs with (the last one reloaded).
@@ -195,6 +215,7 @@ impl Pipeline {
                 self.start_source(i);
             }
         }
+        self.publish();
     }
 
     fn start_source(&mut self, i: usize) {
@@ -208,7 +229,13 @@ impl Pipeline {
             .into_iter()
             .map(|(name, stream)| (name, stream.map(stream_slot)))
             .collect();
-        let stats = Arc::new(SourceStats::default());
+        let stats = Arc::new(SourceStats::with_tags(
+            src.kind
+                .tags()
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+        ));
         self.source_stats.retain(|(id, _)| id != &src.id);
         self.source_stats.push((src.id.clone(), stats.clone()));
         let ctx = SourceContext::new(
@@ -274,6 +301,7 @@ impl Pipeline {
                 }
             }
         }
+        self.publish();
     }
 
     fn start_export(&mut self, s: usize, e: usize) {
@@ -476,6 +504,7 @@ impl Pipeline {
         self.export_stats.retain(|(k, _)| keys.contains(&k));
         #[cfg(feature = "mqtt")]
         self.mqtt_stats.retain(|(k, _)| keys.contains(&k));
+        self.publish();
         Ok(report)
     }
 
@@ -516,6 +545,8 @@ impl Pipeline {
                 "exports did not finish within the shutdown timeout; aborted (unacknowledged records stay queued)"
             );
         }
+        // The metrics registry may outlive us: it must not keep the queue open.
+        self.registry.publish(Published::default());
         let Pipeline {
             queue,
             handle,
@@ -565,10 +596,23 @@ fn source_fingerprint(config: &Config, i: usize) -> String {
 
 fn export_fingerprint(config: &Config, s: usize, e: usize) -> String {
     let stream = &config.streams[s];
-    format!(
+    #[allow(unused_mut)]
+    let mut fp = format!(
         "{:?}|stream={}|priority={}",
         stream.exports[e], stream.name, stream.priority
-    )
+    );
+    // `Debug` hides passwords; a changed one must still restart the export. The hash stays
+    // in memory (it is never shown).
+    #[cfg(feature = "mqtt")]
+    if let ExportKind::Mqtt(m) = &stream.exports[e].kind
+        && let Some(crate::exporters::mqtt::config::Secret::Value(v)) = &m.password
+    {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.hash(&mut h);
+        fp.push_str(&format!("|secret={:x}", h.finish()));
+    }
+    fp
 }
 
 /// Waits for tasks up to `deadline`, then aborts the rest. True if all finished in time.
@@ -603,8 +647,17 @@ pub async fn run(
     shutdown: CancellationToken,
     report: Option<Duration>,
     reload: Option<ReloadRequests>,
-) -> Result<(), QueueError> {
+) -> Result<(), RunError> {
+    crate::clock::check();
     let mut pipeline = Pipeline::start(&config, StartOptions::default())?;
+    let mut metrics = match MetricsTask::start(&config, pipeline.registry()).await {
+        Ok(m) => m,
+        Err(e) => {
+            pipeline.stop().await;
+            return Err(e.into());
+        }
+    };
+    spawn_clock_checks(shutdown.clone());
     tracing::info!(
         data_dir = %config.gateway.data_dir.display(),
         streams = config.streams.len(),
@@ -640,8 +693,12 @@ pub async fn run(
                     })
                     .collect();
                 for (i, s) in status.iter().enumerate() {
-                    let (inn, out) = match &last {
-                        Some(prev) => (now[i].0 - prev[i].0, now[i].1.saturating_sub(prev[i].1)),
+                    // A reload may add streams: they have no previous figures yet.
+                    let (inn, out) = match last.as_ref().and_then(|p| p.get(i)) {
+                        Some(prev) => (
+                            now[i].0.saturating_sub(prev.0),
+                            now[i].1.saturating_sub(prev.1),
+                        ),
                         None => (0, 0),
                     };
                     let secs = every.as_secs_f64();
@@ -664,7 +721,10 @@ pub async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 req = reload.requests.recv() => match req {
-                    Some(()) => reload_from_file(&mut pipeline, &reload.path).await,
+                    Some(()) => {
+                        reload_from_file(&mut pipeline, &reload.path).await;
+                        metrics.follow(pipeline.config(), pipeline.registry()).await;
+                    }
                     None => { shutdown.cancelled().await; break; }
                 },
             }
@@ -672,8 +732,76 @@ pub async fn run(
         None => shutdown.cancelled().await,
     }
     crate::systemd::notify_or_log("STOPPING=1");
+    metrics.stop().await;
     pipeline.stop().await;
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::server::BindError),
+}
+
+/// The metrics listener, restarted when a reload changes `[metrics]`.
+struct MetricsTask {
+    config: crate::config::MetricsConfig,
+    running: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl MetricsTask {
+    async fn start(
+        config: &Config,
+        registry: Arc<Registry>,
+    ) -> Result<MetricsTask, crate::metrics::server::BindError> {
+        let mut task = MetricsTask {
+            config: config.metrics.clone(),
+            running: None,
+        };
+        if config.metrics.enabled {
+            let stop = CancellationToken::new();
+            let handle =
+                crate::metrics::server::start(config.metrics.clone(), registry, stop.clone())
+                    .await?;
+            task.running = Some((stop, handle));
+        }
+        Ok(task)
+    }
+
+    async fn follow(&mut self, config: &Config, registry: Arc<Registry>) {
+        if config.metrics == self.config {
+            return;
+        }
+        self.stop().await;
+        match MetricsTask::start(config, registry).await {
+            Ok(t) => *self = t,
+            Err(e) => {
+                tracing::error!("{e}; running without the metrics listener");
+                self.config = config.metrics.clone();
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some((stop, handle)) = self.running.take() {
+            stop.cancel();
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Re-checks the clock every minute (NTP may fix it, or a peer may show it is off).
+fn spawn_clock_checks(stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
+            crate::clock::check();
+        }
+    });
 }
 
 /// Where a running gateway gets its reload requests (SIGHUP) and which file it reloads.

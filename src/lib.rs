@@ -6,8 +6,10 @@
 
 pub mod app;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod exporters;
+pub mod metrics;
 pub mod payload;
 pub mod queue;
 pub mod readers;

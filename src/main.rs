@@ -41,11 +41,18 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Refuse to start when the config file holds secrets and is readable by every user
+        /// (without this flag: a warning).
+        #[arg(long)]
+        strict_permissions: bool,
     },
     /// Check a configuration file; lists every error with its key path and line.
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+        /// Fail when the config file holds secrets and is readable by every user.
+        #[arg(long)]
+        strict_permissions: bool,
     },
     /// Show what is queued per stream and how each export is doing (without --config: the demo's).
     Status {
@@ -140,11 +147,21 @@ fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Validate { config } => {
+        Command::Validate {
+            config,
+            strict_permissions,
+        } => {
             let c = match load(config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            if let Err(exposed) = config::check_secret_permissions(config, &c) {
+                if *strict_permissions {
+                    eprintln!("error: {exposed}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+                eprintln!("warning: {exposed}");
+            }
             let exports: usize = c.streams.iter().map(|s| s.exports.len()).sum();
             println!(
                 "{} is valid: {} stream(s), {} export(s), {} source(s)",
@@ -196,16 +213,31 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            strict_permissions,
+        } => {
             let c = match load_or_demo(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            let exposed = config
+                .as_deref()
+                .and_then(|p| config::check_secret_permissions(p, &c).err());
+            if let Some(exposed) = &exposed
+                && *strict_permissions
+            {
+                eprintln!("error: {exposed} (refused because of --strict-permissions)");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             let demo = config.is_none();
             streamgate::telemetry::init(
                 log_format(&cli, c.gateway.log_format),
                 cli.log_level.as_deref(),
             );
+            if let Some(exposed) = exposed {
+                tracing::warn!("{exposed} (start with --strict-permissions to refuse)");
+            }
             if demo {
                 tracing::info!(
                     "no --config given: running the built-in demo (config/demo.toml): a simulated line, samples on stdout"

@@ -157,12 +157,89 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub streams: Vec<StreamConfig>,
     pub sources: Vec<SourceConfig>,
+    pub metrics: MetricsConfig,
 }
+
+/// `[metrics]`: Prometheus metrics and a health endpoint over HTTP (off by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Loopback by default; anything else is exposed to the network (logged at start).
+    pub listen: std::net::SocketAddr,
+    /// An export failing for longer than this makes `/health` report degraded.
+    pub degraded_after: Duration,
+}
+
+/// Where the metrics listener binds unless told otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 impl Config {
     pub fn stream_index(&self, name: &str) -> Option<usize> {
         self.streams.iter().position(|s| s.name == name)
     }
+
+    /// Key paths of the secrets written into the file itself (not taken from the environment
+    /// or a key file): a file holding them must not be readable by every user.
+    pub fn inline_secrets(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (s, stream) in self.streams.iter().enumerate() {
+            for (e, export) in stream.exports.iter().enumerate() {
+                if export.kind.has_inline_secret() {
+                    keys.push(format!("streams[{s}].exports[{e}].password"));
+                }
+            }
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if source.kind.has_inline_secret() {
+                keys.push(format!("sources[{i}].password"));
+            }
+        }
+        keys
+    }
+}
+
+/// What the permission check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposedSecrets {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub keys: Vec<String>,
+}
+
+impl fmt::Display for ExposedSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} holds secrets ({}) and is readable by every user on this machine (mode {:04o}); \
+             run `chmod o-rwx {}` (and keep it owned by root, group streamgate), or move the secrets \
+             to the environment (password_env)",
+            self.path.display(),
+            self.keys.join(", "),
+            self.mode & 0o7777,
+            self.path.display()
+        )
+    }
+}
+
+/// Checks that a config file holding inline secrets is not world-readable.
+pub fn check_secret_permissions(path: &Path, config: &Config) -> Result<(), ExposedSecrets> {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = config.inline_secrets();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o004 != 0 {
+        return Err(ExposedSecrets {
+            path: path.to_owned(),
+            mode,
+            keys,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

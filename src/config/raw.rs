@@ -15,6 +15,16 @@ pub struct RawConfig {
     pub streams: Vec<RawStream>,
     #[serde(default)]
     pub sources: Vec<RawSource>,
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: the optional HTTP listener for Prometheus metrics and health.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub degraded_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

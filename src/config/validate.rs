@@ -8,7 +8,7 @@ use super::raw::{RawConfig, RawExport, RawSource, RawStream};
 use super::units::{parse_duration, parse_size};
 use super::{
     BatchConfig, Config, ConfigError, Durability, ExportConfig, GatewayConfig, LogFormat,
-    RetryConfig, SourceConfig, StrategyOnFull, StreamConfig,
+    MetricsConfig, RetryConfig, SourceConfig, StrategyOnFull, StreamConfig,
 };
 
 /// Collects configuration errors with their key paths.
@@ -256,14 +256,47 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
     }
 
+    let metrics = metrics(raw.metrics.as_ref(), &mut errs);
     if errs.is_empty() {
         Ok(Config {
             gateway,
             streams,
             sources,
+            metrics,
         })
     } else {
         Err(errs.list)
+    }
+}
+
+fn metrics(raw: Option<&crate::config::raw::RawMetrics>, errs: &mut Errors) -> MetricsConfig {
+    let default = crate::config::raw::RawMetrics::default();
+    let m = raw.unwrap_or(&default);
+    let listen_text = m
+        .listen
+        .as_deref()
+        .unwrap_or(crate::config::DEFAULT_METRICS_LISTEN);
+    let listen = match listen_text.parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            errs.push(
+                "metrics.listen",
+                format!(
+                    "\"{listen_text}\" is not an IP address and port; write it like \"127.0.0.1:9464\" (use 0.0.0.0:PORT only if the network may see the metrics)"
+                ),
+            );
+            std::net::SocketAddr::from(([127, 0, 0, 1], 9464))
+        }
+    };
+    MetricsConfig {
+        enabled: m.enabled.unwrap_or(raw.is_some()),
+        listen,
+        degraded_after: errs.duration(
+            "metrics.degraded_after",
+            m.degraded_after.as_deref(),
+            Duration::from_secs(300),
+            Duration::from_secs(1),
+        ),
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -30,6 +30,10 @@ pub struct ExportStats {
     pub dead_lettered: AtomicU64,
     pub sends: AtomicU64,
     pub failed_sends: AtomicU64,
+    /// When the current run of failed sends began (ms since the epoch; 0 while healthy).
+    pub failing_since_ms: AtomicI64,
+    /// The last send error, for the health endpoint.
+    pub last_error: std::sync::Mutex<Option<String>>,
     pub latency: LatencyHistogram,
 }
 
@@ -271,12 +275,22 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
             return;
         }
         if retry.is_empty() {
+            ctx.stats.failing_since_ms.store(0, Ordering::Relaxed);
             if backoff.failures() > 0 {
                 tracing::info!(after_failures = backoff.failures(), "export recovered");
             }
             backoff.reset();
         } else {
             ctx.stats.failed_sends.fetch_add(1, Ordering::Relaxed);
+            let _ = ctx.stats.failing_since_ms.compare_exchange(
+                0,
+                now_ms,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if let Ok(mut last) = ctx.stats.last_error.lock() {
+                last.clone_from(&error);
+            }
             let wait = backoff.fail(rand::rng().random());
             tracing::warn!(
                 error = error.as_deref().unwrap_or("unknown"),

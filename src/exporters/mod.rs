@@ -146,6 +146,15 @@ impl RawExportKind {
 }
 
 impl ExportKind {
+    /// Whether a password is written into the config file itself (see `Config::inline_secrets`).
+    pub fn has_inline_secret(&self) -> bool {
+        match self {
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(m) => matches!(m.password, Some(mqtt::config::Secret::Value(_))),
+            _ => false,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             #[cfg(feature = "aws")]

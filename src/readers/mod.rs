@@ -82,6 +82,17 @@ impl RawSourceKind {
 }
 
 impl SourceKind {
+    /// Whether a password is written into the config file itself (see `Config::inline_secrets`).
+    pub fn has_inline_secret(&self) -> bool {
+        match self {
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(ua) => {
+                matches!(ua.identity, opcua::config::Identity::UserName { .. })
+            }
+            _ => false,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             SourceKind::Simulator(_) => "simulator",
@@ -131,6 +142,23 @@ pub struct Sample {
 pub struct SourceStats {
     pub samples: AtomicU64,
     pub heartbeats: AtomicU64,
+    /// Connections lost (each one is followed by a reconnect with backoff).
+    pub losses: AtomicU64,
+    /// Samples per tag, in the source's tag order (empty when made with `default()`).
+    pub tags: Box<[(String, AtomicU64)]>,
+}
+
+impl SourceStats {
+    /// Counters with one per-tag counter for each of `names`.
+    pub fn with_tags<'a>(names: impl IntoIterator<Item = &'a str>) -> SourceStats {
+        SourceStats {
+            tags: names
+                .into_iter()
+                .map(|n| (n.to_string(), AtomicU64::new(0)))
+                .collect(),
+            ..SourceStats::default()
+        }
+    }
 }
 
 struct TagState {
@@ -220,6 +248,10 @@ impl SourceContext {
             sample.flags.insert(Flags::FST);
             tag.seen = true;
         }
+        // Stamped by (or judged against) a gateway clock known to be wrong.
+        if crate::clock::known_wrong() {
+            sample.flags.insert(Flags::ATS);
+        }
         if let Value::Float(f) = sample.value
             && !f.is_finite()
         {
@@ -253,6 +285,9 @@ impl SourceContext {
         });
         self.touch(stream);
         self.stats.samples.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, n)) = self.stats.tags.get(sample.tag) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn touch(&mut self, stream: usize) {
@@ -272,6 +307,7 @@ impl SourceContext {
     /// `Bad` sample flagged `Lst` (with its last value), so consumers can tell "no data" from
     /// "no change".
     pub fn lost(&mut self, timestamp_ms: i64) {
+        self.stats.losses.fetch_add(1, Ordering::Relaxed);
         let lost: Vec<(usize, Value)> = self
             .tags
             .iter()
@@ -322,7 +358,11 @@ impl SourceContext {
                 quality: Quality::Ok,
                 meta: Meta {
                     sequence_number: self.next_seq,
-                    flags: Flags::WMK | Flags::SYN,
+                    flags: if crate::clock::known_wrong() {
+                        Flags::WMK | Flags::SYN | Flags::ATS
+                    } else {
+                        Flags::WMK | Flags::SYN
+                    },
                     created_at: created,
                     source_id: self.id.as_str(),
                 },

@@ -65,6 +65,12 @@ where
             let code = se.err().code().unwrap_or("unknown");
             let message = se.err().message().unwrap_or("");
             let server_date = se.raw().headers().get("date");
+            // Every error response tells the endpoint's time: the clock check uses it.
+            if let Some(server) =
+                server_date.and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
+            {
+                crate::clock::report_peer_time(service.name(), server.secs() * 1000);
+            }
             let text = describe_code(service, target, code, message, server_date);
             if text.contains("clock") {
                 tracing::error!("{text}");

@@ -84,12 +84,26 @@ pub enum SecurityMode {
     SignAndEncrypt,
 }
 
-/// How the gateway authenticates itself as a user.
-#[derive(Debug, Clone, PartialEq)]
+/// How the gateway authenticates itself as a user. `Debug` never shows the password.
+#[derive(Clone, PartialEq)]
 pub enum Identity {
     Anonymous,
     UserName { user: String, password: String },
     Certificate { cert: PathBuf, key: PathBuf },
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("Anonymous"),
+            Identity::UserName { user, .. } => write!(f, "UserName({user}, password ***)"),
+            Identity::Certificate { cert, key } => f
+                .debug_struct("Certificate")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,0 +1,140 @@
+//! Metrics and health over HTTP (optional, `[metrics]`): Prometheus text at `/metrics`, a
+//! health verdict at `/health`. The pipeline publishes its counters into a [`Registry`]; a
+//! scrape takes a [`Snapshot`] (counters plus the queue's status) and renders it with pure
+//! functions ([`render`]), so what is shown is tested without sockets.
+
+pub mod render;
+pub mod server;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use crate::exporters::driver::ExportStats;
+use crate::queue::{QueueHandle, StreamStatus};
+use crate::readers::SourceStats;
+
+/// What the running pipeline exposes; replaced wholesale when it starts or reloads parts.
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<Published>,
+}
+
+/// The live counters of the pipeline.
+#[derive(Default, Clone)]
+pub struct Published {
+    pub sources: Vec<(String, Arc<SourceStats>)>,
+    pub exports: Vec<(String, Arc<ExportStats>)>,
+    #[cfg(feature = "mqtt")]
+    pub mqtt: Vec<(String, Arc<crate::exporters::mqtt::MqttStats>)>,
+    pub queue: Option<QueueHandle>,
+}
+
+impl Registry {
+    pub fn publish(&self, p: Published) {
+        match self.inner.write() {
+            Ok(mut w) => *w = p,
+            Err(poisoned) => *poisoned.into_inner() = p,
+        }
+    }
+
+    fn published(&self) -> Published {
+        match self.inner.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads every counter now (and asks the queue for its status).
+    pub async fn snapshot(&self) -> Snapshot {
+        let p = self.published();
+        let streams = match &p.queue {
+            Some(q) => q.status().await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let sources = p
+            .sources
+            .iter()
+            .map(|(id, s)| SourceSnapshot {
+                id: id.clone(),
+                samples: load(&s.samples),
+                heartbeats: load(&s.heartbeats),
+                losses: load(&s.losses),
+                tags: s.tags.iter().map(|(n, c)| (n.clone(), load(c))).collect(),
+            })
+            .collect();
+        let exports = p
+            .exports
+            .iter()
+            .map(|(key, s)| {
+                #[allow(unused_mut)]
+                let mut e = ExportSnapshot {
+                    key: key.clone(),
+                    delivered: load(&s.delivered),
+                    retried: load(&s.retried),
+                    dead_lettered: load(&s.dead_lettered),
+                    sends: load(&s.sends),
+                    failed_sends: load(&s.failed_sends),
+                    failing_since_ms: match s.failing_since_ms.load(Ordering::Relaxed) {
+                        0 => None,
+                        ms => Some(ms),
+                    },
+                    last_error: s.last_error.lock().ok().and_then(|e| e.clone()),
+                    possible_duplicates: None,
+                    connection_losses: None,
+                };
+                #[cfg(feature = "mqtt")]
+                if let Some((_, m)) = p.mqtt.iter().find(|(k, _)| k == key) {
+                    e.possible_duplicates = Some(load(&m.possible_duplicates));
+                    e.connection_losses = Some(load(&m.connection_losses));
+                }
+                e
+            })
+            .collect();
+        Snapshot {
+            now_ms: crate::time::now_ms(),
+            sources,
+            exports,
+            streams,
+            clock: crate::clock::last_verdict().filter(|v| v.is_wrong()),
+            rss_bytes: crate::telemetry::rss().map(|(rss, _)| rss),
+        }
+    }
+}
+
+/// Everything one scrape shows.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub now_ms: i64,
+    pub sources: Vec<SourceSnapshot>,
+    pub exports: Vec<ExportSnapshot>,
+    pub streams: Vec<StreamStatus>,
+    /// Set while the clock is known to be wrong.
+    pub clock: Option<crate::clock::Verdict>,
+    pub rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SourceSnapshot {
+    pub id: String,
+    pub samples: u64,
+    pub heartbeats: u64,
+    pub losses: u64,
+    pub tags: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExportSnapshot {
+    /// `stream/export`
+    pub key: String,
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub sends: u64,
+    pub failed_sends: u64,
+    pub failing_since_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Exports that can tell (MQTT): records sent again after a lost acknowledgement.
+    pub possible_duplicates: Option<u64>,
+    pub connection_losses: Option<u64>,
+}
