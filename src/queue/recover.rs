@@ -72,14 +72,8 @@ pub fn recover(
         ..Salvage::default()
     };
     let old = open_old(&moved_to.join("queue.db"));
-    // Highest sequence number seen in salvaged payloads, per source id.
-    let mut max_seq: HashMap<String, u64> = HashMap::new();
-    if let Some(old) = &old {
-        for (s, spec) in specs.iter().enumerate() {
-            salvage_stream(old, &mut store, s, spec, &mut max_seq, &mut salvage)?;
-        }
-        salvage_dead_letters(old, &mut store);
-    }
+    // Counters first, before any record is imported: if the recovery stops half way (full
+    // disk, power cut), the fresh queue already continues above every number used before.
     for (i, id) in sources.iter().enumerate() {
         let saved: Option<i64> = old.as_ref().and_then(|old| {
             old.query_row("SELECT next_seq FROM sources WHERE id = ?1", [id], |r| {
@@ -89,17 +83,30 @@ pub fn recover(
             .ok()
             .flatten()
         });
-        let after_salvaged = max_seq.get(id).map_or(1, |m| m + 1);
         let next = match saved {
-            Some(n) => (n.max(1) as u64).max(after_salvaged),
+            Some(n) => n.max(1) as u64,
             None => {
                 // Unreadable (or missing, which in a damaged file may be the same): the safe
                 // restart point. A source that never ran just starts high; that is harmless.
                 salvage.jumped.push(id.clone());
-                after_salvaged.max(crate::time::now_ms().max(0) as u64 * SEQ_JUMP_PER_MS)
+                crate::time::now_ms().max(0) as u64 * SEQ_JUMP_PER_MS
             }
         };
         store.raise_source_seq(i, next)?;
+    }
+    // Highest sequence number seen in salvaged payloads, per source id.
+    let mut max_seq: HashMap<String, u64> = HashMap::new();
+    if let Some(old) = &old {
+        for (s, spec) in specs.iter().enumerate() {
+            salvage_stream(old, &mut store, s, spec, &mut max_seq, &mut salvage)?;
+        }
+        salvage_dead_letters(old, &mut store);
+    }
+    // A salvaged sample above its source's saved counter (should not happen): go on above it.
+    for (i, id) in sources.iter().enumerate() {
+        if let Some(m) = max_seq.get(id) {
+            store.raise_source_seq(i, m + 1)?;
+        }
     }
     tracing::error!(
         moved_to = %moved_to.display(),
