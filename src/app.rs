@@ -708,7 +708,7 @@ pub async fn run(
                         out_per_s = (out as f64 / secs).round(),
                         queued = s.records,
                         queued_bytes = s.bytes,
-                        dropped = s.dropped_full + s.dropped_overwritten + s.dropped_ttl,
+                        dropped = s.dropped_full + s.dropped_overwritten + s.dropped_ttl + s.dropped_disk_full,
                         "progress"
                     );
                 }

@@ -14,6 +14,8 @@ use crate::time::now_ms;
 pub struct StatusReport {
     /// When the daemon last wrote its status (ms), if ever.
     pub updated_ms: Option<i64>,
+    /// Since when (ms) the data directory's disk is full, while it is.
+    pub disk_full_since_ms: Option<i64>,
     pub streams: Vec<StreamReport>,
     pub sources: Vec<SourceReport>,
 }
@@ -31,6 +33,8 @@ pub struct StreamReport {
     pub dropped_full: i64,
     pub dropped_overwritten: i64,
     pub dropped_ttl: i64,
+    /// Dropped because the disk was full (see docs/reliability.md).
+    pub dropped_disk_full: i64,
     pub exports: Vec<ExportReport>,
 }
 
@@ -83,6 +87,17 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, StatusError> {
             |r| r.get(0),
         )
         .optional()?;
+    // Older databases have no such key (or column below): read as none.
+    let disk_full_since_ms: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM gateway WHERE key = 'disk_full_since_ms'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .flatten();
     let now = now_ms();
     let mut streams = Vec::new();
     let mut stmt = conn.prepare(
@@ -171,6 +186,13 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, StatusError> {
                 .query_map([&name, &e.name], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
         }
+        let dropped_disk_full: i64 = conn
+            .query_row(
+                "SELECT dropped_disk_full FROM streams WHERE name = ?1",
+                [&name],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
         streams.push(StreamReport {
             name,
             in_config,
@@ -183,6 +205,7 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, StatusError> {
             dropped_full,
             dropped_overwritten,
             dropped_ttl,
+            dropped_disk_full,
             exports,
         });
     }
@@ -197,6 +220,7 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, StatusError> {
         .collect::<Result<_, _>>()?;
     Ok(StatusReport {
         updated_ms,
+        disk_full_since_ms,
         streams,
         sources,
     })
@@ -219,6 +243,13 @@ pub fn render(report: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "status written {}", age(report.updated_ms));
+    if let Some(since) = report.disk_full_since_ms {
+        let _ = writeln!(
+            out,
+            "DISK FULL since {}: new records are being dropped (see dropped ... disk full); free space in the data directory",
+            age(Some(since))
+        );
+    }
     for s in &report.streams {
         let _ = writeln!(
             out,
@@ -252,8 +283,8 @@ pub fn render(report: &StatusReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  dropped     {} full (rejected), {} overwritten, {} expired (time_to_live)",
-            s.dropped_full, s.dropped_overwritten, s.dropped_ttl
+            "  dropped     {} full (rejected), {} overwritten, {} expired (time_to_live), {} disk full",
+            s.dropped_full, s.dropped_overwritten, s.dropped_ttl, s.dropped_disk_full
         );
         for e in &s.exports {
             let _ = writeln!(

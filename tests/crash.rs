@@ -3,13 +3,13 @@
 //! far) is either in the exported files or still queued, sequence numbers have no holes, and a
 //! sequence number seen twice always carries the same sample (never reused for another one).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::Gateway;
 use rand::Rng;
-use rusqlite::Connection;
 
 fn config(dir: &Path) -> String {
     format!(
@@ -46,71 +46,6 @@ repeat = 20
     )
 }
 
-fn start(cfg: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .args(["run", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start streamgate")
-}
-
-/// Sequence number -> payload, from the queue and from the exported files.
-fn collect(dir: &Path) -> (BTreeMap<u64, Vec<u8>>, u64, u64) {
-    let mut seen: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    let mut duplicates = 0;
-    let mut add = |bytes: &[u8], seen: &mut BTreeMap<u64, Vec<u8>>| {
-        let p = streamgate::payload::decode(bytes).expect("every stored line is a full payload");
-        let seq = p.meta.sequence_number;
-        if let Some(prev) = seen.get(&seq) {
-            assert_eq!(
-                prev.as_slice(),
-                bytes,
-                "sequence number {seq} was reused for a different sample"
-            );
-            duplicates += 1;
-        } else {
-            seen.insert(seq, bytes.to_vec());
-        }
-    };
-    let conn = Connection::open(dir.join("data/queue.db")).unwrap();
-    let mut stmt = conn.prepare("SELECT payload FROM q_1 ORDER BY id").unwrap();
-    let rows: Vec<Vec<u8>> = stmt
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    for r in &rows {
-        add(r, &mut seen);
-    }
-    let next_seq: i64 = conn
-        .query_row("SELECT next_seq FROM sources WHERE id = 'sim'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    if let Ok(entries) = std::fs::read_dir(dir.join("out")) {
-        for e in entries {
-            let text = std::fs::read(e.unwrap().path()).unwrap();
-            let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-            // A write cut by the kill may leave half a line: it was never acknowledged.
-            if let Some(last) = lines.pop()
-                && !last.is_empty()
-            {
-                assert!(
-                    streamgate::payload::decode(last).is_err(),
-                    "an unterminated last line must be the partial one"
-                );
-            }
-            for l in lines {
-                add(l, &mut seen);
-            }
-        }
-    }
-    (seen, next_seq as u64, duplicates)
-}
-
 #[test]
 fn sigkill_mid_stream_loses_no_committed_sample() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,10 +54,9 @@ fn sigkill_mid_stream_loses_no_committed_sample() {
     let mut rng = rand::rng();
     let mut last_committed = 0u64;
     for cycle in 0..6 {
-        let mut child = start(&cfg);
+        let mut gw = Gateway::start(&cfg, "warn");
         std::thread::sleep(Duration::from_millis(rng.random_range(300..900)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        gw.sigkill();
 
         let (seen, next_seq, duplicates) = collect(dir.path());
         let committed = next_seq - 1;
@@ -152,15 +86,10 @@ fn sigkill_mid_stream_loses_no_committed_sample() {
     }
 
     // A last, graceful run: SIGTERM, clean exit, sequence numbers go on from where they were.
-    let mut child = start(&cfg);
+    let mut gw = Gateway::start(&cfg, "warn");
     std::thread::sleep(Duration::from_millis(700));
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
+    gw.sigterm();
+    let exit = gw.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
     let (seen, next_seq, _) = collect(dir.path());
     assert!(next_seq - 1 > last_committed);
@@ -169,15 +98,31 @@ fn sigkill_mid_stream_loses_no_committed_sample() {
         "no holes after the graceful run either"
     );
     // The graceful stop flags the last round Lst (queued or exported).
-    let lst = seen
-        .values()
-        .filter(|p| {
-            streamgate::payload::decode(p)
-                .unwrap()
-                .meta
-                .flags
-                .contains(streamgate::payload::Flags::LST)
-        })
-        .count();
+    let lst = common::queued(&dir.path().join("data/queue.db"))
+        .into_iter()
+        .chain(exported_lines(&dir.path().join("out")))
+        .map(|p| streamgate::payload::decode(&p).unwrap().meta)
+        .filter(|m| m.flags.contains(streamgate::payload::Flags::LST))
+        .map(|m| m.sequence_number)
+        .collect::<std::collections::BTreeSet<u64>>()
+        .len();
     assert_eq!(lst, 20, "one Lst sample per tag at a graceful stop");
+}
+
+/// Sequence number -> sample, the committed next sequence number, duplicate deliveries.
+fn collect(dir: &Path) -> (std::collections::BTreeMap<u64, u64>, u64, u64) {
+    common::collect(&dir.join("data/queue.db"), &dir.join("out"), "sim")
+}
+
+fn exported_lines(out: &Path) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(out).unwrap() {
+        let text = std::fs::read(e.unwrap().path()).unwrap();
+        lines.extend(
+            text.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty() && streamgate::payload::decode(l).is_ok())
+                .map(|l| l.to_vec()),
+        );
+    }
+    lines
 }

@@ -151,6 +151,7 @@ pub fn prometheus(s: &Snapshot) -> String {
             ("full", st.dropped_full),
             ("overwritten", st.dropped_overwritten),
             ("ttl", st.dropped_ttl),
+            ("disk_full", st.dropped_disk_full),
         ] {
             o.line(
                 "streamgate_dropped_total",
@@ -332,6 +333,7 @@ mod tests {
                 dropped_full: 7,
                 dropped_overwritten: 0,
                 dropped_ttl: 1,
+                dropped_disk_full: 0,
                 exports: vec![ExportStatus {
                     name: "cloud".into(),
                     enabled: true,

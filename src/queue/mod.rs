@@ -31,10 +31,32 @@
 //!   record is dropped) or `overwrite_oldest` (the oldest records are deleted, cursors move past
 //!   them); `time_to_live` drops records older than it. Every drop is counted per reason, logged,
 //!   and shows downstream as a gap in `meta.sequenceNumber`.
-//! * **Errors** (disk full, I/O): a failed transaction is rolled back in the database *and* in
-//!   memory; the same work is retried after a pause. Nothing is acknowledged to anyone meanwhile.
+//! * **Errors** (I/O): a failed transaction is rolled back in the database *and* in memory; the
+//!   same work is retried after a pause. Nothing is acknowledged to anyone meanwhile.
+//! * **Disk full** (SQLITE_FULL, see [`disk`]): `<data_dir>/reserve` (8 MiB of real zeros, made
+//!   while there is room) is deleted at once, so SQLite can still grow the WAL, checkpoint and
+//!   delete. The failed work is committed again in [`sqlite::AppendMode::DiskFull`]: streams
+//!   with `overwrite_oldest` delete their oldest records to make room (SQLite reuses the pages),
+//!   streams with `reject_new` drop the new records. If even that fails, every new record is
+//!   dropped ([`sqlite::AppendMode::DiskFullDropAll`]) and only sequence numbers, acks and
+//!   counters are written; if *that* fails, the work waits in memory (readers feel
+//!   backpressure). Drops are counted as `dropped_disk_full`, and the sources' next sequence
+//!   numbers are still persisted: dropped samples are gaps, never reused numbers. One ERROR line
+//!   per episode (path, free space); `streamgate status` shows it. Once a second the free space
+//!   is checked; with [`disk::RESUME_FREE_BYTES`] free a normal commit is tried, and when it
+//!   succeeds the episode ends (one INFO line with the totals) and the reserve is made again.
+//! * **Corruption** (see [`recover`]): at open, `PRAGMA quick_check` (reads every page, about
+//!   1 s per GB) or SQLITE_CORRUPT/NOTADB moves `queue.db*` to `<data_dir>/corrupt-<ms>/`
+//!   (never deleted), opens a fresh queue and imports every readable record (read errors are
+//!   skipped by seeking past them); sources' counters are kept, or jump to `now_ms * 1000` when
+//!   unreadable. Corruption met while running writes `<data_dir>/queue.db.corrupt` and exits
+//!   the process (code 75): the next start recovers even if quick_check passes, so a damaged
+//!   file cannot crash-loop the service.
+//! * **Read-only data directory**: [`QueueError::ReadOnly`] names the path and the fix.
 
 pub mod cursor;
+pub mod disk;
+pub mod recover;
 pub mod scheduler;
 mod sqlite;
 
@@ -47,7 +69,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, Durability, StrategyOnFull};
-use sqlite::Store;
+use sqlite::{AppendMode, Store};
 
 /// How many appended records one transaction takes at most while no export is reading.
 const MAX_TXN_RECORDS: usize = 20_000;
@@ -64,7 +86,7 @@ pub enum QueueError {
     Sqlite(#[from] rusqlite::Error),
     #[error("queue database failed its integrity check: {0}")]
     Corrupt(String),
-    #[error("cannot use data directory {path}: {source}")]
+    #[error("cannot use data directory {path}")] // the cause follows in the error chain
     DataDir {
         path: PathBuf,
         source: std::io::Error,
@@ -73,6 +95,13 @@ pub enum QueueError {
         "another streamgate process is using {path} (its lock file is held); stop it or use another gateway.data_dir"
     )]
     Locked { path: PathBuf },
+    #[error(
+        "data directory {path} is not writable; mount it read-write, give the service user write access (e.g. chown -R streamgate {path}), or set gateway.data_dir to a writable directory"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the queue has shut down")]
     Closed,
 }
@@ -199,6 +228,8 @@ pub struct StreamStatus {
     pub dropped_full: u64,
     pub dropped_overwritten: u64,
     pub dropped_ttl: u64,
+    /// Records dropped because the disk was full (new ones, or the oldest with overwrite_oldest).
+    pub dropped_disk_full: u64,
     pub exports: Vec<ExportStatus>,
 }
 
@@ -370,6 +401,21 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("queue.db")
 }
 
+/// An I/O error on the data directory; "not writable" gets its own message with the fix.
+fn dir_error(data_dir: &Path, source: std::io::Error) -> QueueError {
+    if disk::is_not_writable(&source) {
+        QueueError::ReadOnly {
+            path: data_dir.to_owned(),
+            source,
+        }
+    } else {
+        QueueError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Takes the data directory's lock: one process at a time uses a queue.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, QueueError> {
     let lock = std::fs::OpenOptions::new()
@@ -377,10 +423,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, QueueError> {
         .truncate(false)
         .write(true)
         .open(data_dir.join("streamgate.lock"))
-        .map_err(|source| QueueError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        .map_err(|source| dir_error(data_dir, source))?;
     if lock.try_lock().is_err() {
         return Err(QueueError::Locked {
             path: data_dir.to_owned(),
@@ -415,25 +458,64 @@ impl Queue {
         sources: &[String],
         options: QueueOptions,
     ) -> Result<Queue, QueueError> {
-        let dir_err = |source| QueueError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        };
+        let dir_err = |source| dir_error(data_dir, source);
         std::fs::create_dir_all(data_dir).map_err(dir_err)?;
         let lock = lock_data_dir(data_dir)?;
         let priorities: Vec<u8> = streams.iter().map(|s| s.priority).collect();
-        let store = Store::open(&db_path(data_dir), streams.clone(), sources)?;
+        let marked = data_dir.join(recover::CORRUPT_MARKER).exists();
+        let opened = if marked {
+            Err(QueueError::Corrupt(
+                "marked damaged by the previous run (queue.db.corrupt)".into(),
+            ))
+        } else {
+            Store::open(&db_path(data_dir), streams.clone(), sources)
+        };
+        let store = match opened {
+            Ok(store) => store,
+            // Started on a full disk: the reserve left by the last run makes room to open.
+            Err(e) if disk::is_disk_full(&e, data_dir) && disk::release_reserve(data_dir) => {
+                tracing::error!(
+                    path = %data_dir.display(),
+                    free_bytes = disk::free_bytes(data_dir),
+                    "disk full at start: released the reserve file to open the queue; free space on this filesystem"
+                );
+                Store::open(&db_path(data_dir), streams.clone(), sources)?
+            }
+            Err(e) if disk::is_corruption(&e) => {
+                recover::recover(data_dir, &e, streams.clone(), sources)?.0
+            }
+            Err(e) if disk::is_read_only(&e) => {
+                return Err(QueueError::ReadOnly {
+                    path: db_path(data_dir),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::ReadOnlyFilesystem,
+                        e.to_string(),
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if !disk::create_reserve(data_dir) {
+            tracing::warn!(
+                path = %data_dir.join(disk::RESERVE_FILE).display(),
+                bytes = disk::RESERVE_BYTES,
+                "no room for the disk-full reserve file; the queue has less room to recover if the disk fills"
+            );
+        }
         let source_next_seq = store.source_next_seq();
         let starts = store.export_starts();
         let (tail_tx, tails): (Vec<_>, Vec<_>) =
             store.tails().into_iter().map(watch::channel).unzip();
         let (app_tx, app_rx) = mpsc::channel(APPEND_CHANNEL_BATCHES);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let dir = data_dir.to_owned();
         let weak_ctl = ctl_tx.downgrade();
         let thread = std::thread::Builder::new()
             .name("queue".into())
             .spawn(move || {
                 let worker = Worker {
+                    data_dir: dir,
+                    disk_full: None,
                     store,
                     app_rx,
                     ctl_rx,
@@ -478,7 +560,16 @@ impl Queue {
     }
 }
 
+/// A disk-full episode: from the first SQLITE_FULL until a normal commit works again.
+struct DiskFull {
+    since: Instant,
+    dropped_at_start: u64,
+    next_probe: Instant,
+}
+
 struct Worker {
+    data_dir: PathBuf,
+    disk_full: Option<DiskFull>,
     store: Store,
     app_rx: mpsc::Receiver<AppendBatch>,
     ctl_rx: mpsc::UnboundedReceiver<Ctl>,
@@ -505,6 +596,7 @@ impl Worker {
         let span = tracing::info_span!("queue");
         let _enter = span.enter();
         rt.block_on(self.serve());
+        tracing::debug!("final WAL checkpoint started");
         if let Err(e) = self.store.checkpoint() {
             tracing::warn!(error = %e, "final WAL checkpoint failed (harmless: SQLite replays the WAL at next start)");
         }
@@ -528,7 +620,13 @@ impl Worker {
                 || !reconfigs.is_empty();
             if !pending && !app_open && !ctl_open {
                 // Final status write.
-                let _ = self.store.commit(&[], &mut [], crate::time::now_ms(), true);
+                let _ = self.store.commit(
+                    &[],
+                    &mut [],
+                    crate::time::now_ms(),
+                    true,
+                    AppendMode::Normal,
+                );
                 return;
             }
             // Wait for work, favouring exporters' requests over new appends.
@@ -572,10 +670,7 @@ impl Worker {
             let now = Instant::now();
             let maintain = now >= next_maintenance;
             if !appends.is_empty() || !acks.is_empty() || maintain {
-                match self
-                    .store
-                    .commit(&appends, &mut acks, crate::time::now_ms(), maintain)
-                {
+                match self.commit(&appends, &mut acks, maintain) {
                     Ok(report) => {
                         appends.clear();
                         acks.clear();
@@ -590,11 +685,19 @@ impl Worker {
                         }
                     }
                     Err(e) => {
+                        if disk::is_corruption(&e) {
+                            recover::corrupt_while_running(&self.data_dir, &e);
+                        }
                         // Keep the work and try again: nothing is lost, readers feel backpressure.
                         if failing_since.is_none() {
                             failing_since = Some(now);
                         }
-                        tracing::error!(error = %e, "queue commit failed; keeping the batch in memory and retrying in 1 s");
+                        if self.disk_full.is_some() {
+                            // Reported once when the episode began.
+                            tracing::debug!(error = %e, "disk full, not even counters could be written; retrying in 1 s");
+                        } else {
+                            tracing::error!(error = %e, "queue commit failed; keeping the batch in memory and retrying in 1 s");
+                        }
                         self.answer_reads(&mut reads);
                         self.answer_statuses(&mut statuses);
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -616,6 +719,93 @@ impl Worker {
         }
     }
 
+    /// One commit, disk-full aware: after SQLITE_FULL the same work is committed again with
+    /// the streams' full strategies (see the design notes), and a normal commit is only tried
+    /// again (once a second) when the filesystem has room.
+    fn commit(
+        &mut self,
+        appends: &[AppendBatch],
+        acks: &mut [AckBatch],
+        maintain: bool,
+    ) -> Result<sqlite::CommitReport, QueueError> {
+        let now = Instant::now();
+        let now_ms = crate::time::now_ms();
+        let probe = match &mut self.disk_full {
+            None => true,
+            Some(ep) if now >= ep.next_probe => {
+                ep.next_probe = now + Duration::from_secs(1);
+                disk::free_bytes(&self.data_dir).is_some_and(|f| f >= disk::RESUME_FREE_BYTES)
+            }
+            Some(_) => false,
+        };
+        if probe {
+            match self
+                .store
+                .commit(appends, acks, now_ms, maintain, AppendMode::Normal)
+            {
+                Ok(report) => {
+                    if let Some(ep) = self.disk_full.take() {
+                        self.end_disk_full(ep);
+                    }
+                    return Ok(report);
+                }
+                Err(e) if disk::is_disk_full(&e, &self.data_dir) => self.start_disk_full(&e),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut last = None;
+        for mode in [AppendMode::DiskFull, AppendMode::DiskFullDropAll] {
+            match self.store.commit(appends, acks, now_ms, maintain, mode) {
+                Ok(report) => return Ok(report),
+                Err(e) if disk::is_disk_full(&e, &self.data_dir) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(QueueError::Closed))
+    }
+
+    fn dropped_disk_full(&self) -> u64 {
+        self.store
+            .status()
+            .map(|s| s.iter().map(|s| s.dropped_disk_full).sum())
+            .unwrap_or(0)
+    }
+
+    fn start_disk_full(&mut self, e: &QueueError) {
+        if self.disk_full.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let free = disk::free_bytes(&self.data_dir);
+        let released = disk::release_reserve(&self.data_dir);
+        tracing::error!(
+            path = %self.data_dir.display(),
+            free_bytes = free,
+            reserve_released = released,
+            error = %e,
+            "disk full: the queue cannot grow; new records are dropped (reject_new) or replace the oldest (overwrite_oldest) and counted as dropped_disk_full until space returns. Free space on this filesystem"
+        );
+        self.store.disk_full_since_ms = Some(crate::time::now_ms());
+        self.disk_full = Some(DiskFull {
+            since: now,
+            dropped_at_start: self.dropped_disk_full(),
+            next_probe: now + Duration::from_secs(1),
+        });
+    }
+
+    fn end_disk_full(&mut self, ep: DiskFull) {
+        self.store.disk_full_since_ms = None;
+        let reserve = disk::create_reserve(&self.data_dir);
+        tracing::info!(
+            path = %self.data_dir.display(),
+            free_bytes = disk::free_bytes(&self.data_dir),
+            lasted_s = ep.since.elapsed().as_secs(),
+            dropped = self.dropped_disk_full().saturating_sub(ep.dropped_at_start),
+            reserve_restored = reserve,
+            "disk space is back: the disk-full episode ended; new records are queued again"
+        );
+    }
+
     /// Commits everything waiting (so restarted sources see their last sequence number), then
     /// applies the new streams and answers with a handle that knows them.
     fn reconfigure(
@@ -628,10 +818,7 @@ impl Worker {
             appends.push(a);
         }
         if !appends.is_empty() || !acks.is_empty() {
-            match self
-                .store
-                .commit(appends, acks, crate::time::now_ms(), false)
-            {
+            match self.commit(appends, acks, false) {
                 Ok(report) => {
                     appends.clear();
                     acks.clear();
@@ -679,7 +866,13 @@ impl Worker {
     fn answer_reads(&mut self, reads: &mut Vec<ReadReq>) {
         reads.sort_by_key(|r| self.priorities[r.0.stream]);
         for (export, from, max_records, max_bytes, reply) in reads.drain(..) {
-            let _ = reply.send(self.store.read(export.stream, from, max_records, max_bytes));
+            let result = self.store.read(export.stream, from, max_records, max_bytes);
+            if let Err(e) = &result
+                && disk::is_corruption(e)
+            {
+                recover::corrupt_while_running(&self.data_dir, e);
+            }
+            let _ = reply.send(result);
         }
     }
 

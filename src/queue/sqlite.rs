@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS streams(
     bytes INTEGER NOT NULL DEFAULT 0,
     dropped_full INTEGER NOT NULL DEFAULT 0,
     dropped_overwritten INTEGER NOT NULL DEFAULT 0,
-    dropped_ttl INTEGER NOT NULL DEFAULT 0
+    dropped_ttl INTEGER NOT NULL DEFAULT 0,
+    dropped_disk_full INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS exports(
     stream TEXT NOT NULL,
@@ -86,9 +87,24 @@ struct StreamState {
     dropped_full: u64,
     dropped_overwritten: u64,
     dropped_ttl: u64,
+    dropped_disk_full: u64,
     /// Drops since the last log line, so a full stream logs once in a while, not per record.
     unlogged_drops: u64,
     exports: Vec<ExportState>,
+}
+
+/// How a commit treats new records; the queue thread picks the mode after SQLITE_FULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendMode {
+    /// Insert them (subject to `max_size` and `strategy_on_full`).
+    Normal,
+    /// The disk is full: streams with `overwrite_oldest` delete their oldest records to make
+    /// room (SQLite reuses the freed pages), streams with `reject_new` drop the new records.
+    /// Either way the dropped records are counted as `dropped_disk_full`.
+    DiskFull,
+    /// The disk is full and overwriting did not help: every new record is dropped and
+    /// counted; only sequence numbers, acknowledgements and counters are written.
+    DiskFullDropAll,
 }
 
 /// Where a (re)loaded configuration's streams, exports and sources live in the store, by
@@ -113,6 +129,8 @@ pub struct Store {
     source_seq: Vec<(String, u64)>,
     sources_dirty: Vec<bool>,
     synchronous_full: Option<bool>,
+    /// Since when (ms) the disk is full, written with the status for `streamgate status`.
+    pub disk_full_since_ms: Option<i64>,
 }
 
 impl Store {
@@ -133,11 +151,21 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(5))?;
         // Several statements per stream are cached; the default of 16 would thrash.
         conn.set_prepared_statement_cache_capacity(128);
+        // quick_check reads every page (O(size), no index cross-checks): ~1 s per GB here.
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
             return Err(QueueError::Corrupt(check));
         }
         conn.execute_batch(SCHEMA)?;
+        // Databases written before the disk-full counter existed.
+        if conn
+            .prepare("SELECT dropped_disk_full FROM streams LIMIT 0")
+            .is_err()
+        {
+            conn.execute_batch(
+                "ALTER TABLE streams ADD COLUMN dropped_disk_full INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         conn.execute("UPDATE streams SET in_config = 0", [])?;
         conn.execute("UPDATE exports SET in_config = 0", [])?;
 
@@ -161,6 +189,7 @@ impl Store {
             source_seq,
             sources_dirty: vec![false; n],
             synchronous_full: Some(true),
+            disk_full_since_ms: None,
         })
     }
 
@@ -202,11 +231,12 @@ impl Store {
         )?;
         let next_id = persisted_next.max(max_id.map_or(1, |m| m + 1));
         let head = min_id.unwrap_or(next_id);
-        let (dropped_full, dropped_overwritten, dropped_ttl): (i64, i64, i64) = conn.query_row(
-            "SELECT dropped_full, dropped_overwritten, dropped_ttl FROM streams WHERE name = ?1",
-            [&spec.name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (dropped_full, dropped_overwritten, dropped_ttl, dropped_disk_full): (i64, i64, i64, i64) =
+            conn.query_row(
+                "SELECT dropped_full, dropped_overwritten, dropped_ttl, dropped_disk_full FROM streams WHERE name = ?1",
+                [&spec.name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
 
         let mut exports = Vec::new();
         for (name, kind, enabled) in &spec.exports {
@@ -225,6 +255,7 @@ impl Store {
             dropped_full: dropped_full as u64,
             dropped_overwritten: dropped_overwritten as u64,
             dropped_ttl: dropped_ttl as u64,
+            dropped_disk_full: dropped_disk_full as u64,
             unlogged_drops: 0,
             exports,
         })
@@ -422,13 +453,14 @@ impl Store {
         acks: &mut [AckBatch],
         now_ms: i64,
         maintain: bool,
+        mode: AppendMode,
     ) -> Result<CommitReport, QueueError> {
         let saved = (
             self.streams.clone(),
             self.source_seq.clone(),
             self.sources_dirty.clone(),
         );
-        match self.commit_inner(appends, acks, now_ms, maintain) {
+        match self.commit_inner(appends, acks, now_ms, maintain, mode) {
             Ok(report) => Ok(report),
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -445,6 +477,7 @@ impl Store {
         acks: &mut [AckBatch],
         now_ms: i64,
         maintain: bool,
+        mode: AppendMode,
     ) -> Result<CommitReport, QueueError> {
         let want_full = appends.iter().any(|b| {
             b.records
@@ -462,11 +495,31 @@ impl Store {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let mut report = CommitReport::default();
         let mut appended = vec![false; self.streams.len()];
+        // Disk full, overwrite_oldest: bytes each stream wants to add in this commit; its
+        // oldest records are deleted once (twice that much) before the first insert.
+        let mut disk_need: Vec<Option<u64>> = vec![None; self.streams.len()];
+        if mode == AppendMode::DiskFull {
+            for rec in appends.iter().flat_map(|b| &b.records) {
+                let n = disk_need[rec.stream].get_or_insert(0);
+                *n += rec.payload.len() as u64;
+            }
+        }
 
         for batch in appends {
             for rec in &batch.records {
                 let size = rec.payload.len() as u64;
                 let s = rec.stream;
+                let overwrite =
+                    self.streams[s].spec.strategy_on_full == StrategyOnFull::OverwriteOldest;
+                if mode == AppendMode::DiskFullDropAll
+                    || (mode == AppendMode::DiskFull && !overwrite)
+                {
+                    self.streams[s].dropped_disk_full += 1;
+                    continue;
+                }
+                if let Some(need) = disk_need[s].take() {
+                    self.free_oldest(s, (2 * need).max(64 * 1024), true)?;
+                }
                 if self.streams[s].bytes + size > self.streams[s].spec.max_size {
                     let fits = self.streams[s].spec.strategy_on_full
                         == StrategyOnFull::OverwriteOldest
@@ -475,7 +528,7 @@ impl Store {
                             let st = &self.streams[s];
                             let need = st.bytes + size - st.spec.max_size;
                             // Free a little more than needed so the next records do not each pay a delete.
-                            self.free_oldest(s, need.max(st.spec.max_size / 100))?;
+                            self.free_oldest(s, need.max(st.spec.max_size / 100), false)?;
                             self.streams[s].bytes + size <= self.streams[s].spec.max_size
                         };
                     if !fits {
@@ -649,8 +702,9 @@ impl Store {
         Ok(count)
     }
 
-    /// Removes the oldest records until at least `need` bytes are free (overwrite_oldest).
-    fn free_oldest(&mut self, s: usize, need: u64) -> Result<(), QueueError> {
+    /// Removes the oldest records until at least `need` bytes are free (overwrite_oldest), for
+    /// the stream's `max_size` or, with `disk_full`, because the disk is full.
+    fn free_oldest(&mut self, s: usize, need: u64, disk_full: bool) -> Result<(), QueueError> {
         let st = &self.streams[s];
         let mut freed = 0u64;
         let mut upto = st.head - 1;
@@ -673,6 +727,11 @@ impl Store {
         }
         let count = self.drop_head(s, upto)?;
         let st = &mut self.streams[s];
+        if disk_full {
+            // Logged once per episode by the queue thread, not per commit.
+            st.dropped_disk_full += count;
+            return Ok(());
+        }
         st.dropped_overwritten += count;
         tracing::warn!(
             stream = %st.spec.name,
@@ -717,15 +776,16 @@ impl Store {
         let st = &self.streams[s];
         self.conn
             .prepare_cached(
-                "UPDATE streams SET bytes = ?2, dropped_full = ?3, dropped_overwritten = ?4, dropped_ttl = ?5
-                 WHERE name = ?1",
+                "UPDATE streams SET bytes = ?2, dropped_full = ?3, dropped_overwritten = ?4, dropped_ttl = ?5,
+                 dropped_disk_full = ?6 WHERE name = ?1",
             )?
             .execute(params![
                 st.spec.name,
                 st.bytes as i64,
                 st.dropped_full as i64,
                 st.dropped_overwritten as i64,
-                st.dropped_ttl as i64
+                st.dropped_ttl as i64,
+                st.dropped_disk_full as i64
             ])?;
         for e in &st.exports {
             self.conn
@@ -748,6 +808,9 @@ impl Store {
         self.conn
             .prepare_cached("INSERT INTO gateway(key, value) VALUES ('updated_ms', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1")?
             .execute([crate::time::now_ms()])?;
+        self.conn
+            .prepare_cached("INSERT INTO gateway(key, value) VALUES ('disk_full_since_ms', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1")?
+            .execute([self.disk_full_since_ms])?;
         Ok(())
     }
 
@@ -834,6 +897,7 @@ impl Store {
                 dropped_full: st.dropped_full,
                 dropped_overwritten: st.dropped_overwritten,
                 dropped_ttl: st.dropped_ttl,
+                dropped_disk_full: st.dropped_disk_full,
                 exports,
             });
         }
@@ -843,6 +907,83 @@ impl Store {
     /// Checkpoints the WAL into the database file (at shutdown).
     pub fn checkpoint(&self) -> Result<(), QueueError> {
         self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
+    }
+}
+
+/// Recovery after corruption: filling a fresh store with what could be read from the old one.
+impl Store {
+    /// Appends salvaged records (queue time, payload) to a stream, in order, with fresh ids:
+    /// every export starts before them, so they are all exported (again).
+    pub fn import(&mut self, s: usize, rows: &[(i64, Vec<u8>)]) -> Result<(), QueueError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let st = &mut self.streams[s];
+            let mut next_id = st.next_id;
+            let mut bytes = st.bytes;
+            {
+                let mut stmt = self.conn.prepare_cached(&st.insert_sql)?;
+                for (at_ms, payload) in rows {
+                    stmt.execute(params![next_id, at_ms, payload])?;
+                    next_id += 1;
+                    bytes += payload.len() as u64;
+                }
+            }
+            self.conn.execute(
+                "UPDATE streams SET next_id = ?2, bytes = ?3 WHERE name = ?1",
+                params![st.spec.name, next_id, bytes as i64],
+            )?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok::<_, QueueError>((next_id, bytes))
+        })();
+        match result {
+            Ok((next_id, bytes)) => {
+                let st = &mut self.streams[s];
+                st.next_id = next_id;
+                st.bytes = bytes;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Restores a stream's drop counters from the old database.
+    pub fn import_counters(&mut self, s: usize, dropped: [u64; 4]) -> Result<(), QueueError> {
+        let st = &mut self.streams[s];
+        st.dropped_full += dropped[0];
+        st.dropped_overwritten += dropped[1];
+        st.dropped_ttl += dropped[2];
+        st.dropped_disk_full += dropped[3];
+        self.write_status(s)
+    }
+
+    /// Raises a source's next sequence number (never lowers it) and persists it.
+    pub fn raise_source_seq(&mut self, source: usize, next: u64) -> Result<(), QueueError> {
+        let Some((id, cur)) = self.source_seq.get_mut(source) else {
+            return Ok(());
+        };
+        if next > *cur {
+            *cur = next;
+            self.conn.execute(
+                "INSERT INTO sources(id, next_seq) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET next_seq = ?2",
+                params![&*id, next as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a salvaged dead letter.
+    pub fn import_dead_letter(
+        &mut self,
+        row: (String, String, i64, String, i64, Vec<u8>),
+    ) -> Result<(), QueueError> {
+        self.conn.execute(
+            "INSERT INTO dead_letters(stream, export, record_id, reason, at_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![row.0, row.1, row.2, row.3, row.4, row.5],
+        )?;
         Ok(())
     }
 }
@@ -874,4 +1015,96 @@ pub fn purge_stream(path: &Path, name: &str) -> Result<Option<super::Purged>, Qu
         records: records as u64,
         bytes: bytes.unwrap_or(0) as u64,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::NewRecord;
+
+    fn spec(strategy: StrategyOnFull) -> Vec<StreamSpec> {
+        vec![StreamSpec {
+            name: "s".into(),
+            priority: 1,
+            max_size: 1 << 30,
+            strategy_on_full: strategy,
+            time_to_live: None,
+            durability: Durability::ProcessCrash,
+            exports: vec![("e".into(), "file".into(), true)],
+        }]
+    }
+
+    fn batch(from_seq: u64, n: u64) -> AppendBatch {
+        AppendBatch {
+            source: 0,
+            next_seq: from_seq + n,
+            records: (0..n)
+                .map(|i| NewRecord {
+                    stream: 0,
+                    created_ms: 1,
+                    payload: vec![b'x'; 1000 + i as usize],
+                })
+                .collect(),
+        }
+    }
+
+    fn store(strategy: StrategyOnFull) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(
+            &dir.path().join("q.db"),
+            spec(strategy),
+            &["src".to_string()],
+        )
+        .unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn disk_full_reject_new_counts_drops_and_still_commits_sequence_numbers() {
+        let (_dir, mut s) = store(StrategyOnFull::RejectNew);
+        s.commit(&[batch(1, 10)], &mut [], 0, true, AppendMode::Normal)
+            .unwrap();
+        s.commit(&[batch(11, 5)], &mut [], 0, true, AppendMode::DiskFull)
+            .unwrap();
+        let st = &s.status().unwrap()[0];
+        assert_eq!((st.records, st.dropped_disk_full), (10, 5));
+        assert_eq!(
+            s.source_next_seq(),
+            vec![16],
+            "dropped samples are a gap, not reused"
+        );
+    }
+
+    #[test]
+    fn disk_full_overwrite_oldest_replaces_queued_records() {
+        let (_dir, mut s) = store(StrategyOnFull::OverwriteOldest);
+        s.commit(&[batch(1, 200)], &mut [], 0, true, AppendMode::Normal)
+            .unwrap();
+        s.commit(&[batch(201, 5)], &mut [], 0, true, AppendMode::DiskFull)
+            .unwrap();
+        let st = &s.status().unwrap()[0];
+        assert!(st.dropped_disk_full > 0, "{st:?}");
+        assert_eq!(
+            st.records,
+            205 - st.dropped_disk_full,
+            "new records inserted"
+        );
+        assert_eq!(st.last_id, 205);
+        assert_eq!(
+            st.exports[0].acked_upto, st.dropped_disk_full as i64,
+            "cursor moved past"
+        );
+        s.commit(
+            &[batch(206, 5)],
+            &mut [],
+            0,
+            true,
+            AppendMode::DiskFullDropAll,
+        )
+        .unwrap();
+        let after = &s.status().unwrap()[0];
+        assert_eq!(after.dropped_disk_full, st.dropped_disk_full + 5);
+        assert_eq!(after.last_id, 205);
+        assert_eq!(s.source_next_seq(), vec![211]);
+    }
 }
