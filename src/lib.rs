@@ -8,6 +8,8 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod exporters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod payload;
 pub mod queue;
 pub mod readers;
