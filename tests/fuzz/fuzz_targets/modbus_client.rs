@@ -72,26 +72,31 @@ async fn exchange(input: &Input<'_>) {
         let _ = device.shutdown().await;
         drop(device);
     };
-    let request = async {
-        match input.function % 4 {
-            0 => match ctx.read_holding_registers(input.addr, count).await {
+    let (function, addr) = (input.function, input.addr);
+    let request = async move {
+        match function % 4 {
+            0 => match ctx.read_holding_registers(addr, count).await {
                 Ok(Ok(regs)) => assert_eq!(regs.len(), usize::from(count)),
                 _ => {}
             },
-            1 => match ctx.read_input_registers(input.addr, count).await {
+            1 => match ctx.read_input_registers(addr, count).await {
                 Ok(Ok(regs)) => assert_eq!(regs.len(), usize::from(count)),
                 _ => {}
             },
-            2 => match ctx.read_coils(input.addr, count).await {
+            2 => match ctx.read_coils(addr, count).await {
                 // Coils come in whole bytes: at least as many as asked.
                 Ok(Ok(bits)) => assert!(bits.len() >= usize::from(count)),
                 _ => {}
             },
-            _ => match ctx.read_discrete_inputs(input.addr, count).await {
+            _ => match ctx.read_discrete_inputs(addr, count).await {
                 Ok(Ok(bits)) => assert!(bits.len() >= usize::from(count)),
                 _ => {}
             },
         }
+    };
+    let request = async {
+        // A panic here is the tolerated debug assertion (any other aborted in the hook).
+        let _ = tokio::spawn(request).await;
     };
     let both = async { tokio::join!(device_task, request) };
     if tokio::time::timeout(Duration::from_secs(5), both)
@@ -102,7 +107,28 @@ async fn exchange(input: &Input<'_>) {
     }
 }
 
+/// tokio-modbus 0.17 only `debug_assert`s that an answer holds as many registers as asked
+/// (client/mod.rs); with debug assertions on (as here) a well-formed answer with another
+/// count panics, in release builds it passes through and our Modbus line rejects it
+/// (src/readers/modbus/line.rs). That one known panic is let unwind into the request task and
+/// counted as an error; every other panic still aborts (a finding).
+fn tolerate_known_count_assertion() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let fuzzer_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let known = info.location().is_some_and(|l| {
+                l.file().contains("tokio-modbus") && l.file().ends_with("client/mod.rs")
+            });
+            if !known {
+                fuzzer_hook(info);
+            }
+        }));
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
+    tolerate_known_count_assertion();
     let [flags, function, a0, a1, count, answer @ ..] = data else {
         return;
     };
