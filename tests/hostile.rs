@@ -35,6 +35,8 @@ enum Behaviour {
     Reset(Vec<u8>),
     /// Sends this header, then endless bytes as fast as the peer takes them.
     Flood(Vec<u8>),
+    /// An S7 PLC that completes the ISO and S7 handshake, then never answers a read.
+    S7HandshakeThenSilent,
 }
 
 /// A misbehaving TCP server on 127.0.0.1; counts connections. Stops when dropped.
@@ -126,6 +128,38 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
             let _ = stream.set_zero_linger();
             drop(stream);
         }
+        Behaviour::S7HandshakeThenSilent => {
+            // Connection request -> connection confirm.
+            if read_tpkt(&mut stream).await.is_none() {
+                return;
+            }
+            let cc = [
+                3, 0, 0, 22, 17, 0xD0, 0, 1, 0, 1, 0, 0xC0, 1, 0x0A, 0xC1, 2, 1, 0, 0xC2, 2, 1, 2,
+            ];
+            if stream.write_all(&cc).await.is_err() {
+                return;
+            }
+            // Setup communication -> its ack (same PDU reference), PDU size 480.
+            let Some(setup) = read_tpkt(&mut stream).await else {
+                return;
+            };
+            let (r0, r1) = (setup.get(11).copied(), setup.get(12).copied());
+            let (Some(r0), Some(r1)) = (r0, r1) else {
+                return;
+            };
+            let ack = [
+                3, 0, 0, 27, 2, 0xF0, 0x80, 0x32, 3, 0, 0, r0, r1, 0, 8, 0, 0, 0, 0, 0xF0, 0, 0, 1,
+                0, 1, 1, 0xE0,
+            ];
+            if stream.write_all(&ack).await.is_err() {
+                return;
+            }
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        }
         Behaviour::Flood(header) => {
             let (mut rd, mut wr) = stream.into_split();
             // Keep reading so the peer's writes never block on us.
@@ -144,6 +178,16 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
             while wr.write_all(&chunk).await.is_ok() {}
         }
     }
+}
+
+/// One TPKT frame, header included.
+async fn read_tpkt(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    stream.read_exact(&mut frame).await.ok()?;
+    let len = usize::from(u16::from_be_bytes([frame[2], frame[3]]));
+    frame.resize(len.max(4), 0);
+    stream.read_exact(&mut frame[4..]).await.ok()?;
+    Some(frame)
 }
 
 /// The gateway process; killed if still running when dropped (a failed test too).
@@ -342,6 +386,7 @@ async fn scenario(behaviour: Behaviour, component: impl Fn(u16) -> String, expec
             .join("\n")
     );
 
+    eprintln!("hostile {behaviour:?}: {attempts} connections in {WINDOW:?}, max RSS {max_rss} KiB");
     assert!(attempts >= 2, "never reconnected: {context}");
     assert!(
         attempts < expect.no_backoff_attempts,
@@ -523,6 +568,17 @@ async fn s7_silent_plc() {
         Behaviour::Silent,
         s7,
         s7_expect(&["cannot connect to the PLC", "timed out"]),
+    )
+    .await;
+}
+
+/// The backoff must grow although every connect succeeds (it was reset at each connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_plc_that_connects_but_never_answers_a_read() {
+    scenario(
+        Behaviour::S7HandshakeThenSilent,
+        s7,
+        s7_expect(&["connection to the PLC lost", "read var timed out"]),
     )
     .await;
 }
