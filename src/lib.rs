@@ -9,6 +9,8 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod exporters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod payload;
 pub mod queue;

@@ -140,6 +140,11 @@ async fn connection(
     backoff: &mut Backoff,
 ) -> Option<String> {
     let stats = &shared.stats;
+    // The backoff is reset by the first packet after CONNACK (PUBACK, PINGRESP, ...), not by
+    // the CONNACK: a broker that accepts and then breaks every connection (garbage, an
+    // oversized packet, a kicked client id) must not be reconnected to at the minimum delay
+    // forever (AWS IoT allows one CONNECT per second per client id).
+    let mut proven = false;
     loop {
         let event = tokio::select! {
             biased;
@@ -165,7 +170,6 @@ async fn connection(
         };
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                backoff.reset();
                 let mut st = shared.lock();
                 st.client = Some(client.clone());
                 st.epoch += 1;
@@ -183,6 +187,10 @@ async fn connection(
                 );
             }
             Ok(event) => {
+                if !proven && matches!(event, Event::Incoming(_)) {
+                    backoff.reset();
+                    proven = true;
+                }
                 let mut st = shared.lock();
                 if handle(&mut st, &event, stats) && st.wants_wakeup() {
                     drop(st);

@@ -203,6 +203,19 @@ impl Line {
         };
         let result = tokio::time::timeout(timeout, request).await;
         match result {
+            // tokio-modbus passes an answer with another register count than asked through
+            // (it only debug-asserts): the device or a gateway mixed answers up; treat it as a
+            // transport error so the connection is dropped and no value is misread.
+            Ok(Ok(Ok(data))) if short_or_long(&data, count) => {
+                st.ctx = None;
+                let got = match &data {
+                    Data::Bits(b) => b.len(),
+                    Data::Words(w) => w.len(),
+                };
+                Err(ReadError::Transport(format!(
+                    "device answered {got} values to a read of {count}"
+                )))
+            }
             Ok(Ok(Ok(data))) => {
                 st.backoff.reset();
                 Ok(data)
@@ -220,5 +233,14 @@ impl Line {
                 Err(ReadError::Timeout(timeout))
             }
         }
+    }
+}
+
+/// Registers must come back exactly as many as asked; bits in whole bytes (at least as many).
+fn short_or_long(data: &Data, count: u16) -> bool {
+    let count = usize::from(count);
+    match data {
+        Data::Words(w) => w.len() != count,
+        Data::Bits(b) => b.len() < count || b.len() > count.div_ceil(8) * 8,
     }
 }

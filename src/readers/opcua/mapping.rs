@@ -251,6 +251,113 @@ mod tests {
         );
     }
 
+    // What the OPC UA layer hands us, generated: proptest rather than libFuzzer, because the
+    // input is a typed Variant (the crate's binary decoder sits in between, so raw bytes would
+    // mostly test async-opcua, not us), async-opcua has no `Arbitrary`, and building the crate
+    // under cargo-fuzz's instrumentation would double the fuzz build time.
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn scalar() -> impl Strategy<Value = Variant> {
+            prop_oneof![
+                Just(Variant::Empty),
+                any::<bool>().prop_map(Variant::Boolean),
+                any::<i8>().prop_map(Variant::SByte),
+                any::<u8>().prop_map(Variant::Byte),
+                any::<i16>().prop_map(Variant::Int16),
+                any::<u16>().prop_map(Variant::UInt16),
+                any::<i32>().prop_map(Variant::Int32),
+                any::<u32>().prop_map(Variant::UInt32),
+                any::<i64>().prop_map(Variant::Int64),
+                any::<u64>().prop_map(Variant::UInt64),
+                any::<f32>().prop_map(Variant::Float),
+                any::<f64>().prop_map(Variant::Double),
+                ".{0,40}".prop_map(|s| Variant::String(UAString::from(s))),
+                Just(Variant::String(UAString::null())),
+                any::<u32>().prop_map(|c| Variant::StatusCode(StatusCode::from(c))),
+                proptest::collection::vec(any::<u8>(), 0..40)
+                    .prop_map(|b| Variant::ByteString(ByteString::from(b))),
+                any::<i64>().prop_map(|t| Variant::DateTime(Box::new(DateTime::from(t)))),
+                (any::<u16>(), any::<u32>()).prop_map(|(ns, i)| Variant::from(NodeId::new(ns, i))),
+            ]
+        }
+
+        fn variant() -> impl Strategy<Value = Variant> {
+            prop_oneof![
+                4 => scalar(),
+                1 => proptest::collection::vec(any::<i32>(), 0..5).prop_map(|v| {
+                    let values: Vec<Variant> = v.into_iter().map(Variant::Int32).collect();
+                    match Array::new(VariantScalarTypeId::Int32, values) {
+                        Ok(a) => Variant::from(a),
+                        Err(_) => Variant::Empty,
+                    }
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_variant_maps_or_is_reported(v in variant(), index in proptest::option::of(0u32..8)) {
+                let picked = element(&v, index);
+                match value(picked) {
+                    Ok(Value::Int(i)) => match picked {
+                        Variant::SByte(n) => prop_assert_eq!(i, i64::from(*n)),
+                        Variant::Int32(n) => prop_assert_eq!(i, i64::from(*n)),
+                        Variant::UInt32(n) => prop_assert_eq!(i, i64::from(*n)),
+                        Variant::Int64(n) => prop_assert_eq!(i, *n),
+                        Variant::UInt64(n) => prop_assert_eq!(i as u64, *n),
+                        _ => {}
+                    },
+                    Ok(Value::Text(t)) => {
+                        if let Variant::UInt64(n) = picked {
+                            prop_assert_eq!(t, n.to_string());
+                        }
+                    }
+                    Ok(Value::Float(f)) => match picked {
+                        Variant::Double(d) => prop_assert!(f.to_bits() == d.to_bits()),
+                        Variant::Float(x) => prop_assert!(f.is_nan() == x.is_nan()),
+                        _ => prop_assert!(false, "{picked:?} became a float"),
+                    },
+                    Ok(Value::Bool(_)) => prop_assert!(matches!(picked, Variant::Boolean(_))),
+                    Err(Unsupported::Array(n)) => prop_assert!(n != 1),
+                    Err(e) => prop_assert!(!e.to_string().is_empty() && !e.short().is_empty()),
+                }
+            }
+
+            #[test]
+            fn any_status_code_has_a_quality_and_name(code in any::<u32>()) {
+                let s = StatusCode::from(code);
+                let q = quality(Some(s));
+                prop_assert_eq!(q == Quality::Ok, s.is_good());
+                let _ = status_name(s);
+            }
+
+            #[test]
+            fn any_timestamps_give_a_plausible_event_time(
+                source in proptest::option::of(any::<i64>()),
+                server in proptest::option::of(any::<i64>()),
+                now in MIN_PLAUSIBLE_MS..4_102_444_800_000i64,
+                skew in proptest::option::of(0i64..86_400_000),
+            ) {
+                let dv = DataValue {
+                    value: Some(Variant::Double(1.0)),
+                    status: None,
+                    source_timestamp: source.map(DateTime::from),
+                    source_picoseconds: None,
+                    server_timestamp: server.map(DateTime::from),
+                    server_picoseconds: None,
+                };
+                let (t, flags) = timestamp(&dv, now, skew);
+                prop_assert!(t >= MIN_PLAUSIBLE_MS, "implausible event time {t}");
+                if let Some(max) = skew {
+                    prop_assert!(t - now <= max);
+                }
+                prop_assert!(flags.is_empty() || flags == Flags::ATS);
+            }
+        }
+    }
+
     fn dv(source: Option<&str>, server: Option<&str>) -> DataValue {
         DataValue {
             value: Some(Variant::Double(1.0)),

@@ -107,6 +107,7 @@ impl S7Reader {
             "s7 reader started"
         );
         let options = self.connect_options();
+        let endpoint = format!("{}:{}", options.host, options.port);
         'connection: while !shutdown.is_cancelled() {
             let connected = tokio::select! {
                 r = Client::connect(&options) => r,
@@ -116,15 +117,17 @@ impl S7Reader {
                 Ok(client) => client,
                 Err(e) => {
                     let wait = backoff.fail(rand::rng().random());
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot connect to the PLC");
+                    tracing::warn!(%endpoint, error = %e, retry_in = ?wait, "cannot connect to the PLC");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,
                         _ = shutdown.cancelled() => break,
                     }
                 }
             };
-            tracing::info!(pdu_size = client.pdu_size(), "connected to the PLC");
-            backoff.reset();
+            tracing::info!(%endpoint, pdu_size = client.pdu_size(), "connected to the PLC");
+            // The backoff is reset by the first round that reads, not by the connect: a PLC
+            // that completes the handshake but never answers a read must not be reconnected
+            // to at the initial delay forever.
             ctx.connected();
             self.plan = None;
             for s in &mut self.state {
@@ -156,9 +159,12 @@ impl S7Reader {
                         _ = shutdown.cancelled() => {}
                     }
                 }
+                if outcome.is_ok() {
+                    backoff.reset();
+                }
                 if let Err(e) = outcome {
                     let wait = backoff.fail(rand::rng().random());
-                    tracing::warn!(error = %e, retry_in = ?wait, "connection to the PLC lost");
+                    tracing::warn!(%endpoint, error = %e, retry_in = ?wait, "connection to the PLC lost");
                     ctx.lost(crate::time::now_ms());
                     if ctx.flush().await.is_err() {
                         return;
