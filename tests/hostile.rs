@@ -665,17 +665,18 @@ async fn opcua_garbage() {
     scenario(Behaviour::Garbage, opcua, opcua_expect(&["OPC UA"])).await;
 }
 
-/// Fails today: async-opcua 0.19's TcpCodec buffers a message as long as its header says
-/// (up to 4 GiB) before checking anything; the daemon grew past 900 MiB in 8 s. Needs a
-/// size-checking stream under the crate's codec (see docs/fuzz.md); run with --ignored.
-#[ignore = "async-opcua buffers a 2 GiB message: unbounded memory (docs/fuzz.md)"]
+/// async-opcua 0.19's TcpCodec would buffer the whole announced message (up to 4 GiB); the
+/// reader's connector (src/readers/opcua/limit.rs) refuses the header above max_message_size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_flood_with_huge_length() {
     // An ACK header announcing a 2 GiB message, then endless bytes.
     scenario(
         Behaviour::Flood(b"ACKF\xff\xff\xff\x7f".to_vec()),
         opcua,
-        opcua_expect(&["OPC UA"]),
+        opcua_expect(&[
+            "OPC UA server announced a 2147483647-byte message",
+            "above the limit",
+        ]),
     )
     .await;
 }

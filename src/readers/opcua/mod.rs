@@ -10,8 +10,12 @@
 //! the subscription callback fills while this task polls the event loop, so it holds at most
 //! one publish response: while the queue pushes back, the event loop is not polled and the
 //! server keeps the values in its monitored-item queues.
+//!
+//! Connections go through [`limit::LimitedConnector`]: a message header announcing more than
+//! `max_message_size` fails the connection before async-opcua buffers that message.
 
 pub mod config;
+pub mod limit;
 pub mod mapping;
 pub mod nodeid;
 
@@ -194,7 +198,7 @@ impl OpcuaReader {
                 .map_err(|e| OpcuaError::Connect(format!("client settings: {}", e.join("; "))))?
         };
         let endpoints = tokio::select! {
-            r = tokio::time::timeout(c.request_timeout * 2, client.get_server_endpoints_from_url(c.endpoint.as_str())) => match r {
+            r = tokio::time::timeout(c.request_timeout * 2, client.get_server_endpoints_from_url(limit::LimitedConnector::new(&c.endpoint))) => match r {
                 Ok(Ok(e)) => e,
                 Ok(Err(e)) => return Err(OpcuaError::Connect(format!("GetEndpoints from {} failed: {e}", c.endpoint))),
                 Err(_) => return Err(OpcuaError::Connect(format!("GetEndpoints from {} timed out after {:?}", c.endpoint, c.request_timeout * 2))),
@@ -247,6 +251,7 @@ impl OpcuaReader {
                 ))
             })?;
         let (session, event_loop) = builder
+            .with_connector(limit::LimitedSource)
             .user_identity_token(self.identity()?)
             .build(client.certificate_store().clone())
             .map_err(|e| OpcuaError::Connect(format!("session for {}: {e}", c.endpoint)))?;
