@@ -171,7 +171,7 @@ impl Pipeline {
                     shutdown: self.exports_stop.clone(),
                 };
                 match &export.kind {
-                    #[cfg(feature = "aws")]
+                    #[cfg(any(feature = "kinesis", feature = "firehose"))]
                     ExportKind::Aws(a) => {
                         let exporter = crate::exporters::aws::AwsExporter::new(a.clone());
                         self.exports.spawn(driver::run(exporter, ctx));
