@@ -328,7 +328,7 @@ impl Pipeline {
             shutdown: stop.clone(),
         };
         let task = match &export.kind {
-            #[cfg(feature = "aws")]
+            #[cfg(any(feature = "kinesis", feature = "firehose"))]
             ExportKind::Aws(a) => {
                 let exporter = crate::exporters::aws::AwsExporter::new(a.clone());
                 tokio::spawn(driver::run(exporter, ctx))

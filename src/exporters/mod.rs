@@ -2,7 +2,7 @@
 //! outcome per record. An exporter knows nothing of PLCs; [`driver`] knows nothing of
 //! destinations. Adding a destination = a folder/file with its config and an [`Exporter`].
 
-#[cfg(feature = "aws")]
+#[cfg(any(feature = "kinesis", feature = "firehose"))]
 pub mod aws;
 pub mod bandwidth;
 pub mod driver;
@@ -78,9 +78,9 @@ pub struct Limits {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RawExportKind {
-    #[cfg(feature = "aws")]
+    #[cfg(feature = "kinesis")]
     Kinesis(aws::RawAwsExport),
-    #[cfg(feature = "aws")]
+    #[cfg(feature = "firehose")]
     Firehose(aws::RawAwsExport),
     File(file::RawFileExport),
     Stdout(stdout::RawStdoutExport),
@@ -92,7 +92,7 @@ pub enum RawExportKind {
 #[derive(Debug, Clone)]
 pub enum ExportKind {
     /// Kinesis or Firehose (the service is in the config).
-    #[cfg(feature = "aws")]
+    #[cfg(any(feature = "kinesis", feature = "firehose"))]
     Aws(aws::AwsExportConfig),
     File(file::FileExportConfig),
     Stdout(stdout::StdoutExportConfig),
@@ -103,9 +103,9 @@ pub enum ExportKind {
 impl RawExportKind {
     pub fn kind_name(&self) -> &'static str {
         match self {
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "kinesis")]
             RawExportKind::Kinesis(_) => "kinesis",
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "firehose")]
             RawExportKind::Firehose(_) => "firehose",
             RawExportKind::File(_) => "file",
             RawExportKind::Stdout(_) => "stdout",
@@ -116,9 +116,9 @@ impl RawExportKind {
 
     pub fn limits(&self) -> Limits {
         match self {
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "kinesis")]
             RawExportKind::Kinesis(a) => a.limits(aws::Service::Kinesis),
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "firehose")]
             RawExportKind::Firehose(a) => a.limits(aws::Service::Firehose),
             RawExportKind::File(_) => file::LIMITS,
             RawExportKind::Stdout(_) => stdout::LIMITS,
@@ -129,11 +129,11 @@ impl RawExportKind {
 
     pub fn validate(&self, path: &str, errs: &mut Errors) -> ExportKind {
         match self {
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "kinesis")]
             RawExportKind::Kinesis(a) => {
                 ExportKind::Aws(a.validate(path, aws::Service::Kinesis, errs))
             }
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "firehose")]
             RawExportKind::Firehose(a) => {
                 ExportKind::Aws(a.validate(path, aws::Service::Firehose, errs))
             }
@@ -157,7 +157,7 @@ impl ExportKind {
 
     pub fn kind_name(&self) -> &'static str {
         match self {
-            #[cfg(feature = "aws")]
+            #[cfg(any(feature = "kinesis", feature = "firehose"))]
             ExportKind::Aws(a) => match a.service {
                 aws::Service::Kinesis => "kinesis",
                 aws::Service::Firehose => "firehose",

@@ -2,9 +2,14 @@
 //! Pure functions over error codes and messages (plus the response's `Date` header for clock
 //! skew), so they are tested without a service.
 
-use aws_sdk_kinesis::config::http::HttpResponse;
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+// Both SDK crates re-export the same smithy types; take them from whichever is built.
+#[cfg(not(feature = "kinesis"))]
+use aws_sdk_firehose as sdk;
+#[cfg(feature = "kinesis")]
+use aws_sdk_kinesis as sdk;
+use sdk::config::http::HttpResponse;
+use sdk::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use sdk::primitives::{DateTime, DateTimeFormat};
 
 use super::config::Service;
 

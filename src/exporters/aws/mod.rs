@@ -25,7 +25,6 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_sdk_kinesis::primitives::Blob;
 use aws_smithy_http_client::tls;
 use rand::Rng;
 
@@ -51,8 +50,12 @@ pub struct AwsStats {
     pub bytes: AtomicU64,
 }
 
+/// The service client; a variant exists only when its feature is built (`kinesis`,
+/// `firehose`), and config validation refuses the kind of a service that is not built.
 enum Client {
+    #[cfg(feature = "kinesis")]
     Kinesis(aws_sdk_kinesis::Client),
+    #[cfg(feature = "firehose")]
     Firehose(aws_sdk_firehose::Client),
 }
 
@@ -104,7 +107,7 @@ impl AwsExporter {
         self.stats.clone()
     }
 
-    async fn client(&mut self) -> &Client {
+    async fn client(&mut self) -> Result<&Client, String> {
         if self.client.is_none() {
             let sdk = sdk_config(&self.config).await;
             if sdk.region().is_none() {
@@ -121,12 +124,21 @@ impl AwsExporter {
                 self.config.service.name()
             );
             self.client = Some(match self.config.service {
+                #[cfg(feature = "kinesis")]
                 Service::Kinesis => Client::Kinesis(aws_sdk_kinesis::Client::new(&sdk)),
+                #[cfg(feature = "firehose")]
                 Service::Firehose => Client::Firehose(aws_sdk_firehose::Client::new(&sdk)),
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(format!(
+                        "this streamgate was built without the {} exporter (cargo feature)",
+                        other.name()
+                    ));
+                }
             });
         }
         match &self.client {
-            Some(c) => c,
+            Some(c) => Ok(c),
             None => unreachable!("client was just set"),
         }
     }
@@ -139,13 +151,14 @@ impl AwsExporter {
         let service = self.config.service;
         let target = self.config.target.clone();
         let n = records.len();
-        let client = self.client().await;
+        let client = self.client().await?;
         let results: Vec<Option<(String, String)>> = match client {
+            #[cfg(feature = "kinesis")]
             Client::Kinesis(c) => {
                 let mut entries = Vec::with_capacity(n);
                 for r in records {
                     let entry = aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                        .data(Blob::new(r.data))
+                        .data(aws_sdk_kinesis::primitives::Blob::new(r.data))
                         .partition_key(r.key.unwrap_or_else(|| "-".into()))
                         .build()
                         .map_err(|e| format!("cannot build a Kinesis record: {e}"))?;
@@ -170,6 +183,7 @@ impl AwsExporter {
                     })
                     .collect()
             }
+            #[cfg(feature = "firehose")]
             Client::Firehose(c) => {
                 let mut entries = Vec::with_capacity(n);
                 for r in records {
