@@ -166,6 +166,16 @@ fn by_source(payloads: &[Payload]) -> BTreeMap<String, BTreeMap<u64, Payload>> {
     out
 }
 
+/// The payloads still queued in the first stream's table.
+fn queued_payloads(conn: &rusqlite::Connection) -> Vec<Payload> {
+    conn.prepare("SELECT payload FROM q_1 ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|r| decode(&r.unwrap()).unwrap())
+        .collect()
+}
+
 fn median_gap_ms(samples: &[&Payload]) -> i64 {
     let mut gaps: Vec<i64> = samples
         .windows(2)
@@ -244,14 +254,7 @@ fn sighup_applies_changes_rejects_broken_files_and_loses_nothing() {
     let first = by_source(&exported(&out));
     let added = by_source(&exported(&dir.path().join("out-added")));
     let conn = rusqlite::Connection::open(dir.path().join("data/queue.db")).unwrap();
-    let queued: Vec<Vec<u8>> = conn
-        .prepare("SELECT payload FROM q_1 ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    let queued: Vec<Payload> = queued.iter().map(|b| decode(b).unwrap()).collect();
+    let queued = queued_payloads(&conn);
     let queued = by_source(&queued);
     let mut first_of_added = BTreeMap::new();
     for source in ["changing", "steady"] {
@@ -511,14 +514,7 @@ fn sigkill_during_reload_loses_nothing() {
 
     let exported_first = by_source(&exported(&dir.path().join("out")));
     let conn = rusqlite::Connection::open(dir.path().join("data/queue.db")).unwrap();
-    let queued: Vec<Vec<u8>> = conn
-        .prepare("SELECT payload FROM q_1 ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    let queued: Vec<Payload> = queued.iter().map(|b| decode(b).unwrap()).collect();
+    let queued = queued_payloads(&conn);
     let mut all = exported_first.clone();
     for p in &queued {
         let seqs = all.entry(p.meta.source_id.clone()).or_default();
