@@ -223,19 +223,13 @@ impl Pipeline {
         let Some(queue) = &self.queue else { return };
         let slot = self.slots.sources[i];
         let stream_slot = |s: usize| self.slots.streams[s];
-        let tags = src
+        let tags: Vec<(String, Option<usize>)> = src
             .kind
             .tags()
             .into_iter()
             .map(|(name, stream)| (name, stream.map(stream_slot)))
             .collect();
-        let stats = Arc::new(SourceStats::with_tags(
-            src.kind
-                .tags()
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>(),
-        ));
+        let stats = Arc::new(SourceStats::with_tags(tags.iter().map(|(n, _)| n.as_str())));
         self.source_stats.retain(|(id, _)| id != &src.id);
         self.source_stats.push((src.id.clone(), stats.clone()));
         let ctx = SourceContext::new(

@@ -2,6 +2,8 @@
 //! a failing export turns `/health` degraded after the configured limit; the real daemon
 //! serves both on loopback.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -32,14 +34,6 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
             (k.to_string(), v.parse().unwrap())
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(dir: &Path, port: u16, bad_export: bool) -> String {
@@ -113,7 +107,7 @@ fn exported_per_tag(dir: &Path) -> BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_counts_equal_what_the_run_produced() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let cfg = streamgate::config::parse(&config(dir.path(), port, false)).unwrap();
     let mut p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -187,7 +181,7 @@ async fn scraped_counts_equal_what_the_run_produced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_export_degrades_health_after_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let cfg = streamgate::config::parse(&config(dir.path(), port, true)).unwrap();
     let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -230,7 +224,7 @@ async fn a_failing_export_degrades_health_after_the_limit() {
 #[test]
 fn the_daemon_serves_metrics_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let cfg = dir.path().join("gateway.toml");
     std::fs::write(&cfg, config(dir.path(), port, false)).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_streamgate"))

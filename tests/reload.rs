@@ -2,12 +2,14 @@
 //! effect, an added export starts with what is queued, an unchanged source keeps running
 //! untouched, nothing is lost, and a broken file is rejected while the gateway keeps going.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::Gateway;
 
 use streamgate::payload::{Flags, Payload, decode};
 
@@ -67,76 +69,6 @@ waveform = "sine"
     )
 }
 
-/// Runs the binary with its log captured line by line.
-struct Gateway {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Gateway {
-    fn start(cfg: &Path) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .args(["run", "--config"])
-            .arg(cfg)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start streamgate");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("gateway: {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Gateway { child, log }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-
-    /// Waits until a log line after line `from` contains every one of `words`.
-    fn wait_log(&self, from: usize, words: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = self.log.lock().unwrap()[from..]
-                .iter()
-                .find(|l| words.iter().all(|w| l.contains(w)))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {words:?}; log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_len(&self) -> usize {
-        self.log.lock().unwrap().len()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Every payload in the NDJSON files of a directory, in file order.
 fn exported(dir: &Path) -> Vec<Payload> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -166,13 +98,11 @@ fn by_source(payloads: &[Payload]) -> BTreeMap<String, BTreeMap<u64, Payload>> {
     out
 }
 
-/// The payloads still queued in the first stream's table.
-fn queued_payloads(conn: &rusqlite::Connection) -> Vec<Payload> {
-    conn.prepare("SELECT payload FROM q_1 ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(|r| decode(&r.unwrap()).unwrap())
+/// Every payload still queued (all streams).
+fn queued_payloads(db: &Path) -> Vec<Payload> {
+    common::queued(db)
+        .iter()
+        .map(|b| decode(b).unwrap())
         .collect()
 }
 
@@ -202,7 +132,7 @@ fn sighup_applies_changes_rejects_broken_files_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.toml");
     std::fs::write(&cfg, config(dir.path(), "100ms", false)).unwrap();
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::start(&cfg, "info");
     let out = dir.path().join("out");
     wait_for("samples before the reload", || count_lines(&out) >= 40);
 
@@ -210,7 +140,7 @@ fn sighup_applies_changes_rejects_broken_files_and_loses_nothing() {
     std::fs::write(&cfg, config(dir.path(), "10ms", true)).unwrap();
     let mark = gw.log_len();
     gw.signal("HUP");
-    let line = gw.wait_log(mark, &["config reloaded"]);
+    let line = gw.wait_line(mark, &["config reloaded"]);
     assert!(
         line.contains("restarted: changing") && line.contains("started: line/added"),
         "the reload names what it restarted and started: {line}"
@@ -232,7 +162,7 @@ fn sighup_applies_changes_rejects_broken_files_and_loses_nothing() {
     .unwrap();
     let mark = gw.log_len();
     gw.signal("HUP");
-    let rejected = gw.wait_log(
+    let rejected = gw.wait_line(
         mark,
         &[
             "config reload rejected",
@@ -251,56 +181,33 @@ fn sighup_applies_changes_rejects_broken_files_and_loses_nothing() {
     let status = gw.child.wait().unwrap();
     assert!(status.success(), "graceful exit after reloads: {status:?}");
 
-    let first = by_source(&exported(&out));
-    let added = by_source(&exported(&dir.path().join("out-added")));
-    let conn = rusqlite::Connection::open(dir.path().join("data/queue.db")).unwrap();
-    let queued = queued_payloads(&conn);
-    let queued = by_source(&queued);
+    let db = dir.path().join("data/queue.db");
+    let queued = queued_payloads(&db);
+    let added_lines = exported(&dir.path().join("out-added"));
+    let added = by_source(&added_lines);
+    // Everything each source produced: exported by the first export or still queued (and, for
+    // the added export, exported by it or still queued). by_source panics on a reused number.
+    let all = by_source(&[exported(&out), queued.clone()].concat());
+    let added_all = by_source(&[added_lines, queued].concat());
+    let missing = |got: &BTreeMap<u64, Payload>, from: u64, next_seq: u64| -> Vec<u64> {
+        (from..next_seq)
+            .filter(|s| !got.contains_key(s))
+            .take(10)
+            .collect()
+    };
     let mut first_of_added = BTreeMap::new();
     for source in ["changing", "steady"] {
-        let next_seq: i64 = conn
-            .query_row(
-                "SELECT next_seq FROM sources WHERE id = ?1",
-                [source],
-                |r| r.get(0),
-            )
-            .unwrap();
-        // Every sequence number ever committed is exported by the first export, or queued.
-        let missing: Vec<i64> = (1..next_seq)
-            .filter(|s| {
-                !first[source].contains_key(&(*s as u64))
-                    && !queued
-                        .get(source)
-                        .is_some_and(|q| q.contains_key(&(*s as u64)))
-            })
-            .take(10)
-            .collect();
-        assert!(missing.is_empty(), "{source}: lost {missing:?}");
+        let next_seq = common::next_seq(&db, source);
+        let lost = missing(&all[source], 1, next_seq);
+        assert!(lost.is_empty(), "{source}: lost {lost:?}");
         // The added export started with what was queued at the reload and has everything
         // since: each number from its first on is in it or still queued.
-        let a = &added[source];
-        let lo = *a.keys().next().unwrap();
-        let missing: Vec<i64> = (lo as i64..next_seq)
-            .filter(|s| {
-                !a.contains_key(&(*s as u64))
-                    && !queued
-                        .get(source)
-                        .is_some_and(|q| q.contains_key(&(*s as u64)))
-            })
-            .take(10)
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "{source}: added export lost {missing:?}"
-        );
+        let lo = *added[source].keys().next().unwrap();
+        let lost = missing(&added_all[source], lo, next_seq);
+        assert!(lost.is_empty(), "{source}: added export lost {lost:?}");
         first_of_added.insert(source, lo);
     }
 
-    // Everything each source produced (exported or still queued), in sequence order.
-    let mut all = first.clone();
-    for (source, q) in &queued {
-        all.entry(source.clone()).or_default().extend(q.clone());
-    }
     // The changed source was restarted (Lst then Fst) and runs faster since.
     let changing: Vec<&Payload> = all["changing"].values().collect();
     let restart = changing
@@ -364,7 +271,7 @@ waveform = "counter"
     // TOML: the `parked` stream must come before the sources; put streams first.
     let with_parked = reorder_streams_first(&with_parked);
     std::fs::write(&cfg, &with_parked).unwrap();
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::start(&cfg, "info");
     let db = dir.path().join("data/queue.db");
     let parked_rows = || -> i64 {
         if !db.exists() {
@@ -379,8 +286,8 @@ waveform = "counter"
     std::fs::write(&cfg, config(dir.path(), "50ms", false)).unwrap();
     let mark = gw.log_len();
     gw.signal("HUP");
-    gw.wait_log(mark, &["config reloaded", "stopped: parker"]);
-    gw.wait_log(mark, &["stream removed from the config", "parked", "purge"]);
+    gw.wait_line(mark, &["config reloaded", "stopped: parker"]);
+    gw.wait_line(mark, &["stream removed from the config", "parked", "purge"]);
     let kept = parked_rows();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -477,14 +384,8 @@ fn sigkill_during_reload_loses_nothing() {
             config(dir.path(), if even { "20ms" } else { "5ms" }, !even),
         )
         .unwrap();
-        let gw = Gateway::start(&cfg);
-        wait_for("the gateway running", || {
-            gw.log
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("streamgate running"))
-        });
+        let gw = Gateway::start(&cfg, "info");
+        wait_for("the gateway running", || gw.count("streamgate running") > 0);
         std::thread::sleep(Duration::from_millis(delays.random_range(100..400)));
         std::fs::write(
             &cfg,
@@ -499,38 +400,18 @@ fn sigkill_during_reload_loses_nothing() {
     }
     // A clean run repairs what the kills cut (a partial last line in the export file).
     std::fs::write(&cfg, config(dir.path(), "20ms", true)).unwrap();
-    let gw = Gateway::start(&cfg);
-    wait_for("the gateway running", || {
-        gw.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("streamgate running"))
-    });
+    let gw = Gateway::start(&cfg, "info");
+    wait_for("the gateway running", || gw.count("streamgate running") > 0);
     std::thread::sleep(Duration::from_millis(300));
     gw.signal("TERM");
     let mut gw = gw;
     assert!(gw.child.wait().unwrap().success());
 
-    let exported_first = by_source(&exported(&dir.path().join("out")));
-    let conn = rusqlite::Connection::open(dir.path().join("data/queue.db")).unwrap();
-    let queued = queued_payloads(&conn);
-    let mut all = exported_first.clone();
-    for p in &queued {
-        let seqs = all.entry(p.meta.source_id.clone()).or_default();
-        if let Some(prev) = seqs.get(&p.meta.sequence_number) {
-            assert_eq!(prev, p, "a sequence number was reused for another sample");
-        }
-        seqs.insert(p.meta.sequence_number, p.clone());
-    }
+    let db = dir.path().join("data/queue.db");
+    // Exported or still queued; by_source panics if a number carries two samples.
+    let all = by_source(&[exported(&dir.path().join("out")), queued_payloads(&db)].concat());
     for source in ["changing", "steady"] {
-        let next_seq: i64 = conn
-            .query_row(
-                "SELECT next_seq FROM sources WHERE id = ?1",
-                [source],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let next_seq = common::next_seq(&db, source) as i64;
         assert!(next_seq > 20, "{source} made progress over the cycles");
         let missing: Vec<i64> = (1..next_seq)
             .filter(|s| !all[source].contains_key(&(*s as u64)))

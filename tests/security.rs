@@ -2,6 +2,8 @@
 //! refusal with --strict-permissions); secrets never appear in logs or `status`; the metrics
 //! listener binds to loopback unless told otherwise.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -10,17 +12,8 @@ use std::time::Duration;
 const MQTT_SECRET: &str = "Mq77-S3cr3t-never-logged";
 const OPCUA_SECRET: &str = "Ua-S3cr3t-never-logged";
 
-fn closed_port() -> u16 {
-    // Bound and released: nothing listens there, connects are refused.
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(dir: &Path) -> String {
-    let port = closed_port();
+    let port = common::free_port();
     format!(
         r#"
 [gateway]

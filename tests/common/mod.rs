@@ -1,6 +1,6 @@
-//! Shared by the storage tests (crash, powerloss, diskfull, corruption): the real binary as a
-//! child process with its log captured, and the accounting of sequence numbers across the
-//! queue database and the `file` export's output.
+//! Shared by the tests that run the real binary (crash, powerloss, diskfull, corruption, reload,
+//! metrics, security): the binary as a child process with its log captured, and the accounting
+//! of sequence numbers across the queue database and the `file` export's output.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::{BTreeMap, HashMap};
@@ -67,6 +67,31 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(2));
         }
         false
+    }
+
+    /// How many log lines there are so far (a mark for [`Self::wait_line`]).
+    pub fn log_len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Waits for a log line after line `from` that contains every one of `words`; panics with
+    /// the log after 20 s.
+    pub fn wait_line(&self, from: usize, words: &[&str]) -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = self.lines.lock().unwrap()[from..]
+                .iter()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no log line with {words:?}; log:\n{}",
+                self.log().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn sigkill(&mut self) {
@@ -350,4 +375,14 @@ pub fn require_root(test: &str) -> bool {
         "SKIPPED {test}: needs root to mount a tmpfs (tests/run runs as root in CI); run `sudo -E cargo test --test {test}`"
     );
     false
+}
+
+/// A 127.0.0.1 port that was free a moment ago (bound and released): for a listener the test
+/// starts, or as a port where connections are refused.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
