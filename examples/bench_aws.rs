@@ -135,8 +135,10 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
         let ExportKind::Aws(aws) = cfg.streams[0].exports[0].kind.clone() else {
             anyhow::bail!("not an AWS export");
         };
-        let admin =
-            aws_sdk_kinesis::Client::new(&streamgate::exporters::aws::sdk_config(&aws).await);
+        let sdk = streamgate::exporters::aws::sdk_config(&aws)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let admin = aws_sdk_kinesis::Client::new(&sdk);
         admin
             .create_stream()
             .stream_name(&stream)

@@ -154,19 +154,30 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, StatusError> {
                 .map(|at| (now - at).max(0)),
             None => None,
         };
-        let mut estmt = conn.prepare(
-            "SELECT name, kind, in_config, acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms, state
-             FROM exports WHERE stream = ?1 ORDER BY in_config DESC, name",
-        )?;
+        // Queues written before acknowledgements above the prefix were kept have no ranges.
+        let ranges = if conn
+            .prepare("SELECT acked_ranges FROM exports LIMIT 0")
+            .is_ok()
+        {
+            "acked_ranges"
+        } else {
+            "''"
+        };
+        let mut estmt = conn.prepare(&format!(
+            "SELECT name, kind, in_config, acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms, state, {ranges}
+             FROM exports WHERE stream = ?1 ORDER BY in_config DESC, name"
+        ))?;
         let mut exports: Vec<ExportReport> = estmt
             .query_map([&name], |r| {
                 let acked: i64 = r.get(3)?;
+                let above = crate::queue::cursor::Cursor::restore(acked, &r.get::<_, String>(11)?)
+                    .acked_above() as i64;
                 Ok(ExportReport {
                     name: r.get(0)?,
                     kind: r.get(1)?,
                     in_config: r.get(2)?,
                     acked_upto: acked,
-                    backlog: (last_id - acked).max(0),
+                    backlog: (last_id - acked - above).max(0),
                     delivered: r.get(4)?,
                     retries: r.get(5)?,
                     dead_lettered: r.get(6)?,

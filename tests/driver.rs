@@ -106,6 +106,7 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
             max_records: 40,
             max_bytes: 1 << 20,
             interval: Duration::from_millis(5),
+            max_in_flight: 1,
         },
         retry: RetryConfig {
             initial_backoff: Duration::from_millis(1),
@@ -156,4 +157,148 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
     assert_eq!(e.dead_lettered, 6);
     assert_eq!(e.recent_dead_letters[0].1, "record too large");
     assert!(e.last_error.is_some());
+}
+
+/// A slow destination that takes several sends at once and throttles a fifth of every send's
+/// records (at random, independent of the rate).
+struct Concurrent {
+    dest: Arc<Mutex<Destination>>,
+    now: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+    seed: u64,
+}
+
+impl Exporter for Concurrent {
+    fn another(&self) -> Option<Self> {
+        Some(Concurrent {
+            dest: self.dest.clone(),
+            now: self.now.clone(),
+            peak: self.peak.clone(),
+            seed: self.seed.wrapping_mul(31).wrapping_add(7),
+        })
+    }
+
+    async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(n, SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.now.fetch_sub(1, SeqCst);
+        let mut d = self.dest.lock().unwrap();
+        let mut out = Vec::new();
+        for r in batch {
+            *d.offered.entry(r.id).or_default() += 1;
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            if self.seed.is_multiple_of(5) {
+                out.push(Outcome::Throttled("slow down".into()));
+            } else {
+                *d.delivered.entry(r.id).or_default() += 1;
+                out.push(Outcome::Delivered);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Several sends in flight, a fifth of every send throttled, the default backoff (100 ms up
+/// to 60 s): everything is delivered exactly once and quickly, because throttling with progress
+/// never grows the failure backoff, and the acks of concurrent sends fold into the cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_with_throttling_deliver_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StreamSpec {
+        name: "s".into(),
+        priority: 1,
+        max_size: 1 << 30,
+        strategy_on_full: StrategyOnFull::RejectNew,
+        time_to_live: None,
+        durability: Durability::ProcessCrash,
+        exports: vec![("x".into(), "test".into(), true)],
+    };
+    let q = Queue::open(
+        dir.path(),
+        vec![spec],
+        &["src".into()],
+        QueueOptions::default(),
+    )
+    .unwrap();
+    const N: usize = 4_000;
+    let records: Vec<NewRecord> = (0..N)
+        .map(|i| NewRecord {
+            stream: 0,
+            created_ms: 0,
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+        })
+        .collect();
+    q.appender
+        .append(AppendBatch {
+            source: 0,
+            next_seq: N as u64 + 1,
+            records,
+        })
+        .await
+        .unwrap();
+    let dest = Arc::new(Mutex::new(Destination::default()));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let stats = Arc::new(ExportStats::default());
+    let ctx = DriverContext {
+        id: ExportId {
+            stream: 0,
+            export: 0,
+        },
+        stream: "s".into(),
+        name: "x".into(),
+        kind: "test",
+        batch: BatchConfig {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            interval: Duration::from_millis(5),
+            max_in_flight: 4,
+        },
+        retry: RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(60),
+        },
+        queue: q.handle.clone(),
+        bandwidth: Bandwidth::unlimited(),
+        stats: stats.clone(),
+        shutdown: stop.clone(),
+    };
+    let exporter = Concurrent {
+        dest: dest.clone(),
+        now: Arc::default(),
+        peak: peak.clone(),
+        seed: 0x2545_f491_4f6c_dd1d,
+    };
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(driver::run(exporter, ctx));
+    let mut acked = 0;
+    for _ in 0..1500 {
+        acked = q.handle.status().await.unwrap()[0].exports[0].acked_upto;
+        if acked == N as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(acked, N as i64, "every record acknowledged");
+    let d = dest.lock().unwrap();
+    for id in 1..=N as i64 {
+        assert_eq!(d.delivered.get(&id), Some(&1), "record {id} delivered once");
+    }
+    let throttled = stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
+    let failed = stats
+        .failed_sends
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("{N} records in {took:?}, {throttled} throttled, peak {peak} sends in flight");
+    assert!(throttled > N as u64 / 10, "throttled only {throttled}");
+    assert_eq!(failed, 0, "sends that delivered something are not failures");
+    assert!(peak >= 3, "sends ran one at a time (peak {peak} in flight)");
+    q.close();
 }

@@ -355,8 +355,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The model: ids are 1.. in append order; each export has a set of acked ids; on restart an
-/// export keeps only its contiguous prefix and reads again from just above it.
+/// The model: ids are 1.. in append order; each export has a set of acked ids, all of which
+/// survive a restart (the prefix and the ranges above it); on restart an export reads again
+/// from just above its prefix, and reads never return an id it acknowledged.
 struct Model {
     next_id: i64,
     acked: [BTreeSet<i64>; 2],
@@ -392,8 +393,12 @@ proptest! {
                 Op::Deliver { export, n, mask, reverse } => {
                     let id = ExportId { stream: 0, export };
                     let got = rt.block_on(queue.handle.read(id, m.position[export], n, 1 << 20)).unwrap();
-                    // What comes back is exactly the next records from the position.
-                    let expect: Vec<i64> = (m.position[export]..m.next_id).take(n).collect();
+                    // What comes back is exactly the next unacknowledged records from the
+                    // position.
+                    let expect: Vec<i64> = (m.position[export]..m.next_id)
+                        .filter(|i| !m.acked[export].contains(i))
+                        .take(n)
+                        .collect();
                     prop_assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), expect.clone());
                     for r in &got {
                         prop_assert_eq!(label(&r.payload), format!("r{}", r.id - 1));
@@ -409,7 +414,6 @@ proptest! {
                     q = Some(open(dir.path(), spec(1 << 30, StrategyOnFull::RejectNew, None, &["a", "b"])));
                     for e in 0..2 {
                         let p = m.prefix(e);
-                        m.acked[e] = (1..=p).collect();
                         m.position[e] = p + 1;
                         prop_assert_eq!(q.as_ref().unwrap().handle.export_start(ExportId { stream: 0, export: e }), p + 1);
                     }
@@ -421,6 +425,13 @@ proptest! {
             prop_assert_eq!(st[0].records as i64, m.next_id - 1 - min_prefix, "nothing lost, nothing kept too long");
             prop_assert_eq!(st[0].exports[0].acked_upto, m.prefix(0));
             prop_assert_eq!(st[0].exports[1].acked_upto, m.prefix(1));
+            for e in 0..2 {
+                prop_assert_eq!(
+                    st[0].exports[e].backlog as usize,
+                    (1..m.next_id).filter(|i| !m.acked[e].contains(i)).count(),
+                    "backlog of export {}", e
+                );
+            }
         }
         q.take().unwrap().close();
     }

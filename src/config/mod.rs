@@ -298,6 +298,8 @@ pub struct BatchConfig {
     pub max_records: usize,
     pub max_bytes: usize,
     pub interval: Duration,
+    /// Batches sent at once (`max_in_flight_requests`).
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]

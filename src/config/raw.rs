@@ -59,6 +59,7 @@ pub struct RawExport {
     pub batch_size: Option<i64>,
     pub batch_interval: Option<String>,
     pub batch_bytes: Option<String>,
+    pub max_in_flight_requests: Option<i64>,
     pub disabled: Option<bool>,
     pub initial_backoff: Option<String>,
     pub max_backoff: Option<String>,

@@ -439,6 +439,26 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
         limits.default_batch_interval,
         Duration::ZERO,
     );
+    let max_in_flight = if limits.max_in_flight_requests <= 1 {
+        if e.max_in_flight_requests.is_some_and(|n| n != 1) {
+            errs.push(
+                format!("{path}.max_in_flight_requests"),
+                format!(
+                    "{} exports send one batch at a time, in order; remove the key or set 1",
+                    e.kind.kind_name()
+                ),
+            );
+        }
+        1
+    } else {
+        errs.int(
+            &format!("{path}.max_in_flight_requests"),
+            e.max_in_flight_requests,
+            limits.default_in_flight_requests as i64,
+            1,
+            limits.max_in_flight_requests as i64,
+        ) as usize
+    };
     let (initial_backoff, max_backoff) = errs.backoff(
         path,
         e.initial_backoff.as_deref(),
@@ -453,6 +473,7 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
             max_records,
             max_bytes,
             interval,
+            max_in_flight,
         },
         disabled: e.disabled.unwrap_or(false),
         retry: RetryConfig {

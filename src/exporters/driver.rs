@@ -1,24 +1,36 @@
 //! The export driver, generic over [`Exporter`]: reads batches from the queue (by count, bytes
-//! and interval), asks the gateway's bandwidth, sends, and turns per-record outcomes into acks,
-//! retries (with exponential backoff and jitter) and dead letters.
+//! and interval), asks the gateway's bandwidth, sends up to `max_in_flight_requests` batches at
+//! once, and turns per-record outcomes into acks, retries and dead letters.
 //!
 //! A record is acknowledged only when its exporter said `Delivered` (or it was dead-lettered
-//! with a reason). Failed records of a partial failure are retried alone, first in the next
-//! batch; records that succeeded are never sent again by the driver.
+//! with a reason). Records to send again (failed or throttled entries of a partial failure)
+//! go first into the next batch, which is filled up with new records; records that succeeded
+//! are never sent again by the driver. Acks of concurrent sends arrive out of order; the
+//! queue's cursor folds them (and persists those above the prefix).
+//!
+//! Two ways to slow down, for two different things:
+//! - **failure backoff** (exponential, with jitter, `initial_backoff`..`max_backoff`): only a
+//!   send that made no progress at all (nothing delivered: a whole-request error, or every
+//!   entry failed) grows it; any progress resets it;
+//! - **adaptive rate** ([`super::throttle::SendRate`]): throttled entries lower the export's
+//!   send rate (multiplicative decrease), clean windows raise it (additive increase), so a
+//!   throttled export runs at the rate the destination accepts instead of stalling.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bandwidth::Bandwidth;
 use super::retry::Backoff;
-use super::{Exporter, Outcome};
+use super::throttle::SendRate;
+use super::{Exporter, Outcome, SendError};
 use crate::config::{BatchConfig, RetryConfig};
 use crate::queue::{AckBatch, DeadLetter, ExportId, QueueError, QueueHandle, Record};
 
@@ -30,6 +42,16 @@ pub struct ExportStats {
     pub dead_lettered: AtomicU64,
     pub sends: AtomicU64,
     pub failed_sends: AtomicU64,
+    /// Records the destination refused for throughput (sent again).
+    pub throttled: AtomicU64,
+    /// Sends in flight now.
+    pub in_flight: AtomicU64,
+    /// The adaptive send limit, records/s (0: unlimited).
+    pub rate_limit: AtomicU64,
+    /// Throttled records/s in the last second of sending.
+    pub throttled_per_s: AtomicU64,
+    /// Records accepted per second in the last second of sending.
+    pub send_rate: AtomicU64,
     /// When the current run of failed sends began (ms since the epoch; 0 while healthy).
     pub failing_since_ms: AtomicI64,
     /// The last send error, for the health endpoint.
@@ -114,54 +136,239 @@ pub struct DriverContext {
     pub queue: QueueHandle,
     pub bandwidth: Bandwidth,
     pub stats: Arc<ExportStats>,
-    /// Cancelled at shutdown: finish the send in progress, then stop.
+    /// Cancelled at shutdown: finish the sends in progress, then stop.
     pub shutdown: CancellationToken,
 }
 
 /// Runs one export until shutdown.
-pub async fn run<E: Exporter>(mut exporter: E, ctx: DriverContext) {
+pub async fn run<E: Exporter>(exporter: E, ctx: DriverContext) {
     let span =
         tracing::info_span!("export", stream = %ctx.stream, name = %ctx.name, kind = ctx.kind);
-    tracing::Instrument::instrument(drive(&mut exporter, &ctx), span.clone()).await;
-    tracing::Instrument::instrument(exporter.close(), span).await;
+    let mut driver = Driver::new(exporter, &ctx);
+    tracing::Instrument::instrument(driver.drive(), span.clone()).await;
+    for mut lane in driver.idle {
+        tracing::Instrument::instrument(lane.close(), span.clone()).await;
+    }
 }
 
-async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
-    let mut next = ctx.queue.export_start(ctx.id);
-    let mut tail = ctx.queue.tail(ctx.id.stream);
-    let mut retry: Vec<Record> = Vec::new();
-    let mut backoff = Backoff::new(ctx.retry.initial_backoff, ctx.retry.max_backoff);
-    let priority = ctx.queue.priority(ctx.id.stream);
-    let export_key = ((ctx.id.stream as u64) << 32) | ctx.id.export as u64;
-    tracing::debug!(from = next, "export started");
+/// What a send task hands back: its exporter handle and the outcomes.
+type Sent<E> = (E, Result<Vec<Outcome>, SendError>);
 
-    // Records read ahead (while the previous batch was being sent) but not yet sent.
-    let mut carry: VecDeque<Record> = VecDeque::new();
-    let mut ahead: Option<oneshot::Receiver<Result<Vec<Record>, QueueError>>> = None;
+/// A batch being sent.
+struct InFlight {
+    batch: Arc<Vec<Record>>,
+    /// Records of it that are sent again.
+    retries: u64,
+}
 
-    while !ctx.shutdown.is_cancelled() {
-        let retries = retry.len() as u64;
-        let mut batch = std::mem::take(&mut retry);
-        let mut bytes: usize = batch.iter().map(|r| r.payload.len()).sum();
-        while batch.len() < ctx.batch.max_records
-            && bytes < ctx.batch.max_bytes
-            && let Some(r) = carry.pop_front()
-        {
-            bytes += r.payload.len();
-            batch.push(r);
+struct Driver<'a, E: Exporter> {
+    ctx: &'a DriverContext,
+    /// Exporter handles not sending now.
+    idle: Vec<E>,
+    sends: JoinSet<Sent<E>>,
+    in_flight: HashMap<tokio::task::Id, InFlight>,
+    /// The next id to read from the queue.
+    next: i64,
+    tail: tokio::sync::watch::Receiver<i64>,
+    /// Records to send again, first in the next batches.
+    retry: VecDeque<Record>,
+    /// Records read ahead but not yet put into a batch.
+    carry: VecDeque<Record>,
+    ahead: Option<oneshot::Receiver<Result<Vec<Record>, QueueError>>>,
+    backoff: Backoff,
+    /// No new send starts before this (after a send that made no progress).
+    paused_until: Option<Instant>,
+    rate: SendRate,
+    /// Whether the adaptive rate limited the export at the last look (for one log line when
+    /// throttling starts and one when it ends).
+    limited: bool,
+    priority: u8,
+    export_key: u64,
+    /// The queue is gone: stop.
+    closed: bool,
+}
+
+/// Why a wait ended.
+enum Woke {
+    /// What the wait was for happened (a timer, new records).
+    Ready,
+    /// A send finished (and was handled).
+    Finished,
+    /// Shutdown, or the queue closed.
+    Stop,
+}
+
+impl<'a, E: Exporter> Driver<'a, E> {
+    fn new(first: E, ctx: &'a DriverContext) -> Driver<'a, E> {
+        let mut idle = Vec::with_capacity(ctx.batch.max_in_flight);
+        while idle.len() + 1 < ctx.batch.max_in_flight.max(1) {
+            match first.another() {
+                Some(more) => idle.push(more),
+                None => break,
+            }
         }
+        idle.push(first);
+        Driver {
+            ctx,
+            idle,
+            sends: JoinSet::new(),
+            in_flight: HashMap::new(),
+            next: ctx.queue.export_start(ctx.id),
+            tail: ctx.queue.tail(ctx.id.stream),
+            retry: VecDeque::new(),
+            carry: VecDeque::new(),
+            ahead: None,
+            backoff: Backoff::new(ctx.retry.initial_backoff, ctx.retry.max_backoff),
+            paused_until: None,
+            rate: SendRate::new(ctx.batch.max_records),
+            limited: false,
+            priority: ctx.queue.priority(ctx.id.stream),
+            export_key: ((ctx.id.stream as u64) << 32) | ctx.id.export as u64,
+            closed: false,
+        }
+    }
+
+    async fn drive(&mut self) {
+        tracing::debug!(from = self.next, lanes = self.idle.len(), "export started");
+        while !self.closed && !self.ctx.shutdown.is_cancelled() {
+            if self.idle.is_empty() {
+                if self.sends.is_empty() {
+                    tracing::error!(
+                        "every handle of this export failed; the export stops (restart the gateway)"
+                    );
+                    break;
+                }
+                if let Woke::Stop = self.wait_until(None).await {
+                    break;
+                }
+                continue;
+            }
+            if let Some(until) = self.paused_until {
+                match self.wait_until(Some(until)).await {
+                    Woke::Stop => break,
+                    Woke::Ready => self.paused_until = None,
+                    Woke::Finished => {}
+                }
+                continue;
+            }
+            let Some((batch, bytes, retries)) = self.fill().await else {
+                break;
+            };
+            // A send that finished meanwhile may have paused the export; then the adaptive
+            // rate (throttling) and the gateway-wide bandwidth.
+            loop {
+                let wait = match self.paused_until {
+                    Some(until) if until > Instant::now() => until - Instant::now(),
+                    _ => {
+                        let wait = self.rate.take(std::time::Instant::now(), batch.len());
+                        self.publish_rate();
+                        wait
+                    }
+                };
+                if wait.is_zero() {
+                    break;
+                }
+                if let Woke::Stop = self.wait_until(Some(Instant::now() + wait)).await {
+                    self.retry.extend(batch);
+                    return self.finish_in_flight().await;
+                }
+            }
+            self.paused_until = None;
+            tokio::select! {
+                _ = self.ctx.bandwidth.acquire(self.export_key, self.priority, bytes as u64) => {}
+                _ = self.ctx.shutdown.cancelled() => break,
+            }
+            self.start(batch, retries);
+        }
+        self.finish_in_flight().await;
+    }
+
+    /// At shutdown: let the sends in flight finish (the app bounds this with
+    /// `shutdown_timeout`) so their acks are committed.
+    async fn finish_in_flight(&mut self) {
+        while let Some(done) = self.sends.join_next_with_id().await {
+            self.finished(done);
+        }
+        self.ctx.stats.in_flight.store(0, Ordering::Relaxed);
+    }
+
+    fn start(&mut self, batch: Vec<Record>, retries: u64) {
+        let Some(mut lane) = self.idle.pop() else {
+            // Cannot happen: drive() only fills a batch with a lane free.
+            self.retry.extend(batch);
+            return;
+        };
+        self.ctx.stats.sends.fetch_add(1, Ordering::Relaxed);
+        let batch = Arc::new(batch);
+        let shared = batch.clone();
+        let span = tracing::Span::current();
+        let handle = self.sends.spawn(tracing::Instrument::instrument(
+            async move {
+                let result = lane.send(&shared).await;
+                (lane, result)
+            },
+            span,
+        ));
+        self.in_flight
+            .insert(handle.id(), InFlight { batch, retries });
+        self.ctx
+            .stats
+            .in_flight
+            .store(self.sends.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Waits for `until` (or for nothing but a finished send), handling finished sends.
+    async fn wait_until(&mut self, until: Option<Instant>) -> Woke {
+        tokio::select! {
+            Some(done) = self.sends.join_next_with_id(), if !self.sends.is_empty() => {
+                self.finished(done);
+                if self.closed { Woke::Stop } else { Woke::Finished }
+            }
+            _ = tokio::time::sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => Woke::Ready,
+            _ = self.ctx.shutdown.cancelled() => Woke::Stop,
+        }
+    }
+
+    /// Builds the next batch: records to send again first, then records read ahead, then from
+    /// the queue, until it is full by count or bytes, or `batch_interval` after its first
+    /// record. `None`: stop.
+    async fn fill(&mut self) -> Option<(Vec<Record>, usize, u64)> {
+        let max_records = self.ctx.batch.max_records;
+        let max_bytes = self.ctx.batch.max_bytes;
+        let mut batch: Vec<Record> = Vec::with_capacity(max_records.min(4096));
+        let mut bytes = 0usize;
+        let fits = |batch: &Vec<Record>, bytes: usize, r: &Record| {
+            batch.is_empty()
+                || batch.len() < max_records && bytes + r.payload.len() <= max_bytes.max(1)
+        };
+        while let Some(r) = self.retry.front() {
+            if !fits(&batch, bytes, r) {
+                break;
+            }
+            bytes += r.payload.len();
+            batch.extend(self.retry.pop_front());
+        }
+        let retries = batch.len() as u64;
         let mut deadline: Option<Instant> = (!batch.is_empty()).then(Instant::now);
-        // Fill the batch: by count, bytes, or until batch_interval after its first record.
         loop {
-            if batch.len() < ctx.batch.max_records && bytes < ctx.batch.max_bytes {
-                let read = match ahead.take() {
+            while let Some(r) = self.carry.front() {
+                if !fits(&batch, bytes, r) {
+                    break;
+                }
+                bytes += r.payload.len();
+                batch.extend(self.carry.pop_front());
+            }
+            let mut full = batch.len() >= max_records || bytes >= max_bytes;
+            if !full && self.carry.is_empty() {
+                let read = match self.ahead.take() {
                     // Issued before the last tail notification was marked seen: a commit after
                     // it still wakes the wait below.
                     Some(rx) => rx.await.unwrap_or(Err(QueueError::Closed)),
                     None => {
-                        tail.borrow_and_update();
-                        ctx.queue
-                            .read(ctx.id, next, ctx.batch.max_records, ctx.batch.max_bytes)
+                        self.tail.borrow_and_update();
+                        self.ctx
+                            .queue
+                            .read(self.ctx.id, self.next, max_records, max_bytes)
                             .await
                     }
                 };
@@ -169,55 +376,81 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
                     Ok(got) => got,
                     Err(e) => {
                         tracing::debug!(error = %e, "queue closed; export stops");
-                        return;
+                        self.closed = true;
+                        self.retry.extend(batch);
+                        return None;
                     }
                 };
                 if let Some(last) = got.last() {
-                    next = last.id + 1;
-                    deadline.get_or_insert_with(|| Instant::now() + ctx.batch.interval);
-                    for r in got {
-                        if batch.len() < ctx.batch.max_records
-                            && bytes + r.payload.len() <= ctx.batch.max_bytes.max(1)
-                            || batch.is_empty()
-                        {
-                            bytes += r.payload.len();
-                            batch.push(r);
-                        } else {
-                            carry.push_back(r);
-                        }
-                    }
-                    if carry.is_empty() {
-                        continue;
-                    }
+                    self.next = last.id + 1;
+                    deadline.get_or_insert_with(|| Instant::now() + self.ctx.batch.interval);
+                    self.carry.extend(got);
+                    continue;
                 }
             }
-            let full = batch.len() >= ctx.batch.max_records
-                || bytes >= ctx.batch.max_bytes
-                || !carry.is_empty();
+            full |= !self.carry.is_empty();
             let due = deadline.is_some_and(|d| Instant::now() >= d);
             if full || due {
                 break;
             }
-            tokio::select! {
-                changed = tail.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
-                _ = ctx.shutdown.cancelled() => return,
+            let woke = tokio::select! {
+                changed = self.tail.changed() => if changed.is_err() { Woke::Stop } else { Woke::Ready },
+                Some(done) = self.sends.join_next_with_id(), if !self.sends.is_empty() => {
+                    self.finished(done);
+                    Woke::Finished
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Woke::Ready,
+                _ = self.ctx.shutdown.cancelled() => Woke::Stop,
+            };
+            if matches!(woke, Woke::Stop) || self.closed {
+                self.retry.extend(batch);
+                return None;
+            }
+            // Records to resend that a finished send left: they go first, into this batch if
+            // it has room.
+            while let Some(r) = self.retry.front() {
+                if !fits(&batch, bytes, r) {
+                    break;
+                }
+                bytes += r.payload.len();
+                batch.extend(self.retry.pop_front());
+                deadline.get_or_insert_with(Instant::now);
             }
         }
         // Read the next batch while this one is sent, if there is more waiting.
-        if carry.is_empty() && *tail.borrow() >= next {
-            ahead = ctx
+        if self.carry.is_empty() && *self.tail.borrow() >= self.next {
+            self.ahead = self
+                .ctx
                 .queue
-                .read_ahead(ctx.id, next, ctx.batch.max_records, ctx.batch.max_bytes)
+                .read_ahead(self.ctx.id, self.next, max_records, max_bytes)
                 .ok();
         }
+        Some((batch, bytes, retries))
+    }
 
-        tokio::select! {
-            _ = ctx.bandwidth.acquire(export_key, priority, bytes as u64) => {}
-            _ = ctx.shutdown.cancelled() => return,
-        }
-        ctx.stats.sends.fetch_add(1, Ordering::Relaxed);
-        let result = exporter.send(&batch).await;
+    /// A send finished: acks, retries, dead letters, the backoff and the adaptive rate.
+    fn finished(&mut self, done: Result<(tokio::task::Id, Sent<E>), JoinError>) {
+        let ctx = self.ctx;
+        let (id, result) = match done {
+            Ok((id, (lane, result))) => {
+                self.idle.push(lane);
+                (id, result)
+            }
+            Err(e) => {
+                // The exporter panicked (a bug): its records are sent again by another handle;
+                // that handle is gone.
+                let id = e.id();
+                tracing::error!(error = %e, "an export send task failed; its records are sent again");
+                (id, Err(SendError::new(format!("send task failed: {e}"))))
+            }
+        };
+        ctx.stats
+            .in_flight
+            .store(self.sends.len() as u64, Ordering::Relaxed);
+        let Some(InFlight { batch, retries }) = self.in_flight.remove(&id) else {
+            return;
+        };
+        let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
         let now_ms = crate::time::now_ms();
         let mut ack = AckBatch {
             export: ctx.id,
@@ -225,8 +458,10 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
             dead: Vec::new(),
             retries,
             error: None,
-            state: exporter.state(),
+            state: None,
         };
+        let mut resend = 0usize;
+        let mut throttled = 0usize;
         match result {
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 for (record, outcome) in batch.into_iter().zip(outcomes) {
@@ -239,7 +474,14 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
                         }
                         Outcome::Retry(reason) => {
                             ack.error = Some(reason);
-                            retry.push(record);
+                            resend += 1;
+                            self.retry.push_back(record);
+                        }
+                        Outcome::Throttled(reason) => {
+                            ack.error = Some(reason);
+                            resend += 1;
+                            throttled += 1;
+                            self.retry.push_back(record);
                         }
                         Outcome::Rejected(reason) => {
                             tracing::warn!(record = record.id, %reason, "record rejected by the destination; moved to the dead-letter table");
@@ -256,53 +498,127 @@ async fn drive<E: Exporter>(exporter: &mut E, ctx: &DriverContext) {
                 );
                 tracing::error!("{msg}");
                 ack.error = Some(msg);
-                retry = batch;
+                resend = batch.len();
+                self.retry.extend(batch);
             }
             Err(e) => {
                 ack.error = Some(e.message);
-                retry = batch;
+                resend = batch.len();
+                if e.throttled {
+                    throttled = resend;
+                }
+                self.retry.extend(batch);
             }
         }
+        let delivered = ack.delivered.len();
+        let settled = delivered + ack.dead.len();
+        self.rate
+            .outcome(std::time::Instant::now(), delivered, throttled);
         ctx.stats
             .delivered
-            .fetch_add(ack.delivered.len() as u64, Ordering::Relaxed);
+            .fetch_add(delivered as u64, Ordering::Relaxed);
         ctx.stats
             .dead_lettered
             .fetch_add(ack.dead.len() as u64, Ordering::Relaxed);
         ctx.stats.retried.fetch_add(retries, Ordering::Relaxed);
+        ctx.stats
+            .throttled
+            .fetch_add(throttled as u64, Ordering::Relaxed);
+        self.publish_rate();
         let error = ack.error.clone();
+        if let Some(lane) = self.idle.last() {
+            ack.state = self.state(lane.state());
+        }
         if ctx.queue.ack(ack).is_err() {
+            self.closed = true;
             return;
         }
-        if retry.is_empty() {
+        if resend == 0 || settled > 0 {
+            // Progress (or nothing to resend): the failure backoff starts over. Throttled
+            // entries of a send that delivered others are the adaptive rate's business.
             ctx.stats.failing_since_ms.store(0, Ordering::Relaxed);
-            if backoff.failures() > 0 {
-                tracing::info!(after_failures = backoff.failures(), "export recovered");
+            if self.backoff.failures() > 0 {
+                tracing::info!(after_failures = self.backoff.failures(), "export recovered");
             }
-            backoff.reset();
-        } else {
-            ctx.stats.failed_sends.fetch_add(1, Ordering::Relaxed);
-            let _ = ctx.stats.failing_since_ms.compare_exchange(
-                0,
-                now_ms,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            if let Ok(mut last) = ctx.stats.last_error.lock() {
-                last.clone_from(&error);
+            self.backoff.reset();
+            if resend > 0 {
+                if let Ok(mut last) = ctx.stats.last_error.lock() {
+                    last.clone_from(&error);
+                }
+                tracing::debug!(
+                    resend,
+                    throttled,
+                    error = error.as_deref().unwrap_or("unknown"),
+                    "part of a send failed; those records go first in the next batch"
+                );
             }
-            let wait = backoff.fail(rand::rng().random());
-            tracing::warn!(
-                error = error.as_deref().unwrap_or("unknown"),
-                records = retry.len(),
-                attempt = backoff.failures(),
-                retry_in = ?Duration::from_millis(wait.as_millis() as u64),
-                "send failed; records stay queued and are retried"
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = ctx.shutdown.cancelled() => return,
-            }
+            return;
         }
+        ctx.stats.failed_sends.fetch_add(1, Ordering::Relaxed);
+        let _ = ctx.stats.failing_since_ms.compare_exchange(
+            0,
+            now_ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if let Ok(mut last) = ctx.stats.last_error.lock() {
+            last.clone_from(&error);
+        }
+        let wait = self.backoff.fail(rand::rng().random());
+        let until = Instant::now() + wait;
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        tracing::warn!(
+            error = error.as_deref().unwrap_or("unknown"),
+            records = resend,
+            attempt = self.backoff.failures(),
+            retry_in = ?Duration::from_millis(wait.as_millis() as u64),
+            "send failed; records stay queued and are retried"
+        );
+    }
+
+    fn publish_rate(&mut self) {
+        let stats = &self.ctx.stats;
+        match (self.limited, self.rate.limit()) {
+            (false, Some(limit)) => tracing::warn!(
+                limit = format!("{limit:.0} records/s"),
+                throttled = format!("{:.0} records/s", self.rate.throttled_rate()),
+                "the destination throttles this export: sending at the rate it accepts; throttled records are resent"
+            ),
+            (true, None) => {
+                tracing::info!("throttling ended: the export sends at full speed again")
+            }
+            _ => {}
+        }
+        self.limited = self.rate.limit().is_some();
+        let limit = self.rate.limit().map_or(0, |l| l.round().max(1.0) as u64);
+        stats.rate_limit.store(limit, Ordering::Relaxed);
+        stats
+            .throttled_per_s
+            .store(self.rate.throttled_rate().round() as u64, Ordering::Relaxed);
+        stats
+            .send_rate
+            .store(self.rate.accepted_rate().round() as u64, Ordering::Relaxed);
+    }
+
+    /// The export's state line for `status`: the exporter's own, plus sends in flight and the
+    /// adaptive rate when it limits.
+    fn state(&self, exporter: Option<String>) -> Option<String> {
+        let mut parts: Vec<String> = exporter.into_iter().collect();
+        if self.ctx.batch.max_in_flight > 1 {
+            parts.push(format!(
+                "{} of {} sends in flight",
+                self.sends.len(),
+                self.ctx.batch.max_in_flight
+            ));
+        }
+        if let Some(limit) = self.rate.limit() {
+            parts.push(format!(
+                "throttled: limited to {:.0} records/s ({:.0} throttled/s, {:.0} accepted/s)",
+                limit,
+                self.rate.throttled_rate(),
+                self.rate.accepted_rate()
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 }

@@ -18,6 +18,8 @@ pub const LIMITS: Limits = Limits {
     default_batch_size: 5_000,
     max_batch_bytes: 64 << 20,
     default_batch_interval: Duration::from_millis(200),
+    max_in_flight_requests: 1,
+    default_in_flight_requests: 1,
 };
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,10 @@ pub mod driver;
 pub mod file;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+pub mod rate;
 pub mod retry;
 pub mod stdout;
+pub mod throttle;
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,8 +27,13 @@ use crate::queue::Record;
 pub enum Outcome {
     /// The destination has it (durably, as far as it promises).
     Delivered,
-    /// A transient failure (throttling, a failed entry of a partial batch): send it again.
+    /// A transient failure (a failed entry of a partial batch, a lost connection): send it
+    /// again, first in a later batch.
     Retry(String),
+    /// The destination refused it for throughput (Kinesis ProvisionedThroughputExceeded,
+    /// Firehose ServiceUnavailable): sent again like `Retry`, and the export's adaptive rate
+    /// ([`throttle`]) slows down instead of its failure backoff.
+    Throttled(String),
     /// The destination will never take it (too large, malformed): dead-letter it.
     Rejected(String),
 }
@@ -36,17 +43,31 @@ pub enum Outcome {
 #[error("{message}")]
 pub struct SendError {
     pub message: String,
+    /// The whole call was refused for throughput: the adaptive rate slows down too.
+    pub throttled: bool,
 }
 
 impl SendError {
     pub fn new(message: impl Into<String>) -> SendError {
         SendError {
             message: message.into(),
+            throttled: false,
+        }
+    }
+
+    pub fn throttled(message: impl Into<String>) -> SendError {
+        SendError {
+            message: message.into(),
+            throttled: true,
         }
     }
 }
 
 /// A destination. `send` returns one outcome per record, index-aligned with `batch`.
+///
+/// The driver calls `send` on one exporter at a time. An exporter that can have several sends
+/// in flight (`max_in_flight_requests`) hands out more handles on the same destination with
+/// [`Exporter::another`]; each handle then sends one batch at a time.
 pub trait Exporter: Send + 'static {
     fn send(
         &mut self,
@@ -59,7 +80,16 @@ pub trait Exporter: Send + 'static {
         None
     }
 
-    /// Called once when the export stops (flush, close connections).
+    /// Another handle on the same destination (shared client and counters), for one more send
+    /// in flight. `None`: this kind sends one batch at a time, in order.
+    fn another(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
+    /// Called once per handle when the export stops (flush, close connections).
     fn close(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
@@ -72,6 +102,10 @@ pub struct Limits {
     pub default_batch_size: usize,
     pub max_batch_bytes: u64,
     pub default_batch_interval: Duration,
+    /// Sends in flight at once (`max_in_flight_requests`): the most this kind allows, and
+    /// its default. Kinds without [`Exporter::another`] allow 1.
+    pub max_in_flight_requests: usize,
+    pub default_in_flight_requests: usize,
 }
 
 /// The kind-specific keys of `[[streams.exports]]`, selected by `kind`.

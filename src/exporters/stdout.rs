@@ -15,6 +15,8 @@ pub const LIMITS: Limits = Limits {
     default_batch_size: 100,
     max_batch_bytes: 16 << 20,
     default_batch_interval: Duration::from_millis(100),
+    max_in_flight_requests: 1,
+    default_in_flight_requests: 1,
 };
 
 #[derive(Debug, Deserialize)]

@@ -82,6 +82,11 @@ impl Registry {
                     last_error: s.last_error.lock().ok().and_then(|e| e.clone()),
                     possible_duplicates: None,
                     connection_losses: None,
+                    throttled: load(&s.throttled),
+                    in_flight: load(&s.in_flight),
+                    rate_limit: load(&s.rate_limit),
+                    throttled_per_s: load(&s.throttled_per_s),
+                    send_rate: load(&s.send_rate),
                 };
                 #[cfg(feature = "mqtt")]
                 if let Some((_, m)) = p.mqtt.iter().find(|(k, _)| k == key) {
@@ -137,4 +142,11 @@ pub struct ExportSnapshot {
     /// Exports that can tell (MQTT): records sent again after a lost acknowledgement.
     pub possible_duplicates: Option<u64>,
     pub connection_losses: Option<u64>,
+    /// Records the destination refused for throughput.
+    pub throttled: u64,
+    pub in_flight: u64,
+    /// The adaptive send limit, records/s (0: unlimited).
+    pub rate_limit: u64,
+    pub throttled_per_s: u64,
+    pub send_rate: u64,
 }

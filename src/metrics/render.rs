@@ -162,7 +162,7 @@ pub fn prometheus(s: &Snapshot) -> String {
     }
 
     type Field = fn(&super::ExportSnapshot) -> Option<u64>;
-    let counters: [(&str, &str, Field); 7] = [
+    let counters: [(&str, &str, Field); 8] = [
         (
             "streamgate_export_delivered_total",
             "Records acknowledged by the destination.",
@@ -185,8 +185,13 @@ pub fn prometheus(s: &Snapshot) -> String {
         ),
         (
             "streamgate_export_failed_sends_total",
-            "Send attempts that failed (fully or partly).",
+            "Send attempts that made no progress (nothing delivered).",
             |e| Some(e.failed_sends),
+        ),
+        (
+            "streamgate_export_throttled_total",
+            "Records the destination refused for throughput (sent again at a lower rate).",
+            |e| Some(e.throttled),
         ),
         (
             "streamgate_export_possible_duplicates_total",
@@ -201,6 +206,37 @@ pub fn prometheus(s: &Snapshot) -> String {
     ];
     for (name, help, get) in counters {
         o.head(name, "counter", help);
+        for e in &s.exports {
+            if let Some(v) = get(e) {
+                let (stream, export) = split_key(&e.key);
+                o.line(name, &[("stream", stream), ("export", export)], v);
+            }
+        }
+    }
+    let gauges: [(&str, &str, Field); 4] = [
+        (
+            "streamgate_export_in_flight_requests",
+            "Sends (batches) in flight now.",
+            |e| Some(e.in_flight),
+        ),
+        (
+            "streamgate_export_rate_limit",
+            "The adaptive send limit in records/s while the destination throttles (0: unlimited).",
+            |e| Some(e.rate_limit),
+        ),
+        (
+            "streamgate_export_throttled_per_second",
+            "Records refused for throughput per second, over the last second of sending.",
+            |e| Some(e.throttled_per_s),
+        ),
+        (
+            "streamgate_export_send_rate",
+            "Records acknowledged per second, over the last second of sending.",
+            |e| Some(e.send_rate),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        o.head(name, "gauge", help);
         for e in &s.exports {
             if let Some(v) = get(e) {
                 let (stream, export) = split_key(&e.key);
@@ -319,6 +355,9 @@ mod tests {
                 failing_since_ms: Some(40_000),
                 last_error: Some("connection refused".into()),
                 possible_duplicates: Some(3),
+                throttled: 7,
+                in_flight: 3,
+                rate_limit: 850,
                 ..Default::default()
             }],
             streams: vec![StreamStatus {
@@ -370,6 +409,9 @@ mod tests {
             "streamgate_export_delivered_total{stream=\"line\",export=\"cloud\"} 25",
             "streamgate_export_retried_total{stream=\"line\",export=\"cloud\"} 4",
             "streamgate_export_failed_sends_total{stream=\"line\",export=\"cloud\"} 2",
+            "streamgate_export_throttled_total{stream=\"line\",export=\"cloud\"} 7",
+            "streamgate_export_in_flight_requests{stream=\"line\",export=\"cloud\"} 3",
+            "streamgate_export_rate_limit{stream=\"line\",export=\"cloud\"} 850",
             "streamgate_export_possible_duplicates_total{stream=\"line\",export=\"cloud\"} 3",
             "streamgate_export_failing_seconds{stream=\"line\",export=\"cloud\"} 60",
             "streamgate_export_backlog_records{stream=\"line\",export=\"cloud\"} 5",

@@ -14,7 +14,9 @@
 //! * **A cursor per export** (`exports.acked_upto`), not delete-on-send. Exports acknowledge
 //!   records one by one, in any order; [`cursor::Cursor`] folds them into the contiguous prefix.
 //!   A record is deleted once every enabled export of its stream has acknowledged it. Acks above
-//!   the prefix live in memory only: after a crash those records are sent again (at least once).
+//!   the prefix are kept as compact ranges (`exports.acked_ranges`), written in the same
+//!   transaction as the prefix, and reads skip them: after a crash an export resends only the
+//!   records that were in flight (unacknowledged) at that moment, at least once.
 //! * **Batched commits.** Each turn of the queue thread applies everything that arrived since the
 //!   last one (appends from readers, acks and dead letters from exporters, TTL expiry, status) in
 //!   ONE transaction, so a busy gateway commits thousands of samples per fsync, an idle one
@@ -866,7 +868,7 @@ impl Worker {
     fn answer_reads(&mut self, reads: &mut Vec<ReadReq>) {
         reads.sort_by_key(|r| self.priorities[r.0.stream]);
         for (export, from, max_records, max_bytes, reply) in reads.drain(..) {
-            let result = self.store.read(export.stream, from, max_records, max_bytes);
+            let result = self.store.read(export, from, max_records, max_bytes);
             if let Err(e) = &result
                 && disk::is_corruption(e)
             {

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::cursor::Cursor;
 use super::{
-    AckBatch, AppendBatch, DeadLetter, ExportStatus, QueueError, Record, StreamSpec, StreamStatus,
+    AckBatch, AppendBatch, DeadLetter, ExportId, ExportStatus, QueueError, Record, StreamSpec,
+    StreamStatus,
 };
 use crate::config::{Durability, StrategyOnFull};
 
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS exports(
     kind TEXT NOT NULL,
     in_config INTEGER NOT NULL DEFAULT 1,
     acked_upto INTEGER NOT NULL,
+    acked_ranges TEXT NOT NULL DEFAULT '',
     delivered INTEGER NOT NULL DEFAULT 0,
     retries INTEGER NOT NULL DEFAULT 0,
     dead_lettered INTEGER NOT NULL DEFAULT 0,
@@ -62,6 +64,10 @@ struct ExportState {
     in_config: bool,
     cursor: Cursor,
     persisted_upto: i64,
+    /// The ranges text last written (see [`Cursor::ranges_text`]).
+    persisted_ranges: String,
+    /// Acknowledged since the last commit: the ranges may need writing.
+    ranges_dirty: bool,
     delivered: u64,
     retries: u64,
     dead_lettered: u64,
@@ -164,6 +170,15 @@ impl Store {
         {
             conn.execute_batch(
                 "ALTER TABLE streams ADD COLUMN dropped_disk_full INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        // Databases written before acknowledgements above the prefix were persisted.
+        if conn
+            .prepare("SELECT acked_ranges FROM exports LIMIT 0")
+            .is_err()
+        {
+            conn.execute_batch(
+                "ALTER TABLE exports ADD COLUMN acked_ranges TEXT NOT NULL DEFAULT ''",
             )?;
         }
         conn.execute("UPDATE streams SET in_config = 0", [])?;
@@ -273,16 +288,19 @@ impl Store {
         head: i64,
         next_id: i64,
     ) -> Result<ExportState, QueueError> {
-        let row: Option<(i64, i64, i64, i64, Option<i64>, Option<String>, Option<i64>)> = conn
+        let row: Option<(i64, i64, i64, i64, Option<i64>, Option<String>, Option<i64>, String)> = conn
             .query_row(
-                "SELECT acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms
+                "SELECT acked_upto, delivered, retries, dead_lettered, last_export_ms, last_error, last_error_ms, acked_ranges
                  FROM exports WHERE stream = ?1 AND name = ?2",
                 [stream, name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
             )
             .optional()?;
-        let row = row.unwrap_or((head - 1, 0, 0, 0, None, None, None));
+        let row = row.unwrap_or((head - 1, 0, 0, 0, None, None, None, String::new()));
         let acked = row.0.max(head - 1).min(next_id - 1);
+        let mut cursor = Cursor::restore(acked, &row.7);
+        // Rows below the head are gone (acknowledged by every export, expired or overwritten).
+        cursor.skip_to(head - 1);
         conn.execute(
             "INSERT INTO exports(stream, name, kind, acked_upto) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(stream, name) DO UPDATE SET kind = ?3, in_config = 1",
@@ -292,7 +310,9 @@ impl Store {
             name: name.to_string(),
             enabled,
             in_config: true,
-            cursor: Cursor::new(acked),
+            persisted_ranges: row.7,
+            ranges_dirty: false,
+            cursor,
             persisted_upto: row.0,
             delivered: row.1 as u64,
             retries: row.2 as u64,
@@ -578,13 +598,20 @@ impl Store {
                 report.tails.push((s, st.next_id - 1));
             }
             for e in &mut st.exports {
-                if e.cursor.acked_upto() != e.persisted_upto {
+                // Acks above the prefix are written in the same transaction as the prefix, so
+                // a crash resends only what was really unacknowledged.
+                let ranges = e.ranges_dirty.then(|| e.cursor.ranges_text());
+                let ranges_changed = ranges.as_ref().is_some_and(|r| *r != e.persisted_ranges);
+                if e.cursor.acked_upto() != e.persisted_upto || ranges_changed {
+                    let text = ranges.unwrap_or_else(|| e.cursor.ranges_text());
                     self.conn
                         .prepare_cached(
-                            "UPDATE exports SET acked_upto = ?3 WHERE stream = ?1 AND name = ?2",
+                            "UPDATE exports SET acked_upto = ?3, acked_ranges = ?4 WHERE stream = ?1 AND name = ?2",
                         )?
-                        .execute(params![st.spec.name, e.name, e.cursor.acked_upto()])?;
+                        .execute(params![st.spec.name, e.name, e.cursor.acked_upto(), text])?;
+                    e.persisted_ranges = text;
                 }
+                e.ranges_dirty = false;
             }
             if maintain {
                 self.write_status(s)?;
@@ -619,6 +646,7 @@ impl Store {
         for id in &ack.delivered {
             e.cursor.ack(*id);
         }
+        e.ranges_dirty = true;
         e.delivered += ack.delivered.len() as u64;
         e.retries += ack.retries;
         if !ack.delivered.is_empty() {
@@ -698,6 +726,7 @@ impl Store {
         st.bytes = st.bytes.saturating_sub(freed);
         for e in &mut st.exports {
             e.cursor.skip_to(upto);
+            e.ranges_dirty = true;
         }
         Ok(count)
     }
@@ -817,34 +846,43 @@ impl Store {
     /// Reads up to `max_records` / `max_bytes` (at least one record) from `from` on.
     pub fn read(
         &mut self,
-        stream: usize,
+        export: ExportId,
         from: i64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, QueueError> {
-        let st = &self.streams[stream];
-        let from = from.max(st.head);
-        if from >= st.next_id {
+        let st = &self.streams[export.stream];
+        let Some(cursor) = st.exports.get(export.export).map(|e| &e.cursor) else {
             return Ok(Vec::new());
-        }
+        };
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT id, at_ms, payload FROM {} WHERE id >= ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, at_ms, payload FROM {} WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
             st.table
         ))?;
-        let mut rows = stmt.query(params![from, max_records as i64])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        while let Some(row) = rows.next()? {
-            let payload: Vec<u8> = row.get(2)?;
-            if !out.is_empty() && bytes + payload.len() > max_bytes {
-                break;
+        // Runs of unacknowledged ids: records acknowledged above the prefix (before a restart,
+        // or out of order) are not read again.
+        let mut from = cursor.next_unacked(from.max(st.head));
+        while from < st.next_id && out.len() < max_records {
+            let end = cursor
+                .next_acked_after(from)
+                .unwrap_or(st.next_id)
+                .min(st.next_id);
+            let mut rows = stmt.query(params![from, end, (max_records - out.len()) as i64])?;
+            while let Some(row) = rows.next()? {
+                let payload: Vec<u8> = row.get(2)?;
+                if !out.is_empty() && bytes + payload.len() > max_bytes {
+                    return Ok(out);
+                }
+                bytes += payload.len();
+                out.push(Record {
+                    id: row.get(0)?,
+                    at_ms: row.get(1)?,
+                    payload,
+                });
             }
-            bytes += payload.len();
-            out.push(Record {
-                id: row.get(0)?,
-                at_ms: row.get(1)?,
-                payload,
-            });
+            from = cursor.next_unacked(end);
         }
         Ok(out)
     }
@@ -874,7 +912,11 @@ impl Store {
                     enabled: e.enabled,
                     in_config: e.in_config,
                     acked_upto: e.cursor.acked_upto(),
-                    backlog: (st.next_id - 1 - e.cursor.acked_upto()).max(0) as u64,
+                    backlog: (st.next_id
+                        - 1
+                        - e.cursor.acked_upto()
+                        - e.cursor.acked_above() as i64)
+                        .max(0) as u64,
                     oldest_unacked_ms,
                     delivered: e.delivered,
                     retries: e.retries,

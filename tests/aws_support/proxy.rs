@@ -10,8 +10,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Decides per entry: `Some(error_code)` fails entry `index` of call `call` (0-based).
-pub type Policy = Box<dyn FnMut(u64, usize) -> Option<&'static str> + Send>;
+/// Decides per entry: `Some(error_code)` fails entry `index` of call `call` (0-based) whose
+/// data (base64-decoded; empty if it does not decode) is the third argument.
+pub type Policy = Box<dyn FnMut(u64, usize, &[u8]) -> Option<&'static str> + Send>;
 
 #[derive(Default)]
 pub struct Counters {
@@ -144,8 +145,17 @@ fn serve(
                 && let Some(records) = json.get_mut("Records").and_then(|r| r.as_array_mut())
             {
                 let mut guard = policy.lock().unwrap_or_else(|e| e.into_inner());
-                failed = (0..records.len())
-                    .map(|i| guard.as_mut().and_then(|p| p(call, i)))
+                failed = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let data = r
+                            .get("Data")
+                            .and_then(|d| d.as_str())
+                            .and_then(base64_decode)
+                            .unwrap_or_default();
+                        guard.as_mut().and_then(|p| p(call, i, &data))
+                    })
                     .collect();
                 let kept: Vec<serde_json::Value> = records
                     .iter()
@@ -267,4 +277,29 @@ fn forge(body: &[u8], failed: &[Option<&'static str>], target: &str) -> Option<V
     json[list] = serde_json::Value::Array(merged);
     json[count] = serde_json::json!(n);
     serde_json::to_vec(&json).ok()
+}
+
+/// Standard base64 (with padding), as the AWS JSON protocol encodes blobs.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
 }

@@ -50,17 +50,43 @@ pub fn entry_failure(service: Service, code: &str, message: &str) -> EntryFailur
     }
 }
 
-/// True for the messages [`describe_call_error`] gives throttled calls.
-pub fn is_throttling_message(message: &str) -> bool {
-    message.contains(THROTTLE_MARK)
+/// Error codes of a whole call refused for throughput.
+const THROTTLING_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "LimitExceededException",
+    "ServiceUnavailableException",
+    "KMSThrottlingException",
+];
+
+/// True for the error codes of a call refused for throughput.
+pub fn is_throttling_code(code: &str) -> bool {
+    THROTTLING_CODES.contains(&code)
 }
 
-/// A whole call failed: what happened and what to do, in one line.
+/// A whole call failed: what happened and what to do, in one line, and whether it was
+/// throttling (the export's adaptive rate slows down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    pub message: String,
+    pub throttled: bool,
+}
+
+impl From<String> for CallError {
+    fn from(message: String) -> CallError {
+        CallError {
+            message,
+            throttled: false,
+        }
+    }
+}
+
+/// A whole call failed: what happened and what to do.
 pub fn describe_call_error<E>(
     service: Service,
     target: &str,
     err: &SdkError<E, HttpResponse>,
-) -> String
+) -> CallError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -80,11 +106,15 @@ where
             if text.contains("clock") {
                 tracing::error!("{text}");
             }
-            text
+            CallError {
+                message: text,
+                throttled: is_throttling_code(code),
+            }
         }
         SdkError::TimeoutError(_) => format!(
             "{name} did not answer within request_timeout; resending (network slow or down?)"
-        ),
+        )
+        .into(),
         SdkError::DispatchFailure(_) => {
             let detail = chain(err);
             if detail.contains("credential") {
@@ -94,8 +124,9 @@ where
             } else {
                 format!("cannot reach {name}: {detail}; resending with backoff")
             }
+            .into()
         }
-        _ => format!("{name} call failed: {}", DisplayErrorContext(err)),
+        _ => format!("{name} call failed: {}", DisplayErrorContext(err)).into(),
     }
 }
 
@@ -146,11 +177,7 @@ pub fn describe_code(
         );
     }
     match code {
-        "ProvisionedThroughputExceededException"
-        | "ThrottlingException"
-        | "LimitExceededException"
-        | "ServiceUnavailableException"
-        | "KMSThrottlingException" => {
+        c if is_throttling_code(c) => {
             format!("throttled by {name} ({code}): {THROTTLE_MARK}")
         }
         "ResourceNotFoundException" => format!(
@@ -190,7 +217,6 @@ mod tests {
             f.message,
             "throttled by Kinesis (ProvisionedThroughputExceededException): slowing down"
         );
-        assert!(is_throttling_message(&f.message));
         let f = entry_failure(
             Service::Firehose,
             "ServiceUnavailableException",
@@ -260,6 +286,8 @@ mod tests {
             "",
             None,
         );
-        assert!(is_throttling_message(&m));
+        assert!(m.contains("throttled by Kinesis"), "{m}");
+        assert!(is_throttling_code("ProvisionedThroughputExceededException"));
+        assert!(!is_throttling_code("ResourceNotFoundException"));
     }
 }

@@ -10,9 +10,12 @@
 //! - the whole call failed (network, auth, KMS, clock) -> every sample of it is retried, with
 //!   an error that says what to do about it.
 //!
-//! After a throttled call the rest of the batch is not sent: the driver backs off and retries,
-//! which is how the export slows down. The SDK's own retries are off so that every failure
-//! reaches the driver's backoff, `status` and the logs.
+//! Throttled entries come back as `Throttled`: the driver's adaptive rate slows the export down
+//! to what the stream accepts (see `exporters/throttle.rs`). After a throttled call the rest of
+//! the batch is not sent (`Retry`, first in the next batch). The driver keeps several calls in
+//! flight (`max_in_flight_requests`), one per handle ([`Exporter::another`]); the handles share
+//! one SDK client (connection pool) and one set of counters. The SDK's own retries are off so
+//! that every failure reaches the driver's backoff, `status` and the logs.
 
 pub mod config;
 mod errors;
@@ -29,7 +32,7 @@ use aws_smithy_http_client::tls;
 use rand::Rng;
 
 pub use config::{AwsExportConfig, RawAwsExport, Service};
-use errors::{EntryFailure, entry_failure};
+use errors::{CallError, EntryFailure, entry_failure};
 use packer::PackedRecord;
 
 use super::{Exporter, Outcome, SendError};
@@ -52,6 +55,7 @@ pub struct AwsStats {
 
 /// The service client; a variant exists only when its feature is built (`kinesis`,
 /// `firehose`), and config validation refuses the kind of a service that is not built.
+#[derive(Clone)]
 enum Client {
     #[cfg(feature = "kinesis")]
     Kinesis(aws_sdk_kinesis::Client),
@@ -60,19 +64,39 @@ enum Client {
 }
 
 pub struct AwsExporter {
-    config: AwsExportConfig,
-    client: Option<Client>,
+    config: Arc<AwsExportConfig>,
+    /// Made at the first send, shared by every handle of the export.
+    client: Arc<tokio::sync::OnceCell<Client>>,
     stats: Arc<AwsStats>,
 }
 
 /// Loads the SDK configuration: the standard credential chain (environment, profile, web
-/// identity, container and instance metadata) or a named profile, rustls with ring.
-pub async fn sdk_config(config: &AwsExportConfig) -> aws_config::SdkConfig {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
+/// identity, container and instance metadata) or a named profile, rustls with ring, and the
+/// system's CA certificates or only those of `ca_file`.
+pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfig, String> {
+    let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::Ring,
+    ));
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("ca_file {}: cannot read it: {e}", path.display()))?;
+        if !pem
+            .windows(b"-----BEGIN CERTIFICATE-----".len())
+            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+        {
+            return Err(format!(
+                "ca_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                path.display()
+            ));
+        }
+        let trust = tls::TrustStore::empty().with_pem_certificate(pem);
+        let context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        builder = builder.tls_context(context);
+    }
+    let http = builder.build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
         .retry_config(RetryConfig::disabled())
@@ -91,14 +115,14 @@ pub async fn sdk_config(config: &AwsExportConfig) -> aws_config::SdkConfig {
     if let Some(url) = &config.endpoint_url {
         loader = loader.endpoint_url(url);
     }
-    loader.load().await
+    Ok(loader.load().await)
 }
 
 impl AwsExporter {
     pub fn new(config: AwsExportConfig) -> AwsExporter {
         AwsExporter {
-            config,
-            client: None,
+            config: Arc::new(config),
+            client: Arc::default(),
             stats: Arc::default(),
         }
     }
@@ -107,47 +131,45 @@ impl AwsExporter {
         self.stats.clone()
     }
 
-    async fn client(&mut self) -> Result<&Client, String> {
-        if self.client.is_none() {
-            let sdk = sdk_config(&self.config).await;
-            if sdk.region().is_none() {
-                tracing::warn!(
-                    "no AWS region: set `region` on the export or AWS_REGION; every call will fail"
-                );
-            }
-            tracing::info!(
-                target = %self.config.target,
-                region = sdk.region().map(|r| r.as_ref()).unwrap_or("none"),
-                endpoint = self.config.endpoint_url.as_deref().unwrap_or("default"),
-                packing = self.config.pack.packing,
-                "{} client ready",
-                self.config.service.name()
-            );
-            self.client = Some(match self.config.service {
-                #[cfg(feature = "kinesis")]
-                Service::Kinesis => Client::Kinesis(aws_sdk_kinesis::Client::new(&sdk)),
-                #[cfg(feature = "firehose")]
-                Service::Firehose => Client::Firehose(aws_sdk_firehose::Client::new(&sdk)),
-                #[allow(unreachable_patterns)]
-                other => {
-                    return Err(format!(
-                        "this streamgate was built without the {} exporter (cargo feature)",
-                        other.name()
-                    ));
+    async fn client(&self) -> Result<&Client, String> {
+        self.client
+            .get_or_try_init(|| async {
+                let sdk = sdk_config(&self.config).await?;
+                if sdk.region().is_none() {
+                    tracing::warn!(
+                        "no AWS region: set `region` on the export or AWS_REGION; every call will fail"
+                    );
                 }
-            });
-        }
-        match &self.client {
-            Some(c) => Ok(c),
-            None => unreachable!("client was just set"),
-        }
+                tracing::info!(
+                    target = %self.config.target,
+                    region = sdk.region().map(|r| r.as_ref()).unwrap_or("none"),
+                    endpoint = self.config.endpoint_url.as_deref().unwrap_or("default"),
+                    packing = self.config.pack.packing,
+                    "{} client ready",
+                    self.config.service.name()
+                );
+                Ok(match self.config.service {
+                    #[cfg(feature = "kinesis")]
+                    Service::Kinesis => Client::Kinesis(aws_sdk_kinesis::Client::new(&sdk)),
+                    #[cfg(feature = "firehose")]
+                    Service::Firehose => Client::Firehose(aws_sdk_firehose::Client::new(&sdk)),
+                    #[allow(unreachable_patterns)]
+                    other => {
+                        return Err(format!(
+                            "this streamgate was built without the {} exporter (cargo feature)",
+                            other.name()
+                        ));
+                    }
+                })
+            })
+            .await
     }
 
     /// One call. `Ok` holds one entry result per record (None = accepted).
     async fn put(
-        &mut self,
+        &self,
         records: Vec<PackedRecord>,
-    ) -> Result<Vec<Option<EntryFailure>>, String> {
+    ) -> Result<Vec<Option<EntryFailure>>, CallError> {
         let service = self.config.service;
         let target = self.config.target.clone();
         let n = records.len();
@@ -161,7 +183,9 @@ impl AwsExporter {
                         .data(aws_sdk_kinesis::primitives::Blob::new(r.data))
                         .partition_key(r.key.unwrap_or_else(|| "-".into()))
                         .build()
-                        .map_err(|e| format!("cannot build a Kinesis record: {e}"))?;
+                        .map_err(|e| {
+                            CallError::from(format!("cannot build a Kinesis record: {e}"))
+                        })?;
                     entries.push(entry);
                 }
                 let out = c
@@ -190,7 +214,9 @@ impl AwsExporter {
                     let entry = aws_sdk_firehose::types::Record::builder()
                         .data(aws_sdk_firehose::primitives::Blob::new(r.data))
                         .build()
-                        .map_err(|e| format!("cannot build a Firehose record: {e}"))?;
+                        .map_err(|e| {
+                            CallError::from(format!("cannot build a Firehose record: {e}"))
+                        })?;
                     entries.push(entry);
                 }
                 let out = c
@@ -218,7 +244,8 @@ impl AwsExporter {
                 "{} answered {} entry results for {n} records; resending them",
                 service.name(),
                 results.len()
-            ));
+            )
+            .into());
         }
         Ok(results
             .into_iter()
@@ -228,6 +255,14 @@ impl AwsExporter {
 }
 
 impl Exporter for AwsExporter {
+    fn another(&self) -> Option<AwsExporter> {
+        Some(AwsExporter {
+            config: self.config.clone(),
+            client: self.client.clone(),
+            stats: self.stats.clone(),
+        })
+    }
+
     async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
         let payloads: Vec<&[u8]> = batch.iter().map(|r| r.payload.as_slice()).collect();
         let plan = {
@@ -278,7 +313,9 @@ impl Exporter for AwsExporter {
                                 if f.throttled {
                                     throttled_now += 1;
                                 }
-                                if f.retryable {
+                                if f.throttled {
+                                    Outcome::Throttled(f.message)
+                                } else if f.retryable {
                                     Outcome::Retry(f.message)
                                 } else {
                                     Outcome::Rejected(f.message)
@@ -298,17 +335,25 @@ impl Exporter for AwsExporter {
                         tracing::debug!(failed, "{service} refused some entries of a call");
                     }
                 }
-                Err(message) => {
-                    if errors::is_throttling_message(&message) {
+                Err(CallError { message, throttled }) => {
+                    if throttled {
                         throttled_now += members.len() as u64;
                     }
                     if first_call {
                         // Nothing of this batch was accepted yet: let the driver retry all of it.
                         self.note_throttled(throttled_now);
-                        return Err(SendError::new(message));
+                        return Err(if throttled {
+                            SendError::throttled(message)
+                        } else {
+                            SendError::new(message)
+                        });
                     }
                     for i in members.into_iter().flatten() {
-                        outcomes[i] = Some(Outcome::Retry(message.clone()));
+                        outcomes[i] = Some(if throttled {
+                            Outcome::Throttled(message.clone())
+                        } else {
+                            Outcome::Retry(message.clone())
+                        });
                     }
                     stop = Some(message);
                 }
@@ -329,10 +374,12 @@ impl AwsExporter {
             return;
         }
         let total = self.stats.throttled.fetch_add(records, Ordering::Relaxed) + records;
-        tracing::warn!(
+        // Throttling is routine on a busy stream: the driver's adaptive rate handles it and
+        // `status` shows it; the log says it at debug level only.
+        tracing::debug!(
             records,
             total_throttled = total,
-            "{} throttled this export; the driver backs off and resends only the throttled records",
+            "{} throttled this export; the throttled records are resent at a lower rate",
             self.config.service.name()
         );
     }

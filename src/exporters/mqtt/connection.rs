@@ -6,6 +6,7 @@
 //! a PUBACK is settled as lost (the driver sends it again, in a later batch), so rumqttc never
 //! re-sends anything on its own and each record's outcome is decided exactly once.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::MqttStats;
 use super::config::{MqttExportConfig, Secret, TlsConfig};
 use super::inflight::{InFlight, Tag};
+use crate::exporters::rate::RateLimit;
 use crate::exporters::retry::Backoff;
 
 /// How one message of the current send ended.
@@ -39,10 +41,12 @@ pub struct State {
     /// The client of the live connection; `None` while disconnected (nothing is submitted).
     pub client: Option<AsyncClient>,
     pub inflight: InFlight,
-    /// Generation of the current send; tags of older sends settle nothing.
-    pub generation: u64,
-    pub results: Vec<Option<Settled>>,
-    pub settled: usize,
+    /// The sends under way (several handles of the export may send at once, sharing the
+    /// connection and its window), by generation; tags of finished sends settle nothing.
+    pub sends: HashMap<u64, Pending>,
+    pub next_generation: u64,
+    /// Messages settled on this export, any send: progress for the `ack_timeout` watch.
+    pub settled_total: u64,
     pub last_error: Option<String>,
     /// Counts connections; a kill request names the connection it is meant for.
     pub epoch: u64,
@@ -50,6 +54,22 @@ pub struct State {
     /// The in-flight window and how much room in it is worth waking the exporter for.
     pub window: usize,
     pub refill_step: usize,
+    /// The publish-rate and byte-rate limits of the connection, shared by every send.
+    pub messages: Option<RateLimit>,
+    pub bytes: Option<RateLimit>,
+}
+
+/// One send's messages: how each ended, and how many did.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub results: Vec<Option<Settled>>,
+    pub settled: usize,
+}
+
+impl Pending {
+    pub fn done(&self) -> bool {
+        self.settled >= self.results.len()
+    }
 }
 
 impl State {
@@ -58,23 +78,43 @@ impl State {
     /// next PUBACK until our TCP ACK, and our kernel delays that ACK unless we send data; so a
     /// publish must follow every PUBACK. Larger steps measured 2.5k instead of 35k samples/s.
     fn wants_wakeup(&self) -> bool {
-        self.settled >= self.results.len() || self.inflight.len() + self.refill_step <= self.window
+        self.inflight.len() + self.refill_step <= self.window
+            || self.sends.values().any(Pending::done)
     }
 
-    fn settle(&mut self, tag: Tag, result: Settled, stats: &MqttStats) {
+    /// Starts a send of `n` messages; returns its generation.
+    pub fn begin(&mut self, n: usize) -> u64 {
+        self.next_generation += 1;
+        self.sends.insert(
+            self.next_generation,
+            Pending {
+                results: vec![None; n],
+                settled: 0,
+            },
+        );
+        self.next_generation
+    }
+
+    pub fn settle(&mut self, tag: Tag, result: Settled, stats: &MqttStats) {
         if let Settled::Lost { sent: true, .. } = &result {
             stats.lost_in_flight.fetch_add(1, Ordering::Relaxed);
         }
         if result == Settled::Acked {
             stats.acked.fetch_add(1, Ordering::Relaxed);
         }
-        let slot = (tag.0 == self.generation)
-            .then(|| self.results.get_mut(tag.1 as usize))
-            .flatten();
+        self.settled_total += 1;
+        let pending = self.sends.get_mut(&tag.0);
+        let slot = match pending {
+            Some(p) => p
+                .results
+                .get_mut(tag.1 as usize)
+                .map(|slot| (slot, &mut p.settled)),
+            None => None,
+        };
         match slot {
-            Some(slot @ None) => {
+            Some((slot @ None, settled)) => {
                 *slot = Some(result);
-                self.settled += 1;
+                *settled += 1;
             }
             _ => {
                 stats.late_acks.fetch_add(1, Ordering::Relaxed);
@@ -85,7 +125,9 @@ impl State {
 
 pub struct Shared {
     pub state: Mutex<State>,
-    /// Wakes the exporter: something settled, or the connection came or went.
+    /// Wakes the exporter's sends (all of them: each checks its own): something settled, or
+    /// the connection came or went. Waiters register (`enable`) before they look at the state,
+    /// so no wakeup is missed.
     pub progress: Notify,
     /// Asks the connection task to drop the connection (no PUBACK within ack_timeout).
     pub kill: Notify,
@@ -177,7 +219,7 @@ async fn connection(
                 stats.connected.store(true, Ordering::Relaxed);
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 drop(st);
-                shared.progress.notify_one();
+                shared.progress.notify_waiters();
                 tracing::info!(
                     broker = %format!("{}:{}", config.host, config.port),
                     client_id = %config.client_id,
@@ -194,7 +236,7 @@ async fn connection(
                 let mut st = shared.lock();
                 if handle(&mut st, &event, stats) && st.wants_wakeup() {
                     drop(st);
-                    shared.progress.notify_one();
+                    shared.progress.notify_waiters();
                 }
             }
             Err(e) => {
@@ -286,7 +328,7 @@ fn lost(shared: &Shared, reason: &str) {
             "disconnected from mqtt broker; publishes without PUBACK go back to the queue for retry"
         );
     }
-    shared.progress.notify_one();
+    shared.progress.notify_waiters();
 }
 
 /// A polite DISCONNECT at shutdown (nothing is in flight then: the driver finished its send).

@@ -5,19 +5,21 @@
 //! acknowledged it. With QoS 1 that is its PUBACK, never the return of `publish()`. One `send`
 //! pipelines its batch: it keeps up to `max_in_flight` publishes unacknowledged, tops the window
 //! up as PUBACKs arrive (within the publish-rate limits), and returns when every message is
-//! settled: acknowledged -> `Delivered`; lost with the connection or stuck past `ack_timeout`
-//! -> `Retry` (the driver sends it again: at least once, duplicates are counted);
-//! never publishable (too large, bad topic) -> `Rejected`.
+//! settled. The driver runs `max_in_flight_requests` sends at once (default 2) on handles that
+//! share the one connection, its window and its rate limits, so the window stays full across
+//! batches instead of draining at the end of each. A message ends acknowledged -> `Delivered`;
+//! lost with the connection or stuck past `ack_timeout` -> `Retry` (the driver sends it again:
+//! at least once, duplicates are counted); never publishable (too large, bad topic) ->
+//! `Rejected`.
 //!
 //! Files: [`config`] (keys, limits), [`topic`] (templates), [`pack`] (records -> messages),
-//! [`inflight`] (which PUBACK settles what), [`rate`] (token buckets), [`connection`] (the
-//! task owning rumqttc's event loop).
+//! [`inflight`] (which PUBACK settles what), [`connection`] (the task owning rumqttc's event
+//! loop); the token buckets are [`crate::exporters::rate`].
 
 pub mod config;
 pub mod connection;
 pub mod inflight;
 pub mod pack;
-pub mod rate;
 pub mod topic;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,11 +32,11 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Exporter, Limits, Outcome, SendError};
+use crate::exporters::rate::RateLimit;
 use crate::queue::Record;
 use config::{MqttExportConfig, Qos};
 use connection::{Settled, Shared, State};
 use pack::Packer;
-use rate::RateLimit;
 
 pub use config::RawMqttExport;
 
@@ -43,6 +45,10 @@ pub const LIMITS: Limits = Limits {
     default_batch_size: 1_000,
     max_batch_bytes: 64 << 20,
     default_batch_interval: Duration::from_millis(50),
+    // Two batches share the connection's window of `max_in_flight` publishes: while the last
+    // PUBACKs of one batch are awaited, the next batch keeps the window full.
+    max_in_flight_requests: 16,
+    default_in_flight_requests: 2,
 };
 
 /// Counters of one MQTT export: connection state and in-flight publishes for `status`.
@@ -68,13 +74,12 @@ pub struct MqttStats {
 }
 
 pub struct MqttExporter {
-    config: MqttExportConfig,
+    config: Arc<MqttExportConfig>,
     shared: Arc<Shared>,
+    /// The connection task; only the first handle has it (and stops it).
     task: Option<JoinHandle<()>>,
     stop: CancellationToken,
-    _stop_on_drop: DropGuard,
-    messages: Option<RateLimit>,
-    bytes: Option<RateLimit>,
+    _stop_on_drop: Option<DropGuard>,
 }
 
 impl MqttExporter {
@@ -85,6 +90,8 @@ impl MqttExporter {
             state: Mutex::new(State {
                 window,
                 refill_step: 1,
+                messages: config.publish_rate.map(RateLimit::new),
+                bytes: config.publish_bandwidth.map(RateLimit::new),
                 ..State::default()
             }),
             progress: Default::default(),
@@ -97,12 +104,10 @@ impl MqttExporter {
             tracing::Span::current(),
         ));
         MqttExporter {
-            messages: config.publish_rate.map(RateLimit::new),
-            bytes: config.publish_bandwidth.map(RateLimit::new),
-            config,
+            config: Arc::new(config),
             shared,
             task: Some(task),
-            _stop_on_drop: stop.clone().drop_guard(),
+            _stop_on_drop: Some(stop.clone().drop_guard()),
             stop,
         }
     }
@@ -141,22 +146,22 @@ impl MqttExporter {
 
     /// How long the rate limits want us to wait before a message of `len` bytes (zero: go,
     /// and the tokens are taken).
-    fn rate_wait(&mut self, len: usize) -> Duration {
+    fn rate_wait(st: &mut State, len: usize) -> Duration {
         let now = std::time::Instant::now();
-        let m = self
+        let m = st
             .messages
             .as_mut()
             .map_or(Duration::ZERO, |r| r.wait(now, 1));
-        let b = self
+        let b = st
             .bytes
             .as_mut()
             .map_or(Duration::ZERO, |r| r.wait(now, len as u64));
         let wait = m.max(b);
         if wait.is_zero() {
-            if let Some(r) = self.messages.as_mut() {
+            if let Some(r) = st.messages.as_mut() {
                 r.consume(1);
             }
-            if let Some(r) = self.bytes.as_mut() {
+            if let Some(r) = st.bytes.as_mut() {
                 r.consume(len as u64);
             }
         }
@@ -189,17 +194,11 @@ impl Exporter for MqttExporter {
             Qos::AtLeastOnce => QoS::AtLeastOnce,
         };
         let window = self.config.max_in_flight as usize;
-        let generation = {
-            let mut st = self.shared.lock();
-            st.generation += 1;
-            st.results = vec![None; n];
-            st.settled = 0;
-            st.generation
-        };
+        let generation = self.shared.lock().begin(n);
         let shared = self.shared.clone();
         let stats = shared.stats.clone();
         let mut next = 0usize;
-        let mut seen = 0usize;
+        let mut seen = u64::MAX;
         let mut last_progress = Instant::now();
         loop {
             let notified = shared.progress.notified();
@@ -213,7 +212,7 @@ impl Exporter for MqttExporter {
                     let Some(client) = st.client.clone() else {
                         break;
                     };
-                    rate_wait = self.rate_wait(messages[next].payload.len());
+                    rate_wait = Self::rate_wait(&mut st, messages[next].payload.len());
                     if !rate_wait.is_zero() {
                         break;
                     }
@@ -228,11 +227,11 @@ impl Exporter for MqttExporter {
                         Err(e) => {
                             // Cannot happen with the channel sized to the window; settle it
                             // anyway so the send ends.
-                            st.results[next] = Some(Settled::Lost {
+                            let lost = Settled::Lost {
                                 sent: false,
                                 reason: format!("mqtt client refused the publish: {e}"),
-                            });
-                            st.settled += 1;
+                            };
+                            st.settle((generation, next as u32), lost, &stats);
                         }
                     }
                     next += 1;
@@ -247,20 +246,20 @@ impl Exporter for MqttExporter {
                         "not sent, connection lost: {}",
                         st.last_error.as_deref().unwrap_or("unknown")
                     );
-                    for slot in &mut st.results[next..] {
-                        *slot = Some(Settled::Lost {
+                    for i in next..n {
+                        let lost = Settled::Lost {
                             sent: false,
                             reason: reason.clone(),
-                        });
+                        };
+                        st.settle((generation, i as u32), lost, &stats);
                     }
-                    st.settled += n - next;
                     next = n;
                 }
-                if st.settled != seen {
-                    seen = st.settled;
+                if st.settled_total != seen {
+                    seen = st.settled_total;
                     last_progress = Instant::now();
                 }
-                if st.settled >= n {
+                if st.sends.get(&generation).is_none_or(|p| p.done()) {
                     break;
                 }
                 in_flight = st.inflight.len();
@@ -271,7 +270,7 @@ impl Exporter for MqttExporter {
                 _ = tokio::time::sleep(rate_wait), if !rate_wait.is_zero() => {}
                 _ = tokio::time::sleep_until(ack_deadline), if in_flight > 0 => {
                     let mut st = self.shared.lock();
-                    if st.settled == seen {
+                    if st.settled_total == seen {
                         st.kill = Some(st.epoch);
                         drop(st);
                         self.shared.kill.notify_one();
@@ -281,9 +280,13 @@ impl Exporter for MqttExporter {
             }
         }
 
-        let mut st = self.shared.lock();
-        let results = std::mem::take(&mut st.results);
-        drop(st);
+        let results = self
+            .shared
+            .lock()
+            .sends
+            .remove(&generation)
+            .map(|p| p.results)
+            .unwrap_or_else(|| vec![None; n]);
         for (msg, result) in messages.iter().zip(results) {
             match result {
                 Some(Settled::Acked) => {}
@@ -307,6 +310,16 @@ impl Exporter for MqttExporter {
         Ok(outcomes)
     }
 
+    fn another(&self) -> Option<MqttExporter> {
+        Some(MqttExporter {
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            task: None,
+            stop: self.stop.clone(),
+            _stop_on_drop: None,
+        })
+    }
+
     fn state(&self) -> Option<String> {
         let st = &self.shared.stats;
         let (host, port) = (&self.config.host, self.config.port);
@@ -325,8 +338,8 @@ impl Exporter for MqttExporter {
     }
 
     async fn close(&mut self) {
-        self.stop.cancel();
         if let Some(task) = self.task.take() {
+            self.stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }
     }

@@ -1,5 +1,6 @@
-//! Token bucket for the publish-rate and byte-rate limits (AWS IoT Core: 100 publishes/s and
-//! 512 KiB/s per connection). Pure: the caller passes the time.
+//! Token bucket: the MQTT publish-rate and byte-rate limits (AWS IoT Core: 100 publishes/s and
+//! 512 KiB/s per connection) and the adaptive send rate of a throttled export
+//! ([`super::throttle`]). Pure: the caller passes the time.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,17 @@ impl RateLimit {
             tokens: per_second,
             last: None,
         }
+    }
+
+    /// Changes the rate (and the burst, one second's worth); tokens above it are dropped.
+    pub fn set_rate(&mut self, per_second: f64) {
+        self.per_second = per_second.max(f64::MIN_POSITIVE);
+        self.burst = self.per_second;
+        self.tokens = self.tokens.min(self.burst);
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.per_second
     }
 
     fn refill(&mut self, now: Instant) {
