@@ -348,7 +348,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
             bytes += r.payload.len();
             batch.extend(self.retry.pop_front());
         }
-        let retries = batch.len() as u64;
+        let mut retries = batch.len() as u64;
         let mut deadline: Option<Instant> = (!batch.is_empty()).then(Instant::now);
         loop {
             while let Some(r) = self.carry.front() {
@@ -357,6 +357,8 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 }
                 bytes += r.payload.len();
                 batch.extend(self.carry.pop_front());
+                // Records read ahead have waited already: the batch is due now.
+                deadline.get_or_insert_with(Instant::now);
             }
             let mut full = batch.len() >= max_records || bytes >= max_bytes;
             if !full && self.carry.is_empty() {
@@ -414,6 +416,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 }
                 bytes += r.payload.len();
                 batch.extend(self.retry.pop_front());
+                retries += 1;
                 deadline.get_or_insert_with(Instant::now);
             }
         }

@@ -77,6 +77,9 @@ impl Drop for Proxy {
     }
 }
 
+/// Serialises PutRecords / PutRecordBatch calls into moto (see `serve`).
+static MOTO_WRITES: Mutex<()> = Mutex::new(());
+
 /// Status, headers (lower-case names), body.
 pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
 
@@ -174,7 +177,16 @@ fn serve(
                 req.body = serde_json::to_vec(&json).unwrap_or_default();
             }
         }
-        let Some((status, head, body)) = forward(upstream, &req) else {
+        // moto numbers a shard's records as "highest so far + 1" without a lock: two
+        // PutRecords at once can get the same numbers and overwrite each other's records (it
+        // answers success for both). The exporter keeps several calls in flight, as against
+        // the real service; the proxy hands them to moto one at a time.
+        let forwarded = {
+            let _one_at_a_time =
+                batch.then(|| MOTO_WRITES.lock().unwrap_or_else(|e| e.into_inner()));
+            forward(upstream, &req)
+        };
+        let Some((status, head, body)) = forwarded else {
             return;
         };
         let body = if batch && failed.iter().any(|f| f.is_some()) && status == 200 {
