@@ -261,8 +261,11 @@ async fn packed_ndjson_with_a_small_window_and_a_rate_limit() {
     let expected = reference(&out);
     assert_eq!(all_arrived(&expected, &sub), 0);
     let messages = stats.acked.load(Ordering::Relaxed);
+    // 10 tags, one topic each: a batch packs its samples of a tag into one message. Unpacked
+    // would be one message per sample; batches of ~50 ms (batch_interval, or the length of the
+    // send before them) give 4 to 7 samples per message.
     assert!(
-        messages * 5 < expected.len() as u64,
+        messages * 3 < expected.len() as u64,
         "{messages} messages for {} samples: not packed",
         expected.len()
     );

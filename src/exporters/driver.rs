@@ -392,7 +392,11 @@ impl<'a, E: Exporter> Driver<'a, E> {
             }
             full |= !self.carry.is_empty();
             let due = deadline.is_some_and(|d| Instant::now() >= d);
-            if full || due {
+            // A partial batch goes out at its deadline only when nothing else is in flight:
+            // concurrency is for a backlog (full batches); a trickle is sent one batch at a
+            // time, each filled for as long as the previous one took (fewer, fuller calls and
+            // packed messages).
+            if full || due && self.sends.is_empty() {
                 break;
             }
             let woke = tokio::select! {
@@ -401,7 +405,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
                     self.finished(done);
                     Woke::Finished
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Woke::Ready,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !due => Woke::Ready,
                 _ = self.ctx.shutdown.cancelled() => Woke::Stop,
             };
             if matches!(woke, Woke::Stop) || self.closed {
@@ -612,6 +616,12 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 "{} of {} sends in flight",
                 self.sends.len(),
                 self.ctx.batch.max_in_flight
+            ));
+        }
+        if self.rate.accepted_rate() > 0.0 {
+            parts.push(format!(
+                "delivering {:.0} records/s",
+                self.rate.accepted_rate()
             ));
         }
         if let Some(limit) = self.rate.limit() {
