@@ -39,7 +39,12 @@ fn reset_peak() {
 
 /// `window`: `None` keeps the export's defaults. `rate`: samples/s of the simulator (500 tags
 /// every `500 / rate` s), or unthrottled.
-fn config(data: &Path, port: u16, window: Option<u16>, rate: Option<u64>) -> streamgate::config::Config {
+fn config(
+    data: &Path,
+    port: u16,
+    window: Option<u16>,
+    rate: Option<u64>,
+) -> streamgate::config::Config {
     let export = match window {
         None => String::new(),
         Some(w) => format!(
@@ -108,7 +113,12 @@ async fn live(label: &str, cfg: &streamgate::config::Config, seconds: u64) {
     let p = Pipeline::start(cfg, StartOptions::default()).expect("pipeline");
     tokio::time::sleep(Duration::from_secs(1)).await;
     reset_peak();
-    let (r0, d0, c0, t0) = (p.samples_read(), p.records_delivered(), cpu_seconds(), Instant::now());
+    let (r0, d0, c0, t0) = (
+        p.samples_read(),
+        p.records_delivered(),
+        cpu_seconds(),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (r1, d1, c1, el) = (
         p.samples_read(),

@@ -27,8 +27,12 @@
 //!   sample counts as committed only after its transaction committed; the source's next sequence
 //!   number is written in the same transaction, so sequence numbers are never reused.
 //! * **Fair service.** Each turn serves exporter requests (reads, acks) before taking more
-//!   appends, and reads are answered in stream-priority order; an unthrottled producer cannot
-//!   starve the exporters. Gateway-wide bandwidth is shared by [`scheduler`].
+//!   appends, and reads are answered in stream-priority order. While an export is behind (its
+//!   reads come back full), appends are paced to 1.25x what the exports read: an unthrottled
+//!   producer slows down instead of taking the CPU from the exports, and an outage (nobody
+//!   reading) still buffers at full speed. At most 4 append batches wait in the channel and 8,000
+//!   records go into one transaction, which bounds the memory held for appends. Gateway-wide
+//!   bandwidth is shared by [`scheduler`].
 //! * **Full and old data.** `max_size` (payload bytes per stream) with `reject_new` (the new
 //!   record is dropped) or `overwrite_oldest` (the oldest records are deleted, cursors move past
 //!   them); `time_to_live` drops records older than it. Every drop is counted per reason, logged,
@@ -73,14 +77,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{Config, Durability, StrategyOnFull};
 use sqlite::{AppendMode, Store};
 
-/// How many appended records one transaction takes at most while no export is reading.
-const MAX_TXN_RECORDS: usize = 20_000;
-/// ... and while exports are reading (catching up): each turn then moves about as much out as
-/// in, so a producer faster than the exports is slowed down (backpressure) instead of growing
-/// the backlog without bound, while an outage (nobody reading) still buffers at full speed.
-const MAX_TXN_RECORDS_CONTENDED: usize = 10_000;
+/// How many appended records one transaction takes at most.
+const MAX_TXN_RECORDS: usize = 8_000;
+/// While an export is behind (its reads come back full), appends are taken at most this much
+/// faster than exports read: a producer faster than its exports slows down (backpressure
+/// through the append channel) instead of taking the CPU the exports need, while an outage
+/// (nobody reading) still buffers at full speed.
+const PACING_RATIO: f64 = 1.25;
+/// How long an export counts as behind after a full read.
+const PACING_HOLD: Duration = Duration::from_millis(250);
 /// Append batches that may wait for the queue thread before readers feel backpressure.
-const APPEND_CHANNEL_BATCHES: usize = 8;
+const APPEND_CHANNEL_BATCHES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -615,7 +622,12 @@ impl Worker {
         let mut app_open = true;
         let mut ctl_open = true;
         let mut failing_since: Option<Instant> = None;
+        // Producer pacing (see PACING_RATIO): records appends may still take while paced.
+        let mut credit: f64 = 0.0;
+        let mut behind_until: Option<Instant> = None;
         loop {
+            let paced = behind_until.is_some_and(|t| Instant::now() < t);
+            let may_append = !paced || credit > 0.0;
             let pending = !appends.is_empty()
                 || !acks.is_empty()
                 || !statuses.is_empty()
@@ -633,15 +645,22 @@ impl Worker {
             }
             // Wait for work, favouring exporters' requests over new appends.
             if !pending {
-                let deadline = tokio::time::Instant::from_std(next_maintenance);
+                let mut deadline = next_maintenance;
+                if let Some(t) = behind_until.filter(|_| !may_append) {
+                    deadline = deadline.min(t);
+                }
+                let deadline = tokio::time::Instant::from_std(deadline);
                 tokio::select! {
                     biased;
                     c = self.ctl_rx.recv(), if ctl_open => match c {
                         Some(c) => sort_ctl(c, &mut reads, &mut acks, &mut statuses, &mut reconfigs),
                         None => ctl_open = false,
                     },
-                    a = self.app_rx.recv(), if app_open => match a {
-                        Some(a) => appends.push(a),
+                    a = self.app_rx.recv(), if app_open && may_append => match a {
+                        Some(a) => {
+                            credit -= a.records.len() as f64;
+                            appends.push(a);
+                        }
                         None => app_open = false,
                     },
                     _ = tokio::time::sleep_until(deadline) => {}
@@ -651,22 +670,25 @@ impl Worker {
                 sort_ctl(c, &mut reads, &mut acks, &mut statuses, &mut reconfigs);
             }
             // Exports waiting for records are served first, from what is already committed.
-            let contended = !reads.is_empty();
-            self.answer_reads(&mut reads);
+            let (read, full) = self.answer_reads(&mut reads);
+            if full {
+                behind_until = Some(Instant::now() + PACING_HOLD);
+            }
+            credit = (credit + PACING_RATIO * read as f64).min(MAX_TXN_RECORDS as f64);
+            let paced = behind_until.is_some_and(|t| Instant::now() < t);
             let mut taken: usize = appends.iter().map(|a| a.records.len()).sum();
-            let cap = if contended {
-                MAX_TXN_RECORDS_CONTENDED
-            } else {
-                MAX_TXN_RECORDS
-            };
-            while taken < cap {
+            while taken < MAX_TXN_RECORDS && (!paced || credit > 0.0) {
                 match self.app_rx.try_recv() {
                     Ok(a) => {
                         taken += a.records.len();
+                        credit -= a.records.len() as f64;
                         appends.push(a);
                     }
                     Err(_) => break,
                 }
+            }
+            if !paced {
+                credit = credit.max(0.0);
             }
 
             let now = Instant::now();
@@ -864,9 +886,11 @@ impl Worker {
         }));
     }
 
-    /// Serves reads, highest stream priority first.
-    fn answer_reads(&mut self, reads: &mut Vec<ReadReq>) {
+    /// Serves reads, highest stream priority first. Returns the records handed out and whether
+    /// any read came back full (its export is behind).
+    fn answer_reads(&mut self, reads: &mut Vec<ReadReq>) -> (usize, bool) {
         reads.sort_by_key(|r| self.priorities[r.0.stream]);
+        let (mut read, mut full) = (0, false);
         for (export, from, max_records, max_bytes, reply) in reads.drain(..) {
             let result = self.store.read(export, from, max_records, max_bytes);
             if let Err(e) = &result
@@ -874,8 +898,13 @@ impl Worker {
             {
                 recover::corrupt_while_running(&self.data_dir, e);
             }
+            if let Ok(records) = &result {
+                read += records.len();
+                full |= records.len() >= max_records;
+            }
             let _ = reply.send(result);
         }
+        (read, full)
     }
 
     fn answer_statuses(
