@@ -28,8 +28,8 @@ pub const FIREHOSE_MAX_RECORD_BYTES: usize = 1_000 * 1024;
 
 /// Calls in flight at once per export (`max_in_flight_requests`). One call at a time caps an
 /// export near 6.5k records/s against a server that answers in ~77 ms (kinesalite here; real
-/// Kinesis from a gateway far away is no faster): several are needed. Default measured in
-/// `benches/kinesis_vs_fluentbit` (docs/aws.md).
+/// Kinesis from a gateway far away is no faster): several are needed. With 4 the export
+/// reached kinesalite's own ceiling in `benches/kinesis_vs_fluentbit` (docs/aws.md).
 pub const DEFAULT_IN_FLIGHT_REQUESTS: usize = 4;
 pub const MAX_IN_FLIGHT_REQUESTS: usize = 64;
 
