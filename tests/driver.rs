@@ -56,9 +56,8 @@ impl Exporter for Scripted {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
+/// A queue in `dir` with one stream of one export, holding `n` records `{"n":i}`.
+async fn queue_with(dir: &std::path::Path, n: usize) -> Queue {
     let spec = StreamSpec {
         name: "s".into(),
         priority: 1,
@@ -68,14 +67,8 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
         durability: Durability::ProcessCrash,
         exports: vec![("x".into(), "test".into(), true)],
     };
-    let q = Queue::open(
-        dir.path(),
-        vec![spec],
-        &["src".into()],
-        QueueOptions::default(),
-    )
-    .unwrap();
-    let records: Vec<NewRecord> = (0..300)
+    let q = Queue::open(dir, vec![spec], &["src".into()], QueueOptions::default()).unwrap();
+    let records: Vec<NewRecord> = (0..n)
         .map(|i| NewRecord {
             stream: 0,
             created_ms: 0,
@@ -85,13 +78,20 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
     q.appender
         .append(AppendBatch {
             source: 0,
-            next_seq: 301,
+            next_seq: n as u64 + 1,
             records,
         })
         .await
         .unwrap();
+    q
+}
 
-    let dest = Arc::new(Mutex::new(Destination::default()));
+/// The driver's context for the queue's one export.
+fn context(
+    q: &Queue,
+    batch: BatchConfig,
+    retry: RetryConfig,
+) -> (DriverContext, Arc<ExportStats>, CancellationToken) {
     let stop = CancellationToken::new();
     let stats = Arc::new(ExportStats::default());
     let ctx = DriverContext {
@@ -102,32 +102,49 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
         stream: "s".into(),
         name: "x".into(),
         kind: "test",
-        batch: BatchConfig {
-            max_records: 40,
-            max_bytes: 1 << 20,
-            interval: Duration::from_millis(5),
-            max_in_flight: 1,
-        },
-        retry: RetryConfig {
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-        },
+        batch,
+        retry,
         queue: q.handle.clone(),
         bandwidth: Bandwidth::unlimited(),
         stats: stats.clone(),
         shutdown: stop.clone(),
     };
-    let task = tokio::spawn(driver::run(Scripted { dest: dest.clone() }, ctx));
+    (ctx, stats, stop)
+}
 
+/// Waits (up to `tries` x 10 ms) until the export acknowledged `n` records; returns how far it got.
+async fn acked_upto(q: &Queue, n: i64, tries: usize) -> i64 {
     let mut acked = 0;
-    for _ in 0..1000 {
-        let st = q.handle.status().await.unwrap();
-        acked = st[0].exports[0].acked_upto;
-        if acked == 300 {
+    for _ in 0..tries {
+        acked = q.handle.status().await.unwrap()[0].exports[0].acked_upto;
+        if acked == n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue_with(dir.path(), 300).await;
+    let dest = Arc::new(Mutex::new(Destination::default()));
+    let (ctx, _stats, stop) = context(
+        &q,
+        BatchConfig {
+            max_records: 40,
+            max_bytes: 1 << 20,
+            interval: Duration::from_millis(5),
+            max_in_flight: 1,
+        },
+        RetryConfig {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        },
+    );
+    let task = tokio::spawn(driver::run(Scripted { dest: dest.clone() }, ctx));
+    let acked = acked_upto(&q, 300, 1000).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(acked, 300, "every record acknowledged or dead-lettered");
@@ -214,66 +231,24 @@ impl Exporter for Concurrent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_with_throttling_deliver_everything_once() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = StreamSpec {
-        name: "s".into(),
-        priority: 1,
-        max_size: 1 << 30,
-        strategy_on_full: StrategyOnFull::RejectNew,
-        time_to_live: None,
-        durability: Durability::ProcessCrash,
-        exports: vec![("x".into(), "test".into(), true)],
-    };
-    let q = Queue::open(
-        dir.path(),
-        vec![spec],
-        &["src".into()],
-        QueueOptions::default(),
-    )
-    .unwrap();
     const N: usize = 4_000;
-    let records: Vec<NewRecord> = (0..N)
-        .map(|i| NewRecord {
-            stream: 0,
-            created_ms: 0,
-            payload: format!("{{\"n\":{i}}}").into_bytes(),
-        })
-        .collect();
-    q.appender
-        .append(AppendBatch {
-            source: 0,
-            next_seq: N as u64 + 1,
-            records,
-        })
-        .await
-        .unwrap();
+    let q = queue_with(dir.path(), N).await;
     let dest = Arc::new(Mutex::new(Destination::default()));
     let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let fruitless = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let stop = CancellationToken::new();
-    let stats = Arc::new(ExportStats::default());
-    let ctx = DriverContext {
-        id: ExportId {
-            stream: 0,
-            export: 0,
-        },
-        stream: "s".into(),
-        name: "x".into(),
-        kind: "test",
-        batch: BatchConfig {
+    let (ctx, stats, stop) = context(
+        &q,
+        BatchConfig {
             max_records: 100,
             max_bytes: 1 << 20,
             interval: Duration::from_millis(5),
             max_in_flight: 4,
         },
-        retry: RetryConfig {
+        RetryConfig {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(60),
         },
-        queue: q.handle.clone(),
-        bandwidth: Bandwidth::unlimited(),
-        stats: stats.clone(),
-        shutdown: stop.clone(),
-    };
+    );
     let exporter = Concurrent {
         dest: dest.clone(),
         now: Arc::default(),
@@ -283,14 +258,7 @@ async fn concurrent_sends_with_throttling_deliver_everything_once() {
     };
     let started = std::time::Instant::now();
     let task = tokio::spawn(driver::run(exporter, ctx));
-    let mut acked = 0;
-    for _ in 0..1500 {
-        acked = q.handle.status().await.unwrap()[0].exports[0].acked_upto;
-        if acked == N as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let acked = acked_upto(&q, N as i64, 1500).await;
     let took = started.elapsed();
     stop.cancel();
     task.await.unwrap();

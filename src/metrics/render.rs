@@ -38,6 +38,24 @@ fn split_key(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or((key, ""))
 }
 
+/// One metric with a line per export that has a value for it.
+fn per_export(
+    o: &mut Out,
+    s: &Snapshot,
+    name: &str,
+    kind: &str,
+    help: &str,
+    get: fn(&super::ExportSnapshot) -> Option<u64>,
+) {
+    o.head(name, kind, help);
+    for e in &s.exports {
+        if let Some(v) = get(e) {
+            let (stream, export) = split_key(&e.key);
+            o.line(name, &[("stream", stream), ("export", export)], v);
+        }
+    }
+}
+
 /// The Prometheus text for one scrape.
 pub fn prometheus(s: &Snapshot) -> String {
     let mut o = Out(String::with_capacity(4096));
@@ -205,13 +223,7 @@ pub fn prometheus(s: &Snapshot) -> String {
         ),
     ];
     for (name, help, get) in counters {
-        o.head(name, "counter", help);
-        for e in &s.exports {
-            if let Some(v) = get(e) {
-                let (stream, export) = split_key(&e.key);
-                o.line(name, &[("stream", stream), ("export", export)], v);
-            }
-        }
+        per_export(&mut o, s, name, "counter", help, get);
     }
     let gauges: [(&str, &str, Field); 4] = [
         (
@@ -236,13 +248,7 @@ pub fn prometheus(s: &Snapshot) -> String {
         ),
     ];
     for (name, help, get) in gauges {
-        o.head(name, "gauge", help);
-        for e in &s.exports {
-            if let Some(v) = get(e) {
-                let (stream, export) = split_key(&e.key);
-                o.line(name, &[("stream", stream), ("export", export)], v);
-            }
-        }
+        per_export(&mut o, s, name, "gauge", help, get);
     }
     o.head(
         "streamgate_export_failing_seconds",
