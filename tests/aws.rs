@@ -716,6 +716,12 @@ async fn kinesis_keeps_delivering_when_every_call_is_partly_throttled() {
         export.backlog, export.state
     );
     assert!(failed > 1_000, "the proxy refused only {failed} entries");
+    // `status` tells the story: sends in flight and the adaptive rate.
+    let state = export.state.as_deref().unwrap_or("");
+    assert!(
+        state.contains("sends in flight") && state.contains("throttled: limited to"),
+        "state: {state}"
+    );
     assert!(
         faulty >= 0.7 * clean,
         "throttling stalled the export: {faulty:.0}/s against {clean:.0}/s without faults"
