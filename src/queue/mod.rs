@@ -20,9 +20,9 @@
 //! * **Batched commits.** Each turn of the queue thread applies everything that arrived since the
 //!   last one (appends from readers, acks and dead letters from exporters, TTL expiry, status) in
 //!   ONE transaction, so a busy gateway commits thousands of samples per fsync. A quiet one
-//!   groups small appends for up to 50 ms (or 2,000 records) into one transaction; anything
-//!   an export or an operator asks ends that wait at once. Appends wait in a bounded channel: when the queue thread is
-//!   behind, readers feel backpressure instead of the process growing.
+//!   groups small appends for up to 50 ms (or 2,000 records) into one transaction; anything an
+//!   export or an operator asks ends that wait at once. Appends wait in a bounded channel: when
+//!   the queue thread is behind, readers feel backpressure instead of the process growing.
 //! * **Durability per stream.** `power_loss` commits with `synchronous=FULL` (fsync per commit);
 //!   `process_crash` with `synchronous=NORMAL` (fsync at checkpoints). Either way a reader's
 //!   sample counts as committed only after its transaction committed; the source's next sequence

@@ -66,8 +66,6 @@ struct ExportState {
     persisted_upto: i64,
     /// The ranges text last written (see [`Cursor::ranges_text`]).
     persisted_ranges: String,
-    /// Acknowledged since the last commit: the ranges may need writing.
-    ranges_dirty: bool,
     delivered: u64,
     retries: u64,
     dead_lettered: u64,
@@ -311,7 +309,6 @@ impl Store {
             enabled,
             in_config: true,
             persisted_ranges: row.7,
-            ranges_dirty: false,
             cursor,
             persisted_upto: row.0,
             delivered: row.1 as u64,
@@ -600,10 +597,8 @@ impl Store {
             for e in &mut st.exports {
                 // Acks above the prefix are written in the same transaction as the prefix, so
                 // a crash resends only what was really unacknowledged.
-                let ranges = e.ranges_dirty.then(|| e.cursor.ranges_text());
-                let ranges_changed = ranges.as_ref().is_some_and(|r| *r != e.persisted_ranges);
-                if e.cursor.acked_upto() != e.persisted_upto || ranges_changed {
-                    let text = ranges.unwrap_or_else(|| e.cursor.ranges_text());
+                let text = e.cursor.ranges_text();
+                if e.cursor.acked_upto() != e.persisted_upto || text != e.persisted_ranges {
                     self.conn
                         .prepare_cached(
                             "UPDATE exports SET acked_upto = ?3, acked_ranges = ?4 WHERE stream = ?1 AND name = ?2",
@@ -611,7 +606,6 @@ impl Store {
                         .execute(params![st.spec.name, e.name, e.cursor.acked_upto(), text])?;
                     e.persisted_ranges = text;
                 }
-                e.ranges_dirty = false;
             }
             if maintain {
                 self.write_status(s)?;
@@ -646,7 +640,6 @@ impl Store {
         for id in &ack.delivered {
             e.cursor.ack(*id);
         }
-        e.ranges_dirty = true;
         e.delivered += ack.delivered.len() as u64;
         e.retries += ack.retries;
         if !ack.delivered.is_empty() {
@@ -726,7 +719,6 @@ impl Store {
         st.bytes = st.bytes.saturating_sub(freed);
         for e in &mut st.exports {
             e.cursor.skip_to(upto);
-            e.ranges_dirty = true;
         }
         Ok(count)
     }

@@ -12,6 +12,7 @@ use sdk::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use sdk::primitives::{DateTime, DateTimeFormat};
 
 use super::config::Service;
+use crate::exporters::{Outcome, SendError};
 
 /// A failed entry of a partially failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,26 @@ pub fn is_throttling_code(code: &str) -> bool {
 pub struct CallError {
     pub message: String,
     pub throttled: bool,
+}
+
+impl CallError {
+    /// What it means for each record of the call: sent again, and for throttling, slower.
+    pub fn outcome(&self) -> Outcome {
+        if self.throttled {
+            Outcome::Throttled(self.message.clone())
+        } else {
+            Outcome::Retry(self.message.clone())
+        }
+    }
+}
+
+impl From<CallError> for SendError {
+    fn from(e: CallError) -> SendError {
+        SendError {
+            message: e.message,
+            throttled: e.throttled,
+        }
+    }
 }
 
 impl From<String> for CallError {

@@ -312,8 +312,6 @@ impl Exporter for AwsExporter {
                                 failed += 1;
                                 if f.throttled {
                                     throttled_now += 1;
-                                }
-                                if f.throttled {
                                     Outcome::Throttled(f.message)
                                 } else if f.retryable {
                                     Outcome::Retry(f.message)
@@ -335,27 +333,19 @@ impl Exporter for AwsExporter {
                         tracing::debug!(failed, "{service} refused some entries of a call");
                     }
                 }
-                Err(CallError { message, throttled }) => {
-                    if throttled {
+                Err(e) => {
+                    if e.throttled {
                         throttled_now += members.len() as u64;
                     }
                     if first_call {
                         // Nothing of this batch was accepted yet: let the driver retry all of it.
                         self.note_throttled(throttled_now);
-                        return Err(if throttled {
-                            SendError::throttled(message)
-                        } else {
-                            SendError::new(message)
-                        });
+                        return Err(e.into());
                     }
                     for i in members.into_iter().flatten() {
-                        outcomes[i] = Some(if throttled {
-                            Outcome::Throttled(message.clone())
-                        } else {
-                            Outcome::Retry(message.clone())
-                        });
+                        outcomes[i] = Some(e.outcome());
                     }
-                    stop = Some(message);
+                    stop = Some(e.message);
                 }
             }
             first_call = false;
