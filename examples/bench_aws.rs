@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use streamgate::config::parse;
+use streamgate::app::config::parse;
 use streamgate::exporters::aws::{AwsExporter, packer};
 use streamgate::exporters::{ExportKind, Exporter, Outcome};
 use streamgate::payload::{Flags, Meta, PAYLOAD_VERSION, Payload, Quality, Value};

@@ -71,7 +71,7 @@ async fn run(dir: &Path, port: u16, tags: usize, secs: u64, coalesce: bool) -> R
             "[[sources.tags]]\nname = \"t{i}\"\narea = \"holding_register\"\naddress = {i}\n\n"
         );
     }
-    let cfg = streamgate::config::parse(&cfg).map_err(|e| format!("{e:?}"))?;
+    let cfg = streamgate::app::config::parse(&cfg).map_err(|e| format!("{e:?}"))?;
     let pipeline = Pipeline::start(&cfg, StartOptions::default()).map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = (Instant::now(), pipeline.samples_read());

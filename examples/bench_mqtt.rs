@@ -44,7 +44,7 @@ fn config(
     port: u16,
     window: Option<u16>,
     rate: Option<u64>,
-) -> streamgate::config::Config {
+) -> streamgate::app::config::Config {
     let export = match window {
         None => String::new(),
         Some(w) => format!(
@@ -91,7 +91,7 @@ repeat = {tags}
         data = data.display(),
         client = window.unwrap_or(0),
     );
-    match streamgate::config::parse(&text) {
+    match streamgate::app::config::parse(&text) {
         Ok(c) => c,
         Err(e) => panic!("bench config: {e:?}"),
     }
@@ -109,7 +109,7 @@ fn cpu_seconds() -> f64 {
 
 /// Runs the pipeline for `seconds` after a 1 s warm-up; prints read/s, acknowledged/s, CPU and
 /// peak RSS.
-async fn live(label: &str, cfg: &streamgate::config::Config, seconds: u64) {
+async fn live(label: &str, cfg: &streamgate::app::config::Config, seconds: u64) {
     let p = Pipeline::start(cfg, StartOptions::default()).expect("pipeline");
     tokio::time::sleep(Duration::from_secs(1)).await;
     reset_peak();

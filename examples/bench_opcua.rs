@@ -85,7 +85,7 @@ pki_dir = "{d}/pki"
             "[[sources.tags]]\nname = \"b{k}\"\nnode = \"nsu=urn:streamgate:test;s=Bench.{k}\"\n"
         ));
     }
-    let cfg = streamgate::config::parse(&toml).expect("bench config");
+    let cfg = streamgate::app::config::parse(&toml).expect("bench config");
     let p = Pipeline::start(&cfg, StartOptions::default()).expect("pipeline");
     // Warm-up: until the subscription delivers.
     let t0 = Instant::now();

@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use streamgate::config::{Durability, StrategyOnFull};
 use streamgate::queue::{AppendBatch, NewRecord, Queue, QueueOptions, StreamSpec};
+use streamgate::queue::{Durability, StrategyOnFull};
 
 fn spec() -> Vec<StreamSpec> {
     vec![StreamSpec {

@@ -53,7 +53,7 @@ interval = "0s"
             i * stride
         ));
     }
-    let cfg = match streamgate::config::parse(&text) {
+    let cfg = match streamgate::app::config::parse(&text) {
         Ok(c) => c,
         Err(e) => panic!("{e:?}"),
     };

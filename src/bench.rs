@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::app::config::{self, Config, ConfigError};
 use crate::app::{Pipeline, StartOptions};
-use crate::config::{self, Config, ConfigError};
 use crate::queue::QueueError;
 use crate::telemetry::rss;
 

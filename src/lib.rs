@@ -5,6 +5,7 @@
 //! acknowledging each record back to the queue. The queue is the only meeting point.
 
 pub mod app;
+pub mod backoff;
 pub mod bench;
 pub mod clock;
 pub mod config;

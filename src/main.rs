@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use streamgate::config::{self, LoadError, LogFormat};
+use streamgate::app::config::{self, LoadError};
+use streamgate::telemetry::LogFormat;
 
 /// Exit code for an invalid configuration (EX_CONFIG), so systemd can tell it from a crash.
 const EXIT_CONFIG: u8 = 78;

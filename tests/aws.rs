@@ -222,7 +222,8 @@ async fn wait_drained(p: &Pipeline, timeout: Duration) {
 
 /// Runs the pipeline for `run`, then stops the sources and waits until all was exported.
 async fn run_pipeline(text: &str, run: Duration) -> Vec<streamgate::queue::StreamStatus> {
-    let cfg = streamgate::config::parse(text).unwrap_or_else(|e| panic!("config: {e:?}\n{text}"));
+    let cfg =
+        streamgate::app::config::parse(text).unwrap_or_else(|e| panic!("config: {e:?}\n{text}"));
     let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
     tokio::time::sleep(run).await;
     p.stop_sources(Duration::from_secs(5)).await;
@@ -497,7 +498,7 @@ async fn outage_buffers_then_drains_high_priority_first() {
         // take a while, and the scheduler must serve the high stream first.
         "max_export_bandwidth = \"320KiB\"",
     );
-    let cfg = streamgate::config::parse(&text).expect("config");
+    let cfg = streamgate::app::config::parse(&text).expect("config");
     let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.set_down(true);
@@ -694,7 +695,7 @@ async fn kinesis_keeps_delivering_when_every_call_is_partly_throttled() {
     let k = create_kinesis_stream(&moto.url(), "target", 2).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let text = throttling_config(&dir.path().join("data"), &proxy.url(), "");
-    let cfg = streamgate::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"));
+    let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"));
     let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
 
     // Warm up, then the rate without faults.

@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streamgate::config::{BatchConfig, Durability, RetryConfig, StrategyOnFull};
 use streamgate::exporters::bandwidth::Bandwidth;
 use streamgate::exporters::driver::{self, DriverContext, ExportStats};
+use streamgate::exporters::{BatchConfig, RetryConfig};
 use streamgate::exporters::{Exporter, Outcome, SendError};
 use streamgate::queue::{
     AppendBatch, ExportId, NewRecord, Queue, QueueOptions, Record, StreamSpec,
 };
+use streamgate::queue::{Durability, StrategyOnFull};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]

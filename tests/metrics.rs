@@ -108,7 +108,7 @@ fn exported_per_tag(dir: &Path) -> BTreeMap<String, u64> {
 async fn scraped_counts_equal_what_the_run_produced() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let cfg = streamgate::config::parse(&config(dir.path(), port, false)).unwrap();
+    let cfg = streamgate::app::config::parse(&config(dir.path(), port, false)).unwrap();
     let mut p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let server =
@@ -182,7 +182,7 @@ async fn scraped_counts_equal_what_the_run_produced() {
 async fn a_failing_export_degrades_health_after_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let cfg = streamgate::config::parse(&config(dir.path(), port, true)).unwrap();
+    let cfg = streamgate::app::config::parse(&config(dir.path(), port, true)).unwrap();
     let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let server =

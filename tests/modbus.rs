@@ -101,7 +101,7 @@ batch_interval = "10ms"
 }
 
 async fn run_for(cfg: &str, d: Duration) {
-    let cfg = streamgate::config::parse(cfg).unwrap_or_else(|e| panic!("config: {e:?}"));
+    let cfg = streamgate::app::config::parse(cfg).unwrap_or_else(|e| panic!("config: {e:?}"));
     let pipeline = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     tokio::time::sleep(d).await;
     pipeline.stop().await;
@@ -375,7 +375,7 @@ async fn device_restart_gives_lst_then_fst() {
             "[[sources]]\nkind = \"modbus_tcp\"\nid = \"plc\"\nhost = \"127.0.0.1\"\nport = {port}\ninterval = \"50ms\"\ntimeout = \"300ms\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"400ms\"\n\n{tags}"
         ),
     );
-    let cfg = streamgate::config::parse(&cfg).unwrap();
+    let cfg = streamgate::app::config::parse(&cfg).unwrap();
     let pipeline = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     drop(server);

@@ -36,7 +36,7 @@ struct Setup<'a> {
     tags: usize,
 }
 
-fn config(s: &Setup) -> streamgate::config::Config {
+fn config(s: &Setup) -> streamgate::app::config::Config {
     let text = r#"
 [gateway]
 data_dir = "@DATA@"
@@ -88,7 +88,7 @@ repeat = @TAGS@
     .replace("@EXTRA@", s.extra)
     .replace("@INTERVAL@", s.interval)
     .replace("@TAGS@", &s.tags.to_string());
-    streamgate::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"))
+    streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"))
 }
 
 fn mqtt_stats(p: &Pipeline) -> Arc<MqttStats> {

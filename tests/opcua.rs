@@ -196,7 +196,7 @@ async fn wait_for(out: &Path, what: &str, pred: impl Fn(&[Payload]) -> bool) {
 
 /// Exports what the readers queued at shutdown (stop does not wait for the exports to catch
 /// up): the pipeline again, exports only, until the backlog is empty.
-async fn drain(cfg: &streamgate::config::Config) {
+async fn drain(cfg: &streamgate::app::config::Config) {
     let p = Pipeline::start(
         cfg,
         StartOptions {
@@ -255,7 +255,7 @@ async fn subscribed_values_carry_source_timestamps_and_status() {
         &log,
         &["--interval-ms", "150", "--extra-namespaces", "3"],
     );
-    let cfg = streamgate::config::parse(&config(dir.path(), port, "", TAGS)).unwrap();
+    let cfg = streamgate::app::config::parse(&config(dir.path(), port, "", TAGS)).unwrap();
     let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     let out = dir.path().join("out");
     wait_for(&out, "20 temp samples", |s| {
@@ -334,7 +334,7 @@ name = "temp"
 node = "nsu=urn:streamgate:test;s=Line1.Temp"
 "#;
     let peer = start_peer(port, &log, &["--interval-ms", "100"]);
-    let cfg = streamgate::config::parse(&config(dir.path(), port, "", tags)).unwrap();
+    let cfg = streamgate::app::config::parse(&config(dir.path(), port, "", tags)).unwrap();
     let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     let out = dir.path().join("out");
     wait_for(&out, "counter samples", |s| {
@@ -528,7 +528,7 @@ async fn trust_on_first_use_trusts_once() {
     let port = free_port();
     let secure = "security_policy = \"Basic256Sha256\"\ntrust_on_first_use = true";
     let tags = "[[sources.tags]]\nname = \"counter\"\nnode = \"nsu=urn:streamgate:test;i=1001\"\n";
-    let cfg = streamgate::config::parse(&config(dir.path(), port, secure, tags)).unwrap();
+    let cfg = streamgate::app::config::parse(&config(dir.path(), port, secure, tags)).unwrap();
     let out = dir.path().join("out");
     {
         let _peer = start_peer(
@@ -587,7 +587,7 @@ async fn keep_alive_notices_a_frozen_server() {
     let port = free_port();
     let tags = "[[sources.tags]]\nname = \"counter\"\nnode = \"nsu=urn:streamgate:test;i=1001\"\n";
     let peer = start_peer(port, &log, &["--interval-ms", "100"]);
-    let cfg = streamgate::config::parse(&config(dir.path(), port, "", tags)).unwrap();
+    let cfg = streamgate::app::config::parse(&config(dir.path(), port, "", tags)).unwrap();
     let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
     let out = dir.path().join("out");
     wait_for(&out, "counter samples", |s| s.len() >= 5).await;
@@ -658,7 +658,7 @@ async fn the_other_policies_and_sign_mode_work() {
         );
         let tags =
             "[[sources.tags]]\nname = \"counter\"\nnode = \"nsu=urn:streamgate:test;i=1001\"\n";
-        let cfg = streamgate::config::parse(&config(dir.path(), port, &source, tags)).unwrap();
+        let cfg = streamgate::app::config::parse(&config(dir.path(), port, &source, tags)).unwrap();
         let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
         let out = dir.path().join("out");
         wait_for(&out, policy, |s| s.iter().filter(|p| real(p)).count() >= 5).await;

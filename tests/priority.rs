@@ -53,7 +53,7 @@ name = "bulk_temp"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn high_priority_drains_first_and_low_priority_is_not_starved() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = streamgate::config::parse(&config(dir.path())).unwrap();
+    let cfg = streamgate::app::config::parse(&config(dir.path())).unwrap();
     // Fill both streams with the exports stopped.
     let mut p = Pipeline::start(
         &cfg,

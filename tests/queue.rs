@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use streamgate::config::{Durability, StrategyOnFull};
 use streamgate::queue::{
     AckBatch, AppendBatch, DeadLetter, ExportId, NewRecord, Queue, QueueOptions, StreamSpec,
 };
+use streamgate::queue::{Durability, StrategyOnFull};
 
 fn spec(
     max_size: u64,

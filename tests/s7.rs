@@ -47,7 +47,7 @@ impl std::io::Write for LogWriter {
     }
 }
 
-fn config(dir: &Path, source: &str) -> streamgate::config::Config {
+fn config(dir: &Path, source: &str) -> streamgate::app::config::Config {
     let text = format!(
         r#"
 [gateway]
@@ -73,7 +73,7 @@ host = "127.0.0.1"
         data = dir.join("data").display(),
         out = dir.join("out").display(),
     );
-    match streamgate::config::parse(&text) {
+    match streamgate::app::config::parse(&text) {
         Ok(c) => c,
         Err(errs) => panic!(
             "config rejected: {}",

@@ -179,19 +179,20 @@ fn secrets_never_reach_logs_or_status() {
 #[test]
 fn metrics_listen_on_loopback_unless_told_otherwise() {
     let base = "[[streams]]\nname = \"s\"\n[[streams.exports]]\nkind = \"stdout\"\n";
-    let off = streamgate::config::parse(base).unwrap();
+    let off = streamgate::app::config::parse(base).unwrap();
     assert!(!off.metrics.enabled, "off by default");
-    let on = streamgate::config::parse(&format!("[metrics]\n{base}")).unwrap();
+    let on = streamgate::app::config::parse(&format!("[metrics]\n{base}")).unwrap();
     assert!(on.metrics.enabled);
     assert!(
         on.metrics.listen.ip().is_loopback(),
         "{}",
         on.metrics.listen
     );
-    let wide = streamgate::config::parse(&format!("[metrics]\nlisten = \"0.0.0.0:9464\"\n{base}"))
-        .unwrap();
+    let wide =
+        streamgate::app::config::parse(&format!("[metrics]\nlisten = \"0.0.0.0:9464\"\n{base}"))
+            .unwrap();
     assert!(!wide.metrics.listen.ip().is_loopback());
-    let bad = streamgate::config::parse(&format!("[metrics]\nlisten = \"localhost\"\n{base}"))
+    let bad = streamgate::app::config::parse(&format!("[metrics]\nlisten = \"localhost\"\n{base}"))
         .unwrap_err();
     assert_eq!(bad[0].path, "metrics.listen");
 }

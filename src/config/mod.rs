@@ -1,24 +1,15 @@
-//! Configuration: one TOML file, read in two steps.
-//!
-//! 1. [`raw`]: serde structs that mirror the file (`deny_unknown_fields`, human units as text).
-//! 2. [`validate`]: a pure function that turns the raw file into typed values (`Duration`,
-//!    sizes in bytes, enums, stream indices), collecting *every* error with its key path and line.
-//!
-//! Nothing is started before a config has validated; `streamgate validate` runs only these steps.
+//! The configuration language every component shares: the error collector that validation
+//! writes into (every error with its key path, never only the first), units (durations, sizes)
+//! and the lookup of key paths to lines. A leaf: it knows no component. Each component
+//! validates its own keys with [`Errors`]; `app::config` assembles the whole file.
 
 pub mod locate;
-pub mod raw;
 pub mod units;
-mod validate;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{Errors, validate};
-
-use crate::exporters::ExportKind;
-use crate::readers::SourceKind;
+use units::{parse_duration, parse_size};
 
 /// One problem in a configuration file, with the key path it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,287 +35,252 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Everything wrong with one configuration file.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{} has {} error(s):\n{}", .path.display(), .errors.len(), list(.errors))]
-    Invalid {
-        path: PathBuf,
-        errors: Vec<ConfigError>,
-    },
+/// Collects configuration errors with their key paths.
+#[derive(Debug, Default)]
+pub struct Errors {
+    list: Vec<ConfigError>,
 }
 
-fn list(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("  {e}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Reads, parses and validates a configuration file.
-pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(&text).map_err(|errors| LoadError::Invalid {
-        path: path.to_owned(),
-        errors,
-    })
-}
-
-/// Parses and validates configuration text.
-pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let raw: raw::RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span();
-            let mut path = span
-                .clone()
-                .and_then(|s| locate::path_at(text, s))
-                .unwrap_or_default();
-            let mut line = span.map(|s| locate::line_at(text, s.start));
-            // "unknown field `x`": point at the key itself.
-            if let Some(field) = e
-                .message()
-                .strip_prefix("unknown field `")
-                .and_then(|m| m.split('`').next())
-            {
-                let full = if path.is_empty() {
-                    field.to_string()
-                } else {
-                    format!("{path}.{field}")
-                };
-                if let Some(l) = locate::line_of(text, &full) {
-                    path = full;
-                    line = Some(l);
-                }
-            }
-            let message = with_common_keys(&path, e.message().trim().replace('\n', " "))
-                .replace("expected i64", "expected an integer")
-                .replace("expected f64", "expected a number")
-                .replace("expected a string", "expected a string in quotes");
-            return Err(vec![ConfigError {
-                path,
-                message,
-                line,
-            }]);
-        }
-    };
-    validate(&raw).map_err(|mut errors| {
-        for e in &mut errors {
-            if e.line.is_none() && !e.path.is_empty() {
-                e.line = locate::line_of(text, &e.path);
-            }
-        }
-        errors
-    })
-}
-
-/// Keys every export / source has besides its kind's own (serde lists only the kind's keys
-/// in an "unknown field" error, since the common ones are parsed first).
-const COMMON_EXPORT_KEYS: &str = "`kind`, `name`, `batch_size`, `batch_interval`, `batch_bytes`, `disabled`, `initial_backoff`, `max_backoff`";
-const COMMON_SOURCE_KEYS: &str = "`kind`, `id`, `equipment_id`, `stream`, `heartbeat_interval`";
-
-fn with_common_keys(path: &str, message: String) -> String {
-    let parts: Vec<&str> = path.split('.').collect();
-    let common = match parts.as_slice() {
-        [s, e, _] if s.starts_with("streams[") && e.starts_with("exports[") => COMMON_EXPORT_KEYS,
-        [s, _] if s.starts_with("sources[") => COMMON_SOURCE_KEYS,
-        _ => return message,
-    };
-    if !message.starts_with("unknown field") {
-        return message;
-    }
-    match message.split_once("expected one of ") {
-        Some((head, rest)) => format!("{head}expected one of {common}, {rest}"),
-        None => match message.split_once("expected ") {
-            Some((head, rest)) => format!("{head}expected one of {common}, {rest}"),
-            None => message,
-        },
-    }
-}
-
-/// A validated configuration: every value typed and checked.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub gateway: GatewayConfig,
-    pub streams: Vec<StreamConfig>,
-    pub sources: Vec<SourceConfig>,
-    pub metrics: MetricsConfig,
-}
-
-/// `[metrics]`: Prometheus metrics and a health endpoint over HTTP (off by default).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsConfig {
-    pub enabled: bool,
-    /// Loopback by default; anything else is exposed to the network (logged at start).
-    pub listen: std::net::SocketAddr,
-    /// An export failing for longer than this makes `/health` report degraded.
-    pub degraded_after: Duration,
-}
-
-/// Where the metrics listener binds unless told otherwise.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
-
-impl Config {
-    pub fn stream_index(&self, name: &str) -> Option<usize> {
-        self.streams.iter().position(|s| s.name == name)
-    }
-
-    /// Key paths of the secrets written into the file itself (not taken from the environment
-    /// or a key file): a file holding them must not be readable by every user.
-    pub fn inline_secrets(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        for (s, stream) in self.streams.iter().enumerate() {
-            for (e, export) in stream.exports.iter().enumerate() {
-                if export.kind.has_inline_secret() {
-                    keys.push(format!("streams[{s}].exports[{e}].password"));
-                }
-            }
-        }
-        for (i, source) in self.sources.iter().enumerate() {
-            if source.kind.has_inline_secret() {
-                keys.push(format!("sources[{i}].password"));
-            }
-        }
-        keys
-    }
-}
-
-/// What the permission check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExposedSecrets {
-    pub path: PathBuf,
-    pub mode: u32,
-    pub keys: Vec<String>,
-}
-
-impl fmt::Display for ExposedSecrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} holds secrets ({}) and is readable by every user on this machine (mode {:04o}); \
-             run `chmod o-rwx {}` (and keep it owned by root, group streamgate), or move the secrets \
-             to the environment (password_env)",
-            self.path.display(),
-            self.keys.join(", "),
-            self.mode & 0o7777,
-            self.path.display()
-        )
-    }
-}
-
-/// Checks that a config file holding inline secrets is not world-readable.
-pub fn check_secret_permissions(path: &Path, config: &Config) -> Result<(), ExposedSecrets> {
-    use std::os::unix::fs::PermissionsExt;
-    let keys = config.inline_secrets();
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    let mode = meta.permissions().mode();
-    if mode & 0o004 != 0 {
-        return Err(ExposedSecrets {
-            path: path.to_owned(),
-            mode,
-            keys,
+impl Errors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+            line: None,
         });
     }
-    Ok(())
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Every error collected, in the order found.
+    pub fn into_vec(self) -> Vec<ConfigError> {
+        self.list
+    }
+
+    /// A duration at `path`, or `default` when absent; `min` is the smallest allowed.
+    pub fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if d < min => {
+                self.push(
+                    path,
+                    format!(
+                        "{} is below the minimum of {}",
+                        value.unwrap_or_default(),
+                        units::format_duration(min)
+                    ),
+                );
+                default
+            }
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(path, e);
+                default
+            }
+        }
+    }
+
+    /// An optional duration at `path`.
+    pub fn opt_duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        min: Duration,
+    ) -> Option<Duration> {
+        value.map(|v| self.duration(path, Some(v), min, min))
+    }
+
+    /// A size at `path` within `min..=max`, or `default` when absent.
+    pub fn size(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        match value.map(parse_size) {
+            None => default,
+            Some(Ok(n)) if n < min => {
+                self.push(
+                    path,
+                    format!(
+                        "{} is below the minimum of {min} bytes",
+                        value.unwrap_or_default()
+                    ),
+                );
+                default
+            }
+            Some(Ok(n)) if n > max => {
+                self.push(
+                    path,
+                    format!(
+                        "{} is above the limit of {max} bytes",
+                        value.unwrap_or_default()
+                    ),
+                );
+                default
+            }
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                self.push(path, e);
+                default
+            }
+        }
+    }
+
+    /// An integer at `path` within `min..=max`, or `default` when absent.
+    pub fn int(&mut self, path: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        match value {
+            None => default,
+            Some(v) if v < min => {
+                self.push(path, format!("{v} is below the minimum of {min}"));
+                default
+            }
+            Some(v) if v > max => {
+                self.push(path, format!("{v} is above the limit of {max}"));
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
+    /// One of `choices` at `path` (listed in the error), or `default` when absent.
+    pub fn choice<T: Copy>(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(v) = value else { return default };
+        match choices.iter().find(|(name, _)| *name == v) {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                self.push(path, format!("\"{v}\" is not one of {}", names.join(", ")));
+                default
+            }
+        }
+    }
+
+    /// `<path>.initial_backoff` and `<path>.max_backoff` (both at least `min`, max not below
+    /// initial), as used by every export and every reader that reconnects.
+    pub fn backoff(
+        &mut self,
+        path: &str,
+        initial: Option<&str>,
+        max: Option<&str>,
+        defaults: (Duration, Duration),
+        min: Duration,
+    ) -> (Duration, Duration) {
+        let initial = self.duration(&format!("{path}.initial_backoff"), initial, defaults.0, min);
+        let max = self.duration(&format!("{path}.max_backoff"), max, defaults.1, min);
+        if max < initial {
+            self.push(
+                format!("{path}.max_backoff"),
+                "must not be below initial_backoff",
+            );
+        }
+        (initial, max)
+    }
+
+    /// A source's `[[sources.tags]]` list: at least one, at most `max`. `what` names the source
+    /// in the message ("a Modbus source").
+    pub fn tag_count(&mut self, path: &str, count: usize, max: usize, what: &str) {
+        if count == 0 {
+            self.push(
+                format!("{path}.tags"),
+                format!("{what} needs at least one [[sources.tags]]"),
+            );
+        }
+        if count > max {
+            self.push(
+                format!("{path}.tags"),
+                format!("{count} tags is above the limit of {max}"),
+            );
+        }
+    }
+
+    /// A tag's `name` (1 to 256 characters) and optional `stream` override, resolved to the
+    /// stream's index. Shared by every reader's `[[sources.tags]]`.
+    pub fn tag_name_and_stream(
+        &mut self,
+        path: &str,
+        name: &str,
+        stream: Option<&str>,
+        streams: &StreamNames,
+    ) -> Option<usize> {
+        if name.trim().is_empty() || name.len() > 256 {
+            self.push(format!("{path}.name"), "must be 1 to 256 characters");
+        }
+        let name = stream?;
+        let index = streams.index(name);
+        if index.is_none() {
+            self.push(format!("{path}.stream"), streams.unknown(name));
+        }
+        index
+    }
+
+    /// Checks a name used in file names, status and metrics.
+    pub fn name(&mut self, path: &str, value: &str) {
+        let ok = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            self.push(
+                path,
+                format!(
+                    "\"{value}\" is not a valid name: use 1 to 64 letters, digits, '_', '-' or '.'"
+                ),
+            );
+        }
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
+/// The streams a component may name (`stream = "..."` on a source or tag), in config order:
+/// what a component's validation needs to know of the rest of the file.
+#[derive(Debug, Clone, Default)]
+pub struct StreamNames {
+    names: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    pub data_dir: PathBuf,
-    pub equipment_id: Option<String>,
-    /// Bytes per second over all exports, or unlimited.
-    pub max_export_bandwidth: Option<u64>,
-    pub shutdown_timeout: Duration,
-    pub log_format: LogFormat,
-    /// How often counters, cursors and export status are written for `streamgate status`.
-    pub status_interval: Duration,
-    /// How often a progress line is logged (zero: never).
-    pub report_interval: Duration,
-}
+impl StreamNames {
+    pub fn new(names: impl IntoIterator<Item = String>) -> StreamNames {
+        StreamNames {
+            names: names.into_iter().collect(),
+        }
+    }
 
-/// What a full stream does with a new record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StrategyOnFull {
-    RejectNew,
-    OverwriteOldest,
-}
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
 
-/// What a committed record survives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Every commit is fsynced (SQLite `synchronous=FULL`): survives power loss.
-    PowerLoss,
-    /// Commits reach the OS but are fsynced only at checkpoints (`synchronous=NORMAL`):
-    /// survives a crash of the process, may lose the last commits on power loss.
-    ProcessCrash,
-}
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 
-#[derive(Debug, Clone)]
-pub struct StreamConfig {
-    pub name: String,
-    /// 1 is the highest, 10 the lowest.
-    pub priority: u8,
-    /// Bytes of payload the stream may hold.
-    pub max_size: u64,
-    pub strategy_on_full: StrategyOnFull,
-    pub time_to_live: Option<Duration>,
-    pub durability: Durability,
-    pub exports: Vec<ExportConfig>,
-}
+    /// The index of the stream named `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
 
-/// Batching settings common to every export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchConfig {
-    pub max_records: usize,
-    pub max_bytes: usize,
-    pub interval: Duration,
-    /// Batches sent at once (`max_in_flight_requests`).
-    pub max_in_flight: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct ExportConfig {
-    pub name: String,
-    pub batch: BatchConfig,
-    pub disabled: bool,
-    pub retry: RetryConfig,
-    pub kind: ExportKind,
-}
-
-/// Backoff for failed sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryConfig {
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    pub id: String,
-    pub equipment_id: String,
-    /// Index into [`Config::streams`].
-    pub stream: usize,
-    /// Emit a `Wmk` record per stream when nothing was sent for this long.
-    pub heartbeat_interval: Option<Duration>,
-    pub kind: SourceKind,
+    /// The message for a reference to a stream that is not defined.
+    pub fn unknown(&self, name: &str) -> String {
+        let known: Vec<String> = self.names.iter().map(|s| format!("\"{s}\"")).collect();
+        format!(
+            "no stream is named \"{name}\" (defined: {})",
+            known.join(", ")
+        )
+    }
 }

@@ -28,10 +28,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bandwidth::Bandwidth;
-use super::retry::Backoff;
 use super::throttle::SendRate;
+use super::{BatchConfig, RetryConfig};
 use super::{Exporter, Outcome, SendError};
-use crate::config::{BatchConfig, RetryConfig};
+use crate::backoff::Backoff;
 use crate::queue::{AckBatch, DeadLetter, ExportId, QueueError, QueueHandle, Record};
 
 /// Counters of one export, shared with the app (metrics, benchmark).

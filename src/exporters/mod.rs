@@ -10,7 +10,6 @@ pub mod file;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod rate;
-pub mod retry;
 pub mod stdout;
 pub mod throttle;
 
@@ -93,6 +92,23 @@ pub trait Exporter: Send + 'static {
     fn close(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// Batching settings common to every export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub interval: Duration,
+    /// Batches sent at once (`max_in_flight_requests`).
+    pub max_in_flight: usize,
+}
+
+/// Backoff for failed sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 /// Per-kind batching limits, checked at validation.

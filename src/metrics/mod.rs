@@ -8,10 +8,24 @@ pub mod server;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::exporters::driver::ExportStats;
 use crate::queue::{QueueHandle, StreamStatus};
 use crate::readers::SourceStats;
+
+/// `[metrics]`: Prometheus metrics and a health endpoint over HTTP (off by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Loopback by default; anything else is exposed to the network (logged at start).
+    pub listen: std::net::SocketAddr,
+    /// An export failing for longer than this makes `/health` report degraded.
+    pub degraded_after: Duration,
+}
+
+/// Where the metrics listener binds unless told otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// What the running pipeline exposes; replaced wholesale when it starts or reloads parts.
 #[derive(Default)]

@@ -10,8 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::MetricsConfig;
 use super::Registry;
-use crate::config::MetricsConfig;
 
 /// Largest request head we read.
 const MAX_REQUEST: usize = 8 * 1024;

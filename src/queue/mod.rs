@@ -33,7 +33,7 @@
 //!   producer slows down instead of taking the CPU from the exports, and an outage (nobody
 //!   reading) still buffers at full speed. At most 4 append batches wait in the channel and 8,000
 //!   records go into one transaction, which bounds the memory held for appends. Gateway-wide
-//!   bandwidth is shared by [`scheduler`].
+//!   bandwidth is shared out by the exporters (`exporters::bandwidth`), not here.
 //! * **Full and old data.** `max_size` (payload bytes per stream) with `reject_new` (the new
 //!   record is dropped) or `overwrite_oldest` (the oldest records are deleted, cursors move past
 //!   them); `time_to_live` drops records older than it. Every drop is counted per reason, logged,
@@ -64,7 +64,6 @@
 pub mod cursor;
 pub mod disk;
 pub mod recover;
-pub mod scheduler;
 mod sqlite;
 
 pub use sqlite::Slots;
@@ -75,7 +74,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{Config, Durability, StrategyOnFull};
 use sqlite::{AppendMode, Store};
 
 /// How many appended records one transaction takes at most.
@@ -121,7 +119,24 @@ pub enum QueueError {
     Closed,
 }
 
-/// What a stream is, as far as the queue is concerned.
+/// What a full stream does with a new record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyOnFull {
+    RejectNew,
+    OverwriteOldest,
+}
+
+/// What a committed record survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is fsynced (SQLite `synchronous=FULL`): survives power loss.
+    PowerLoss,
+    /// Commits reach the OS but are fsynced only at checkpoints (`synchronous=NORMAL`):
+    /// survives a crash of the process, may lose the last commits on power loss.
+    ProcessCrash,
+}
+
+/// What a stream is, as far as the queue is concerned (the app builds it from the config).
 #[derive(Debug, Clone)]
 pub struct StreamSpec {
     pub name: String,
@@ -132,28 +147,6 @@ pub struct StreamSpec {
     pub durability: Durability,
     /// (name, kind, enabled) of each export, in config order.
     pub exports: Vec<(String, String, bool)>,
-}
-
-impl StreamSpec {
-    pub fn from_config(config: &Config) -> Vec<StreamSpec> {
-        config
-            .streams
-            .iter()
-            .map(|s| StreamSpec {
-                name: s.name.clone(),
-                priority: s.priority,
-                max_size: s.max_size,
-                strategy_on_full: s.strategy_on_full,
-                time_to_live: s.time_to_live,
-                durability: s.durability,
-                exports: s
-                    .exports
-                    .iter()
-                    .map(|e| (e.name.clone(), e.kind.kind_name().to_string(), !e.disabled))
-                    .collect(),
-            })
-            .collect()
-    }
 }
 
 /// An export, by its stream's and its own position in the config.

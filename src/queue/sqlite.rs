@@ -11,7 +11,7 @@ use super::{
     AckBatch, AppendBatch, DeadLetter, ExportId, ExportStatus, QueueError, Record, StreamSpec,
     StreamStatus,
 };
-use crate::config::{Durability, StrategyOnFull};
+use super::{Durability, StrategyOnFull};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS streams(

@@ -17,8 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::Errors;
-use crate::config::raw::RawConfig;
+use crate::config::{Errors, StreamNames};
 use crate::payload::{Flags, Meta, PAYLOAD_VERSION, Payload, Quality, Value};
 use crate::queue::{AppendBatch, Appender, NewRecord, QueueError};
 
@@ -52,33 +51,41 @@ pub enum SourceKind {
 }
 
 impl RawSourceKind {
-    pub fn validate(
-        &self,
-        path: &str,
-        stream_index: &dyn Fn(&str) -> Option<usize>,
-        raw: &RawConfig,
-        errs: &mut Errors,
-    ) -> SourceKind {
+    pub fn validate(&self, path: &str, streams: &StreamNames, errs: &mut Errors) -> SourceKind {
         match self {
-            RawSourceKind::Simulator(s) => {
-                SourceKind::Simulator(s.validate(path, stream_index, raw, errs))
-            }
+            RawSourceKind::Simulator(s) => SourceKind::Simulator(s.validate(path, streams, errs)),
             #[cfg(feature = "s7")]
-            RawSourceKind::S7(s) => SourceKind::S7(s.validate(path, stream_index, raw, errs)),
+            RawSourceKind::S7(s) => SourceKind::S7(s.validate(path, streams, errs)),
             #[cfg(feature = "modbus")]
             RawSourceKind::ModbusTcp(m) => {
-                SourceKind::ModbusTcp(m.validate(path, false, stream_index, raw, errs))
+                SourceKind::ModbusTcp(m.validate(path, false, streams, errs))
             }
             #[cfg(feature = "modbus")]
             RawSourceKind::ModbusRtu(m) => {
-                SourceKind::ModbusRtu(m.validate(path, true, stream_index, raw, errs))
+                SourceKind::ModbusRtu(m.validate(path, true, streams, errs))
             }
             #[cfg(feature = "opcua")]
-            RawSourceKind::Opcua(s) => {
-                SourceKind::Opcua(Box::new(s.validate(path, stream_index, raw, errs)))
-            }
+            RawSourceKind::Opcua(s) => SourceKind::Opcua(Box::new(s.validate(path, streams, errs))),
         }
     }
+}
+
+/// Checks that need several sources at once (after each validated on its own): sources on
+/// one Modbus serial line must agree on its settings. `sources` are (key path, id, kind).
+pub fn check_together(sources: &[(&str, &str, &SourceKind)], errs: &mut Errors) {
+    #[cfg(feature = "modbus")]
+    {
+        let modbus: Vec<(&str, &str, &modbus::ModbusConfig)> = sources
+            .iter()
+            .filter_map(|(path, id, kind)| match kind {
+                SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => Some((*path, *id, m)),
+                _ => None,
+            })
+            .collect();
+        modbus::config::check_shared_lines(&modbus, errs);
+    }
+    #[cfg(not(feature = "modbus"))]
+    let _ = (sources, errs);
 }
 
 impl SourceKind {

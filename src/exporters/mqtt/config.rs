@@ -423,10 +423,10 @@ impl RawMqttExport {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{ConfigError, parse};
+    use crate::app::config::{ConfigError, parse};
     use crate::exporters::ExportKind;
 
-    fn with_export(keys: &str) -> Result<crate::config::Config, Vec<ConfigError>> {
+    fn with_export(keys: &str) -> Result<crate::app::config::Config, Vec<ConfigError>> {
         parse(&format!(
             "[gateway]\ndata_dir = \"/tmp/x\"\n[[streams]]\nname = \"s\"\n[[streams.exports]]\nkind = \"mqtt\"\n{keys}\n"
         ))

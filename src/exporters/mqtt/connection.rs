@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::MqttStats;
 use super::config::{MqttExportConfig, Secret, TlsConfig};
 use super::inflight::{InFlight, Tag};
+use crate::backoff::Backoff;
 use crate::exporters::rate::RateLimit;
-use crate::exporters::retry::Backoff;
 
 /// How one message of the current send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

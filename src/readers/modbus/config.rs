@@ -9,8 +9,7 @@ use super::address::{Area, parse_modicon};
 use super::decode::{ByteOrder, DataType};
 use super::plan::{Limits, MAX_BITS, MAX_REGISTERS};
 use super::report::ReportPolicy;
-use crate::config::Errors;
-use crate::config::raw::RawConfig;
+use crate::config::{Errors, StreamNames};
 
 /// Keys of both Modbus kinds; the transport keys of the other kind are rejected at validation.
 #[derive(Debug, Deserialize)]
@@ -146,8 +145,7 @@ impl RawModbus {
         &self,
         path: &str,
         rtu: bool,
-        stream_index: &dyn Fn(&str) -> Option<usize>,
-        raw: &RawConfig,
+        streams: &StreamNames,
         errs: &mut Errors,
     ) -> ModbusConfig {
         let misplaced = |errs: &mut Errors, key: &str, present: bool, kind: &str| {
@@ -206,9 +204,6 @@ impl RawModbus {
                 port: errs.int(&format!("{path}.port"), self.port, 502, 1, 65535) as u16,
             }
         };
-        if rtu {
-            self.check_shared_line(path, raw, errs);
-        }
         // RTU: 1..=247 (0 is broadcast, which has no responses). TCP: 0..=255 (0 and 255 are
         // what many TCP-native devices expect).
         let (unit_min, unit_max, unit_default) = if rtu { (1, 247, 1) } else { (0, 255, 1) };
@@ -285,7 +280,7 @@ impl RawModbus {
                     format!("tag \"{}\" is defined twice in this source", t.name),
                 );
             }
-            if let Some(tag) = tag(&tpath, t, interval, &limits, stream_index, raw, errs) {
+            if let Some(tag) = tag(&tpath, t, interval, &limits, streams, errs) {
                 tags.push(tag);
             }
         }
@@ -302,32 +297,23 @@ impl RawModbus {
     }
 }
 
-impl RawModbus {
-    /// Sources on one serial device share the port: its settings must agree.
-    fn check_shared_line(&self, path: &str, raw: &RawConfig, errs: &mut Errors) {
-        let settings = |m: &RawModbus| {
-            (
-                m.baud.unwrap_or(9600),
-                m.parity.clone().unwrap_or_else(|| "none".into()),
-                m.data_bits.unwrap_or(8),
-                m.stop_bits.unwrap_or(1),
-            )
+/// Sources on one serial device share the port: its settings must agree. `sources` are
+/// (key path, id, config) of every Modbus source, in config order.
+pub fn check_shared_lines(sources: &[(&str, &str, &ModbusConfig)], errs: &mut Errors) {
+    for (n, (path, _, m)) in sources.iter().enumerate() {
+        let Transport::Rtu { device, .. } = &m.transport else {
+            continue;
         };
-        let first = raw.sources.iter().find_map(|s| match &s.kind {
-            crate::readers::RawSourceKind::ModbusRtu(m) if m.device == self.device => {
-                Some((s.id.as_str(), m))
-            }
-            _ => None,
-        });
-        if let Some((id, first)) = first
-            && !std::ptr::eq(first, self)
-            && settings(first) != settings(self)
+        let first = sources[..n]
+            .iter()
+            .find(|(_, _, o)| o.transport.key() == m.transport.key());
+        if let Some((_, id, first)) = first
+            && first.transport != m.transport
         {
             errs.push(
                 format!("{path}.baud"),
                 format!(
-                    "serial device {:?} is shared with source \"{id}\" whose baud/parity/data_bits/stop_bits differ; sources on one line must agree",
-                    self.device.as_deref().unwrap_or_default()
+                    "serial device {device:?} is shared with source \"{id}\" whose baud/parity/data_bits/stop_bits differ; sources on one line must agree"
                 ),
             );
         }
@@ -339,11 +325,10 @@ fn tag(
     t: &RawModbusTag,
     default_interval: Duration,
     limits: &Limits,
-    stream_index: &dyn Fn(&str) -> Option<usize>,
-    raw: &RawConfig,
+    streams: &StreamNames,
     errs: &mut Errors,
 ) -> Option<ModbusTag> {
-    let stream = errs.tag_name_and_stream(path, &t.name, t.stream.as_deref(), stream_index, raw);
+    let stream = errs.tag_name_and_stream(path, &t.name, t.stream.as_deref(), streams);
     let area_key = t.area.as_deref().map(|a| {
         errs.choice(
             &format!("{path}.area"),
@@ -548,8 +533,8 @@ mod tests {
     use super::*;
     use crate::readers::SourceKind;
 
-    fn parse(sources: &str) -> Result<crate::config::Config, Vec<crate::config::ConfigError>> {
-        crate::config::parse(&format!(
+    fn parse(sources: &str) -> Result<crate::app::config::Config, Vec<crate::config::ConfigError>> {
+        crate::app::config::parse(&format!(
             "[gateway]\ndata_dir = \"/tmp/x\"\nequipment_id = \"e\"\n[[streams]]\nname = \"s\"\n{sources}"
         ))
     }

@@ -13,7 +13,7 @@ use tokio_modbus::prelude::*;
 
 use super::address::Area;
 use super::config::{Parity, Transport};
-use crate::exporters::retry::Backoff;
+use crate::backoff::Backoff;
 
 /// The lines of one pipeline, by [`Transport::key`].
 #[derive(Default)]

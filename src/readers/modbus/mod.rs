@@ -37,7 +37,7 @@ use plan::{Need, Read};
 use report::Reporter;
 
 use super::{Sample, SourceContext};
-use crate::exporters::retry::Backoff;
+use crate::backoff::Backoff;
 use crate::payload::{Flags, Quality, Value};
 
 /// Tags polled at the same interval, with their coalesced reads.

@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::nodeid::NodeRef;
-use crate::config::Errors;
-use crate::config::raw::RawConfig;
+use crate::config::{Errors, StreamNames};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,13 +158,7 @@ pub const MAX_TAGS: usize = 10_000;
 pub const MAX_QUEUE_SIZE: i64 = 10_000;
 
 impl RawOpcua {
-    pub fn validate(
-        &self,
-        path: &str,
-        stream_index: &dyn Fn(&str) -> Option<usize>,
-        raw: &RawConfig,
-        errs: &mut Errors,
-    ) -> OpcuaConfig {
+    pub fn validate(&self, path: &str, streams: &StreamNames, errs: &mut Errors) -> OpcuaConfig {
         if !self.endpoint.starts_with("opc.tcp://") || self.endpoint.len() <= "opc.tcp://".len() {
             errs.push(
                 format!("{path}.endpoint"),
@@ -330,8 +323,7 @@ impl RawOpcua {
                     None
                 }
             };
-            let stream =
-                errs.tag_name_and_stream(&tpath, &t.name, t.stream.as_deref(), stream_index, raw);
+            let stream = errs.tag_name_and_stream(&tpath, &t.name, t.stream.as_deref(), streams);
             let mode = errs.choice(
                 &format!("{tpath}.mode"),
                 t.mode.as_deref(),

@@ -6,7 +6,7 @@
 //! keep-alives and its publish requests with it. Each (re)connect builds a fresh session,
 //! resolves `nsu=` namespace URIs against the server's current NamespaceArray and creates the
 //! subscription and monitored items again; reconnects back off with jitter
-//! ([`crate::exporters::retry::Backoff`]). Data changes reach the task through a channel that
+//! ([`crate::backoff::Backoff`]). Data changes reach the task through a channel that
 //! the subscription callback fills while this task polls the event loop, so it holds at most
 //! one publish response: while the queue pushes back, the event loop is not polled and the
 //! server keeps the values in its monitored-item queues.
@@ -44,7 +44,7 @@ pub use config::{OpcuaConfig, RawOpcua};
 use nodeid::Namespace;
 
 use super::{Sample, SourceContext};
-use crate::exporters::retry::Backoff;
+use crate::backoff::Backoff;
 use crate::payload::{Flags, Quality, Value};
 
 /// How long the reader waits for the session to close at shutdown.

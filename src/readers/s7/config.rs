@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::address::{self, Address};
-use crate::config::Errors;
-use crate::config::raw::RawConfig;
+use crate::config::{Errors, StreamNames};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,13 +94,7 @@ pub const MAX_ITEMS_PER_REQUEST: i64 = 79;
 pub const DEFAULT_LOCAL_TSAP: u16 = 0x0100;
 
 impl RawS7 {
-    pub fn validate(
-        &self,
-        path: &str,
-        stream_index: &dyn Fn(&str) -> Option<usize>,
-        raw: &RawConfig,
-        errs: &mut Errors,
-    ) -> S7Config {
+    pub fn validate(&self, path: &str, streams: &StreamNames, errs: &mut Errors) -> S7Config {
         let host = match self.host.as_deref().map(str::trim) {
             Some(h) if !h.is_empty() => h.to_string(),
             _ => {
@@ -208,7 +201,7 @@ impl RawS7 {
         let mut names = HashSet::new();
         for (i, t) in self.tags.iter().enumerate() {
             let tpath = format!("{path}.tags[{i}]");
-            if let Some(tag) = tag(&tpath, t, stream_index, raw, errs) {
+            if let Some(tag) = tag(&tpath, t, streams, errs) {
                 tags.push(tag);
             }
             if !names.insert(t.name.as_str()) {
@@ -242,14 +235,8 @@ pub fn remote_tsap(kind: ConnectionType, rack: u16, slot: u16) -> u16 {
     ((kind as u16) << 8) | (rack * 32 + slot)
 }
 
-fn tag(
-    path: &str,
-    t: &RawS7Tag,
-    stream_index: &dyn Fn(&str) -> Option<usize>,
-    raw: &RawConfig,
-    errs: &mut Errors,
-) -> Option<S7Tag> {
-    let stream = errs.tag_name_and_stream(path, &t.name, t.stream.as_deref(), stream_index, raw);
+fn tag(path: &str, t: &RawS7Tag, streams: &StreamNames, errs: &mut Errors) -> Option<S7Tag> {
+    let stream = errs.tag_name_and_stream(path, &t.name, t.stream.as_deref(), streams);
     let address = match address::parse(&t.address) {
         Ok(a) => a,
         Err(e) => {
@@ -302,7 +289,7 @@ mod tests {
         let text = format!(
             "[gateway]\ndata_dir = \"/tmp/x\"\nequipment_id = \"e\"\n[[streams]]\nname = \"s\"\n[[sources]]\nkind = \"s7\"\nid = \"plc\"\nstream = \"s\"\n{source}"
         );
-        match crate::config::parse(&text) {
+        match crate::app::config::parse(&text) {
             Ok(_) => Vec::new(),
             Err(e) => e
                 .iter()

@@ -31,7 +31,7 @@ pub use client::{Client, ConnectOptions, S7Error};
 pub use config::{RawS7, S7Config};
 
 use super::{Sample, SourceContext};
-use crate::exporters::retry::Backoff;
+use crate::backoff::Backoff;
 use crate::payload::{Flags, Quality, Value};
 use codec::{CodecError, HeaderError, ItemResult};
 use plan::{Limits, Plan, TagSpan};

@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::waveform::{Anomaly, AnomalyKind, Waveform};
-use crate::config::Errors;
-use crate::config::raw::RawConfig;
+use crate::config::{Errors, StreamNames};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,8 +63,7 @@ impl RawSimulator {
     pub fn validate(
         &self,
         path: &str,
-        stream_index: &dyn Fn(&str) -> Option<usize>,
-        raw: &RawConfig,
+        streams: &StreamNames,
         errs: &mut Errors,
     ) -> SimulatorConfig {
         let interval = errs.duration(
@@ -84,7 +82,7 @@ impl RawSimulator {
         let mut names = HashSet::new();
         for (i, t) in self.tags.iter().enumerate() {
             let tpath = format!("{path}.tags[{i}]");
-            let Some(tag) = tag(&tpath, t, stream_index, raw, errs) else {
+            let Some(tag) = tag(&tpath, t, streams, errs) else {
                 continue;
             };
             let repeat =
@@ -115,14 +113,8 @@ impl RawSimulator {
     }
 }
 
-fn tag(
-    path: &str,
-    t: &RawSimTag,
-    stream_index: &dyn Fn(&str) -> Option<usize>,
-    raw: &RawConfig,
-    errs: &mut Errors,
-) -> Option<SimTag> {
-    let stream = errs.tag_name_and_stream(path, &t.name, t.stream.as_deref(), stream_index, raw);
+fn tag(path: &str, t: &RawSimTag, streams: &StreamNames, errs: &mut Errors) -> Option<SimTag> {
+    let stream = errs.tag_name_and_stream(path, &t.name, t.stream.as_deref(), streams);
     let min = t.min.unwrap_or(0.0);
     let max = t.max.unwrap_or(100.0);
     if !(min.is_finite() && max.is_finite()) || min > max {

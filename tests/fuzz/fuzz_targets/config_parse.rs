@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Err(errors) = streamgate::config::parse(text) {
+    if let Err(errors) = streamgate::app::config::parse(text) {
         assert!(!errors.is_empty(), "an Err carries at least one error");
         for e in &errors {
             assert!(

@@ -1,12 +1,14 @@
 //! The gateway-wide export bandwidth (`gateway.max_export_bandwidth`), shared by every export:
-//! an async front for [`crate::queue::scheduler::BandwidthScheduler`].
+//! an async front for [`scheduler::BandwidthScheduler`], the state machine that picks who goes.
+
+pub mod scheduler;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::queue::scheduler::BandwidthScheduler;
+use scheduler::BandwidthScheduler;
 
 type Request = (u64, u8, u64, oneshot::Sender<()>);
 

@@ -5,220 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawExport, RawSource, RawStream};
-use super::units::{parse_duration, parse_size};
-use super::{
-    BatchConfig, Config, ConfigError, Durability, ExportConfig, GatewayConfig, LogFormat,
-    MetricsConfig, RetryConfig, SourceConfig, StrategyOnFull, StreamConfig,
-};
-
-/// Collects configuration errors with their key paths.
-#[derive(Debug, Default)]
-pub struct Errors {
-    list: Vec<ConfigError>,
-}
-
-impl Errors {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.list.push(ConfigError {
-            path: path.into(),
-            message: message.into(),
-            line: None,
-        });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    /// A duration at `path`, or `default` when absent; `min` is the smallest allowed.
-    pub fn duration(
-        &mut self,
-        path: &str,
-        value: Option<&str>,
-        default: Duration,
-        min: Duration,
-    ) -> Duration {
-        match value.map(parse_duration) {
-            None => default,
-            Some(Ok(d)) if d < min => {
-                self.push(
-                    path,
-                    format!(
-                        "{} is below the minimum of {}",
-                        value.unwrap_or_default(),
-                        super::units::format_duration(min)
-                    ),
-                );
-                default
-            }
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                self.push(path, e);
-                default
-            }
-        }
-    }
-
-    /// An optional duration at `path`.
-    pub fn opt_duration(
-        &mut self,
-        path: &str,
-        value: Option<&str>,
-        min: Duration,
-    ) -> Option<Duration> {
-        value.map(|v| self.duration(path, Some(v), min, min))
-    }
-
-    /// A size at `path` within `min..=max`, or `default` when absent.
-    pub fn size(
-        &mut self,
-        path: &str,
-        value: Option<&str>,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> u64 {
-        match value.map(parse_size) {
-            None => default,
-            Some(Ok(n)) if n < min => {
-                self.push(
-                    path,
-                    format!(
-                        "{} is below the minimum of {min} bytes",
-                        value.unwrap_or_default()
-                    ),
-                );
-                default
-            }
-            Some(Ok(n)) if n > max => {
-                self.push(
-                    path,
-                    format!(
-                        "{} is above the limit of {max} bytes",
-                        value.unwrap_or_default()
-                    ),
-                );
-                default
-            }
-            Some(Ok(n)) => n,
-            Some(Err(e)) => {
-                self.push(path, e);
-                default
-            }
-        }
-    }
-
-    /// An integer at `path` within `min..=max`, or `default` when absent.
-    pub fn int(&mut self, path: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
-        match value {
-            None => default,
-            Some(v) if v < min => {
-                self.push(path, format!("{v} is below the minimum of {min}"));
-                default
-            }
-            Some(v) if v > max => {
-                self.push(path, format!("{v} is above the limit of {max}"));
-                default
-            }
-            Some(v) => v,
-        }
-    }
-
-    /// One of `choices` at `path` (listed in the error), or `default` when absent.
-    pub fn choice<T: Copy>(
-        &mut self,
-        path: &str,
-        value: Option<&str>,
-        default: T,
-        choices: &[(&str, T)],
-    ) -> T {
-        let Some(v) = value else { return default };
-        match choices.iter().find(|(name, _)| *name == v) {
-            Some((_, t)) => *t,
-            None => {
-                let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-                self.push(path, format!("\"{v}\" is not one of {}", names.join(", ")));
-                default
-            }
-        }
-    }
-
-    /// `<path>.initial_backoff` and `<path>.max_backoff` (both at least `min`, max not below
-    /// initial), as used by every export and every reader that reconnects.
-    pub fn backoff(
-        &mut self,
-        path: &str,
-        initial: Option<&str>,
-        max: Option<&str>,
-        defaults: (Duration, Duration),
-        min: Duration,
-    ) -> (Duration, Duration) {
-        let initial = self.duration(&format!("{path}.initial_backoff"), initial, defaults.0, min);
-        let max = self.duration(&format!("{path}.max_backoff"), max, defaults.1, min);
-        if max < initial {
-            self.push(
-                format!("{path}.max_backoff"),
-                "must not be below initial_backoff",
-            );
-        }
-        (initial, max)
-    }
-
-    /// A source's `[[sources.tags]]` list: at least one, at most `max`. `what` names the source
-    /// in the message ("a Modbus source").
-    pub fn tag_count(&mut self, path: &str, count: usize, max: usize, what: &str) {
-        if count == 0 {
-            self.push(
-                format!("{path}.tags"),
-                format!("{what} needs at least one [[sources.tags]]"),
-            );
-        }
-        if count > max {
-            self.push(
-                format!("{path}.tags"),
-                format!("{count} tags is above the limit of {max}"),
-            );
-        }
-    }
-
-    /// A tag's `name` (1 to 256 characters) and optional `stream` override, resolved to the
-    /// stream's index. Shared by every reader's `[[sources.tags]]`.
-    pub fn tag_name_and_stream(
-        &mut self,
-        path: &str,
-        name: &str,
-        stream: Option<&str>,
-        stream_index: &dyn Fn(&str) -> Option<usize>,
-        raw: &RawConfig,
-    ) -> Option<usize> {
-        if name.trim().is_empty() || name.len() > 256 {
-            self.push(format!("{path}.name"), "must be 1 to 256 characters");
-        }
-        let name = stream?;
-        let index = stream_index(name);
-        if index.is_none() {
-            self.push(format!("{path}.stream"), unknown_stream(name, raw));
-        }
-        index
-    }
-
-    /// Checks a name used in file names, status and metrics.
-    pub fn name(&mut self, path: &str, value: &str) {
-        let ok = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !ok {
-            self.push(
-                path,
-                format!(
-                    "\"{value}\" is not a valid name: use 1 to 64 letters, digits, '_', '-' or '.'"
-                ),
-            );
-        }
-    }
-}
+use super::{Config, ExportConfig, GatewayConfig, SourceConfig, StreamConfig};
+use crate::config::{ConfigError, Errors, StreamNames};
+use crate::exporters::{BatchConfig, RetryConfig};
+use crate::metrics::MetricsConfig;
+use crate::queue::{Durability, StrategyOnFull};
+use crate::telemetry::LogFormat;
 
 /// Turns a raw configuration into a validated one, or every error found.
 pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
@@ -241,6 +33,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
         streams.push(stream(&path, s, &mut errs));
     }
 
+    let stream_names = StreamNames::new(raw.streams.iter().map(|s| s.name.clone()));
     let mut ids = HashSet::new();
     let mut sources = Vec::new();
     for (i, s) in raw.sources.iter().enumerate() {
@@ -251,10 +44,16 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
                 format!("source \"{}\" is defined twice", s.id),
             );
         }
-        if let Some(src) = source(&path, s, raw, &gateway, &mut errs) {
-            sources.push(src);
+        if let Some(src) = source(&path, s, &stream_names, &gateway, &mut errs) {
+            sources.push((path, src));
         }
     }
+    let kinds: Vec<(&str, &str, &crate::readers::SourceKind)> = sources
+        .iter()
+        .map(|(p, s)| (p.as_str(), s.id.as_str(), &s.kind))
+        .collect();
+    crate::readers::check_together(&kinds, &mut errs);
+    let sources: Vec<SourceConfig> = sources.into_iter().map(|(_, s)| s).collect();
 
     let metrics = metrics(raw.metrics.as_ref(), &mut errs);
     if errs.is_empty() {
@@ -265,17 +64,17 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
             metrics,
         })
     } else {
-        Err(errs.list)
+        Err(errs.into_vec())
     }
 }
 
-fn metrics(raw: Option<&crate::config::raw::RawMetrics>, errs: &mut Errors) -> MetricsConfig {
-    let default = crate::config::raw::RawMetrics::default();
+fn metrics(raw: Option<&super::raw::RawMetrics>, errs: &mut Errors) -> MetricsConfig {
+    let default = super::raw::RawMetrics::default();
     let m = raw.unwrap_or(&default);
     let listen_text = m
         .listen
         .as_deref()
-        .unwrap_or(crate::config::DEFAULT_METRICS_LISTEN);
+        .unwrap_or(crate::metrics::DEFAULT_METRICS_LISTEN);
     let listen = match listen_text.parse::<std::net::SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -487,7 +286,7 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
 fn source(
     path: &str,
     s: &RawSource,
-    raw: &RawConfig,
+    streams: &StreamNames,
     gateway: &GatewayConfig,
     errs: &mut Errors,
 ) -> Option<SourceConfig> {
@@ -510,13 +309,12 @@ fn source(
             String::new()
         }
     };
-    let stream_index = |name: &str| raw.streams.iter().position(|st| st.name == name);
     let stream = match s.stream.as_deref() {
-        Some(name) => stream_index(name).or_else(|| {
-            errs.push(format!("{path}.stream"), unknown_stream(name, raw));
+        Some(name) => streams.index(name).or_else(|| {
+            errs.push(format!("{path}.stream"), streams.unknown(name));
             None
         }),
-        None if raw.streams.len() == 1 => Some(0),
+        None if streams.len() == 1 => Some(0),
         None => {
             errs.push(
                 format!("{path}.stream"),
@@ -530,7 +328,7 @@ fn source(
         s.heartbeat_interval.as_deref(),
         Duration::from_millis(10),
     );
-    let kind = s.kind.validate(path, &stream_index, raw, errs);
+    let kind = s.kind.validate(path, streams, errs);
     Some(SourceConfig {
         id: s.id.clone(),
         equipment_id,
@@ -538,17 +336,4 @@ fn source(
         heartbeat_interval,
         kind,
     })
-}
-
-/// The message for a reference to a stream that is not defined.
-pub fn unknown_stream(name: &str, raw: &RawConfig) -> String {
-    let known: Vec<String> = raw
-        .streams
-        .iter()
-        .map(|s| format!("\"{}\"", s.name))
-        .collect();
-    format!(
-        "no stream is named \"{name}\" (defined: {})",
-        known.join(", ")
-    )
 }

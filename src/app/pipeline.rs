@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::app::config::Config;
 use crate::exporters::ExportKind;
 use crate::exporters::bandwidth::Bandwidth;
 use crate::exporters::driver::{self, DriverContext, ExportStats};
@@ -139,7 +139,7 @@ impl Pipeline {
         let source_ids: Vec<String> = config.sources.iter().map(|s| s.id.clone()).collect();
         let queue = Queue::open(
             &config.gateway.data_dir,
-            StreamSpec::from_config(config),
+            stream_specs(config),
             &source_ids,
             QueueOptions {
                 maintenance_interval: config.gateway.status_interval,
@@ -451,7 +451,7 @@ impl Pipeline {
         let source_ids: Vec<String> = new.sources.iter().map(|s| s.id.clone()).collect();
         let reconfigured = self
             .handle
-            .reconfigure(StreamSpec::from_config(&new), source_ids)
+            .reconfigure(stream_specs(&new), source_ids)
             .await;
         let reconfigured = match reconfigured {
             Ok(r) => r,
@@ -557,6 +557,27 @@ impl Pipeline {
         }
         tracing::info!("shutdown complete");
     }
+}
+
+/// What the queue needs to know of each configured stream.
+fn stream_specs(config: &Config) -> Vec<StreamSpec> {
+    config
+        .streams
+        .iter()
+        .map(|s| StreamSpec {
+            name: s.name.clone(),
+            priority: s.priority,
+            max_size: s.max_size,
+            strategy_on_full: s.strategy_on_full,
+            time_to_live: s.time_to_live,
+            durability: s.durability,
+            exports: s
+                .exports
+                .iter()
+                .map(|e| (e.name.clone(), e.kind.kind_name().to_string(), !e.disabled))
+                .collect(),
+        })
+        .collect()
 }
 
 fn bandwidth_of(config: &Config) -> Bandwidth {
@@ -741,7 +762,7 @@ pub enum RunError {
 
 /// The metrics listener, restarted when a reload changes `[metrics]`.
 struct MetricsTask {
-    config: crate::config::MetricsConfig,
+    config: crate::metrics::MetricsConfig,
     running: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -807,9 +828,9 @@ pub struct ReloadRequests {
 /// Reads, validates and applies the config file; a broken file changes nothing.
 async fn reload_from_file(pipeline: &mut Pipeline, path: &Path) {
     tracing::info!(config = %path.display(), "reloading the configuration");
-    let new = match crate::config::load(path) {
+    let new = match crate::app::config::load(path) {
         Ok(c) => c,
-        Err(crate::config::LoadError::Invalid { path, errors }) => {
+        Err(crate::app::config::LoadError::Invalid { path, errors }) => {
             tracing::error!(
                 "config reload rejected: {} has {} error(s); the gateway keeps running with the previous config",
                 path.display(),

@@ -13,10 +13,13 @@
 //! `HOLD` (100 ms) still counts as contending: a lower effective priority waits for it. An
 //! export that goes quiet releases the bandwidth after `HOLD`.
 //!
-//! Plain state machine: time comes in as microseconds, no tokio, tested below.
+//! Plain state machine: time comes in as microseconds, no tokio, tested below. The byte budget
+//! is the exports' one token bucket ([`RateLimit`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::exporters::rate::RateLimit;
 
 /// How long an export counts as contending after its last request.
 pub const HOLD: Duration = Duration::from_millis(100);
@@ -34,10 +37,9 @@ struct Waiter {
 
 #[derive(Debug)]
 pub struct BandwidthScheduler {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last_us: u64,
+    /// The byte budget; the scheduler's microseconds are counted from `origin`.
+    bucket: RateLimit,
+    origin: Instant,
     aging_us: u64,
     waiters: Vec<Waiter>,
     arrivals: u64,
@@ -47,12 +49,12 @@ pub struct BandwidthScheduler {
 
 impl BandwidthScheduler {
     pub fn new(bytes_per_sec: u64, aging: Duration, now_us: u64) -> BandwidthScheduler {
-        let rate = bytes_per_sec.max(1) as f64;
+        let origin = Instant::now();
+        let mut bucket = RateLimit::new(bytes_per_sec);
+        bucket.wait(origin + Duration::from_micros(now_us), 0);
         BandwidthScheduler {
-            rate,
-            burst: rate,
-            tokens: rate,
-            last_us: now_us,
+            bucket,
+            origin,
             aging_us: aging.as_micros().max(1) as u64,
             waiters: Vec::new(),
             arrivals: 0,
@@ -83,12 +85,6 @@ impl BandwidthScheduler {
         self.waiters.len()
     }
 
-    fn refill(&mut self, now_us: u64) {
-        let elapsed = now_us.saturating_sub(self.last_us) as f64 / 1e6;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last_us = now_us.max(self.last_us);
-    }
-
     /// The effective priority of a waiter: lower is served first.
     fn effective(&self, w: &Waiter, now_us: u64) -> i64 {
         w.priority as i64 - (now_us.saturating_sub(w.since_us) / self.aging_us) as i64
@@ -100,7 +96,6 @@ impl BandwidthScheduler {
         if self.waiters.is_empty() {
             return None;
         }
-        self.refill(now_us);
         let best = (0..self.waiters.len())
             .min_by_key(|&i| {
                 let w = &self.waiters[i];
@@ -118,16 +113,13 @@ impl BandwidthScheduler {
         if held {
             return Some(Err(Duration::from_millis(2)));
         }
-        let need = (self.waiters[best].bytes as f64).min(self.burst);
-        if self.tokens >= need {
-            let w = self.waiters.swap_remove(best);
-            self.tokens -= w.bytes as f64;
-            Some(Ok(w.ticket))
+        let now = self.origin + Duration::from_micros(now_us);
+        let wait = self.bucket.take(now, self.waiters[best].bytes);
+        if wait.is_zero() {
+            Some(Ok(self.waiters.swap_remove(best).ticket))
         } else {
-            let secs = (need - self.tokens) / self.rate;
             // Re-check at least every aging period: another waiter may overtake.
-            let wait = Duration::from_secs_f64(secs).min(Duration::from_micros(self.aging_us));
-            Some(Err(wait.max(Duration::from_micros(100))))
+            Some(Err(wait.min(Duration::from_micros(self.aging_us))))
         }
     }
 }
