@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streamgate::exporters::bandwidth::Bandwidth;
-use streamgate::exporters::driver::{self, DriverContext, ExportStats};
+use streamgate::exporters::driver::{self, DriverContext};
+use streamgate::exporters::stats::ExportStats;
 use streamgate::exporters::{BatchConfig, RetryConfig};
 use streamgate::exporters::{Exporter, Outcome, SendError};
 use streamgate::queue::{

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use peers::{Broker, Certs, Subscriber, free_port};
 use std::sync::Arc;
 use streamgate::app::{Pipeline, StartOptions};
-use streamgate::exporters::mqtt::MqttStats;
+use streamgate::exporters::stats::ConnectionStats;
 
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -91,8 +91,12 @@ repeat = @TAGS@
     streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"))
 }
 
-fn mqtt_stats(p: &Pipeline) -> Arc<MqttStats> {
-    p.mqtt_stats[0].1.clone()
+fn mqtt_stats(p: &Pipeline) -> Arc<ConnectionStats> {
+    p.export_stats[0]
+        .1
+        .connection
+        .clone()
+        .expect("an MQTT export has connection counters")
 }
 
 /// Stops the readers and waits until every export has acknowledged everything queued.

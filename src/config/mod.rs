@@ -248,6 +248,15 @@ impl Errors {
     }
 }
 
+/// A fingerprint of a secret for "did the config change" checks (reload): a hash that stays
+/// in memory and is never shown, so `Debug` output can keep hiding the secret itself.
+pub fn secret_fingerprint(secret: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret.hash(&mut h);
+    format!("{:x}", h.finish())
+}
+
 /// The streams a component may name (`stream = "..."` on a source or tag), in config order:
 /// what a component's validation needs to know of the rest of the file.
 #[derive(Debug, Clone, Default)]

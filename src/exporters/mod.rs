@@ -10,6 +10,7 @@ pub mod file;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod rate;
+pub mod stats;
 pub mod stdout;
 pub mod throttle;
 
@@ -195,7 +196,60 @@ impl RawExportKind {
     }
 }
 
+/// Starts export `ctx` of kind `kind`: builds its exporter (inside the export's span) and
+/// runs the [`driver`] until `ctx.shutdown`.
+pub fn spawn(kind: &ExportKind, ctx: driver::DriverContext) -> tokio::task::JoinHandle<()> {
+    let span =
+        tracing::info_span!("export", stream = %ctx.stream, name = %ctx.name, kind = ctx.kind);
+    match kind {
+        #[cfg(any(feature = "kinesis", feature = "firehose"))]
+        ExportKind::Aws(a) => {
+            let exporter = span.in_scope(|| aws::AwsExporter::new(a.clone()));
+            tokio::spawn(driver::run(exporter, ctx))
+        }
+        ExportKind::File(f) => {
+            let prefix = format!("{}-{}", ctx.stream, ctx.name);
+            let exporter = span.in_scope(|| file::FileExporter::new(f.clone(), &prefix));
+            tokio::spawn(driver::run(exporter, ctx))
+        }
+        ExportKind::Stdout(_) => tokio::spawn(driver::run(stdout::StdoutExporter::default(), ctx)),
+        #[cfg(feature = "mqtt")]
+        ExportKind::Mqtt(m) => {
+            let connection = ctx.stats.connection.clone().unwrap_or_default();
+            let exporter = span.in_scope(|| mqtt::MqttExporter::new((**m).clone(), connection));
+            tokio::spawn(driver::run(exporter, ctx))
+        }
+    }
+}
+
 impl ExportKind {
+    /// Everything the export was started with, for the reload diff: equal text means equal
+    /// settings (the derived `Debug` is complete and has no maps; secrets are hashed).
+    pub fn fingerprint(&self) -> String {
+        let secret = match self {
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(m) => match &m.password {
+                Some(mqtt::config::Secret::Value(v)) => crate::config::secret_fingerprint(v),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        format!("{self:?}|secret={secret}")
+    }
+
+    /// Fresh counters for an export of this kind (with connection counters where it keeps one).
+    pub fn stats(&self) -> stats::ExportStats {
+        let connection = match self {
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(_) => Some(Default::default()),
+            _ => None,
+        };
+        stats::ExportStats {
+            connection,
+            ..Default::default()
+        }
+    }
+
     /// Whether a password is written into the config file itself (see `Config::inline_secrets`).
     pub fn has_inline_secret(&self) -> bool {
         match self {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::exporters::driver::ExportStats;
+use crate::exporters::stats::ExportStats;
 use crate::queue::{QueueHandle, StreamStatus};
 use crate::readers::SourceStats;
 
@@ -38,8 +38,6 @@ pub struct Registry {
 pub struct Published {
     pub sources: Vec<(String, Arc<SourceStats>)>,
     pub exports: Vec<(String, Arc<ExportStats>)>,
-    #[cfg(feature = "mqtt")]
-    pub mqtt: Vec<(String, Arc<crate::exporters::mqtt::MqttStats>)>,
     pub queue: Option<QueueHandle>,
 }
 
@@ -102,10 +100,9 @@ impl Registry {
                     throttled_per_s: load(&s.throttled_per_s),
                     send_rate: load(&s.send_rate),
                 };
-                #[cfg(feature = "mqtt")]
-                if let Some((_, m)) = p.mqtt.iter().find(|(k, _)| k == key) {
-                    e.possible_duplicates = Some(load(&m.possible_duplicates));
-                    e.connection_losses = Some(load(&m.connection_losses));
+                if let Some(c) = &s.connection {
+                    e.possible_duplicates = Some(load(&c.possible_duplicates));
+                    e.connection_losses = Some(load(&c.connection_losses));
                 }
                 e
             })

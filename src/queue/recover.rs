@@ -18,7 +18,7 @@ pub const CORRUPT_MARKER: &str = "queue.db.corrupt";
 
 /// Exit code of the process after corruption was found while running (EX_TEMPFAIL: the
 /// service manager restarts it, and the start recovers).
-pub const EXIT_CORRUPT_WHILE_RUNNING: i32 = 75;
+pub const EXIT_CORRUPT_WHILE_RUNNING: i32 = 75; // = app::daemon::exit::CORRUPT_WHILE_RUNNING
 
 /// When a source's saved counter cannot be read, its sequence numbers restart at
 /// `now_ms * SEQ_JUMP_PER_MS`: above every number it can have issued unless it produced more

@@ -10,12 +10,16 @@ pub mod opcua;
 pub mod s7;
 pub mod simulator;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{Errors, StreamNames};
 use crate::payload::{Flags, Meta, PAYLOAD_VERSION, Payload, Quality, Value};
@@ -88,7 +92,118 @@ pub fn check_together(sources: &[(&str, &str, &SourceKind)], errs: &mut Errors) 
     let _ = (sources, errs);
 }
 
+/// What readers share across sources and need from the gateway: the data directory (OPC UA
+/// keeps its PKI there) and the connections of Modbus lines that several sources take turns on.
+pub struct Readers {
+    data_dir: PathBuf,
+    #[cfg(feature = "modbus")]
+    lines: modbus::line::Lines,
+}
+
+impl Readers {
+    pub fn new(data_dir: &Path) -> Readers {
+        Readers {
+            data_dir: data_dir.to_owned(),
+            #[cfg(feature = "modbus")]
+            lines: Default::default(),
+        }
+    }
+
+    /// Starts the reader of source `id` (in its own `reader` span); it runs until `stop`.
+    pub fn spawn(
+        &self,
+        id: &str,
+        kind: &SourceKind,
+        ctx: SourceContext,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        let span = tracing::info_span!("reader", id = %id, kind = kind.kind_name());
+        match kind {
+            SourceKind::Simulator(sim) => {
+                let seed = crate::time::now_ms() as u64 ^ seed_of(id);
+                let sim = simulator::Simulator::new(sim.clone(), seed);
+                tokio::spawn(sim.run(ctx, stop).instrument(span))
+            }
+            #[cfg(feature = "s7")]
+            SourceKind::S7(s7) => {
+                let reader = s7::S7Reader::new(s7.clone());
+                tokio::spawn(reader.run(ctx, stop).instrument(span))
+            }
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                let reader = modbus::ModbusReader::new(m.clone(), &self.lines);
+                tokio::spawn(reader.run(ctx, stop).instrument(span))
+            }
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(ua) => {
+                let reader = opcua::OpcuaReader::new(ua.as_ref().clone(), id, &self.data_dir);
+                tokio::spawn(reader.run(ctx, stop).instrument(span))
+            }
+        }
+    }
+
+    /// A reload changed the sources: shared connections whose settings are gone are dropped,
+    /// so the restarted sources open new ones.
+    pub fn forget_changed(&self, old: &[&SourceKind], new: &[&SourceKind]) {
+        #[cfg(feature = "modbus")]
+        {
+            let transports = |kinds: &[&SourceKind]| -> Vec<modbus::config::Transport> {
+                kinds
+                    .iter()
+                    .filter_map(|k| match k {
+                        SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                            Some(m.transport.clone())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let now = transports(new);
+            for t in transports(old) {
+                if !now.contains(&t) {
+                    self.lines.forget(&t.key());
+                }
+            }
+        }
+        #[cfg(not(feature = "modbus"))]
+        let _ = (old, new);
+    }
+}
+
+/// A per-source part of the simulator's seed, so two simulators do not produce the same data.
+fn seed_of(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 impl SourceKind {
+    /// Everything the reader was started with, for the reload diff: equal text means equal
+    /// settings (the derived `Debug` is complete and has no maps; secrets are hashed).
+    pub fn fingerprint(&self) -> String {
+        let secret = match self {
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(ua) => match &ua.identity {
+                opcua::config::Identity::UserName { password, .. } => {
+                    crate::config::secret_fingerprint(password)
+                }
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        format!("{self:?}|secret={secret}")
+    }
+
+    /// Sources with the same key share one connection (a Modbus TCP gateway or serial line):
+    /// a change to one restarts them all.
+    pub fn connection_key(&self) -> Option<String> {
+        match self {
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => Some(m.transport.key()),
+            _ => None,
+        }
+    }
+
     /// Whether a password is written into the config file itself (see `Config::inline_secrets`).
     pub fn has_inline_secret(&self) -> bool {
         match self {

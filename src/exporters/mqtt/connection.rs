@@ -20,11 +20,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::MqttStats;
 use super::config::{MqttExportConfig, Secret, TlsConfig};
 use super::inflight::{InFlight, Tag};
 use crate::backoff::Backoff;
 use crate::exporters::rate::RateLimit;
+use crate::exporters::stats::ConnectionStats;
 
 /// How one message of the current send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl State {
         self.next_generation
     }
 
-    pub fn settle(&mut self, tag: Tag, result: Settled, stats: &MqttStats) {
+    pub fn settle(&mut self, tag: Tag, result: Settled, stats: &ConnectionStats) {
         if let Settled::Lost { sent: true, .. } = &result {
             stats.lost_in_flight.fetch_add(1, Ordering::Relaxed);
         }
@@ -131,7 +131,7 @@ pub struct Shared {
     pub progress: Notify,
     /// Asks the connection task to drop the connection (no PUBACK within ack_timeout).
     pub kill: Notify,
-    pub stats: Arc<MqttStats>,
+    pub stats: Arc<ConnectionStats>,
 }
 
 impl Shared {
@@ -248,7 +248,7 @@ async fn connection(
 }
 
 /// Applies one event; true when something settled.
-fn handle(st: &mut State, event: &Event, stats: &MqttStats) -> bool {
+fn handle(st: &mut State, event: &Event, stats: &ConnectionStats) -> bool {
     let settled = match event {
         Event::Incoming(Incoming::PubAck(ack)) => st.inflight.puback(ack.pkid),
         Event::Outgoing(Outgoing::Publish(pkid)) => st.inflight.written(*pkid),
