@@ -8,6 +8,7 @@ pub mod modbus;
 pub mod opcua;
 #[cfg(feature = "s7")]
 pub mod s7;
+pub mod signal;
 pub mod simulator;
 
 use std::path::{Path, PathBuf};
