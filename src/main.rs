@@ -73,6 +73,7 @@ enum Command {
         stream: String,
     },
     /// Measure throughput, latency, memory and disk use on this machine (prints figures).
+    #[cfg(feature = "bench")]
     Bench {
         /// Seconds per measuring phase.
         #[arg(long, default_value_t = 10)]
@@ -268,6 +269,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(code))
             })
         }
+        #[cfg(feature = "bench")]
         Command::Bench {
             seconds,
             backlog,

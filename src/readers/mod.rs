@@ -96,6 +96,7 @@ pub fn check_together(sources: &[(&str, &str, &SourceKind)], errs: &mut Errors) 
 /// What readers share across sources and need from the gateway: the data directory (OPC UA
 /// keeps its PKI there) and the connections of Modbus lines that several sources take turns on.
 pub struct Readers {
+    #[cfg_attr(not(feature = "opcua"), allow(dead_code))]
     data_dir: PathBuf,
     #[cfg(feature = "modbus")]
     lines: modbus::line::Lines,
