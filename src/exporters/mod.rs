@@ -12,6 +12,7 @@ pub mod mqtt;
 pub mod rate;
 pub mod stats;
 pub mod stdout;
+pub mod template;
 pub mod throttle;
 
 use std::future::Future;
