@@ -155,7 +155,7 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
             std::hint::black_box(plan);
         }
         plan_rates.push((label, payloads.len() as f64 / t.elapsed().as_secs_f64()));
-        let mut exporter = AwsExporter::new(aws);
+        let mut exporter = AwsExporter::new(aws, Default::default());
         let stats = exporter.stats();
         let start = Instant::now();
         let mut sent = 0usize;

@@ -109,6 +109,7 @@ fn context(
         queue: q.handle.clone(),
         bandwidth: Bandwidth::unlimited(),
         stats: stats.clone(),
+        clock: Default::default(),
         shutdown: stop.clone(),
     };
     (ctx, stats, stop)

@@ -22,7 +22,6 @@ pub async fn run(
     report: Option<Duration>,
     reload: Option<ReloadRequests>,
 ) -> Result<(), RunError> {
-    crate::clock::check();
     let mut pipeline = Pipeline::start(&config, StartOptions::default())?;
     let mut metrics = match MetricsTask::start(&config, pipeline.registry()).await {
         Ok(m) => m,
@@ -31,7 +30,7 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    spawn_clock_checks(shutdown.clone());
+    spawn_clock_checks(pipeline.clock().clone(), shutdown.clone());
     tracing::info!(
         data_dir = %config.gateway.data_dir.display(),
         streams = config.streams.len(),
@@ -203,13 +202,13 @@ fn spawn_progress(handle: QueueHandle, every: Duration, stop: CancellationToken)
 }
 
 /// Re-checks the clock every minute (NTP may fix it, or a peer may show it is off).
-fn spawn_clock_checks(stop: CancellationToken) {
+fn spawn_clock_checks(clock: crate::clock::Clock, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.tick().await;
         loop {
             tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
-            crate::clock::check();
+            clock.check();
         }
     });
 }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::config::Config;
+use crate::clock::Clock;
 use crate::exporters::bandwidth::Bandwidth;
 use crate::exporters::driver::DriverContext;
 use crate::exporters::stats::ExportStats;
@@ -52,6 +53,8 @@ pub struct Pipeline {
     pub(super) bandwidth: Bandwidth,
     /// What readers share (connections of Modbus lines, the data directory).
     pub(super) readers: Readers,
+    /// The gateway clock's verdict: readers flag samples by it, exporters report to it.
+    pub(super) clock: Clock,
     pub source_stats: Vec<(String, Arc<SourceStats>)>,
     /// Counters of each export, by `stream/export`.
     pub export_stats: Vec<(String, Arc<ExportStats>)>,
@@ -97,6 +100,8 @@ impl Pipeline {
                 .collect(),
             sources: (0..config.sources.len()).collect(),
         };
+        let clock = Clock::default();
+        clock.check();
         let mut pipeline = Pipeline {
             config: config.clone(),
             source_next_seq: queue.source_next_seq.clone(),
@@ -109,6 +114,7 @@ impl Pipeline {
             exports_stop: CancellationToken::new(),
             bandwidth: bandwidth_of(config),
             readers: Readers::new(&config.gateway.data_dir),
+            clock,
             source_stats: Vec::new(),
             export_stats: Vec::new(),
             registry: Arc::default(),
@@ -123,6 +129,11 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// The gateway clock's verdict the pipeline's readers and exporters use.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The counters the metrics endpoint shows; kept current across reloads.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
@@ -133,6 +144,7 @@ impl Pipeline {
             sources: self.source_stats.clone(),
             exports: self.export_stats.clone(),
             queue: Some(self.handle.clone()),
+            clock: Some(self.clock.clone()),
         });
     }
 
@@ -179,7 +191,8 @@ impl Pipeline {
             src.heartbeat_interval,
             queue.appender.clone(),
             stats,
-        );
+        )
+        .with_clock(self.clock.clone());
         let stop = self.sources_stop.child_token();
         let task = self.readers.spawn(&src.id, &src.kind, ctx, stop.clone());
         self.sources.push(RunningSource {
@@ -230,6 +243,7 @@ impl Pipeline {
             queue: self.handle.clone(),
             bandwidth: self.bandwidth.clone(),
             stats,
+            clock: self.clock.clone(),
             shutdown: stop.clone(),
         };
         let task = crate::exporters::spawn(&export.kind, ctx);

@@ -46,6 +46,8 @@ pub struct DriverContext {
     pub queue: QueueHandle,
     pub bandwidth: Bandwidth,
     pub stats: Arc<ExportStats>,
+    /// The gateway clock (exporters report the time cloud endpoints tell them).
+    pub clock: crate::clock::Clock,
     /// Cancelled at shutdown: finish the sends in progress, then stop.
     pub shutdown: CancellationToken,
 }

@@ -39,6 +39,8 @@ pub struct Published {
     pub sources: Vec<(String, Arc<SourceStats>)>,
     pub exports: Vec<(String, Arc<ExportStats>)>,
     pub queue: Option<QueueHandle>,
+    /// The gateway clock's verdict.
+    pub clock: Option<crate::clock::Clock>,
 }
 
 impl Registry {
@@ -112,7 +114,11 @@ impl Registry {
             sources,
             exports,
             streams,
-            clock: crate::clock::last_verdict().filter(|v| v.is_wrong()),
+            clock: p
+                .clock
+                .as_ref()
+                .and_then(|c| c.last_verdict())
+                .filter(|v| v.is_wrong()),
             rss_bytes: crate::telemetry::rss().map(|(rss, _)| rss),
         }
     }

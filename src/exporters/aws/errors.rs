@@ -107,6 +107,7 @@ pub fn describe_call_error<E>(
     service: Service,
     target: &str,
     err: &SdkError<E, HttpResponse>,
+    clock: &crate::clock::Clock,
 ) -> CallError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -121,7 +122,7 @@ where
             if let Some(server) =
                 server_date.and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
             {
-                crate::clock::report_peer_time(service.name(), server.secs() * 1000);
+                clock.report_peer_time(service.name(), server.secs() * 1000);
             }
             let text = describe_code(service, target, code, message, server_date);
             if text.contains("clock") {

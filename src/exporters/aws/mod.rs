@@ -68,6 +68,8 @@ pub struct AwsExporter {
     /// Made at the first send, shared by every handle of the export.
     client: Arc<tokio::sync::OnceCell<Client>>,
     stats: Arc<AwsStats>,
+    /// The gateway clock: every error response tells the endpoint's time.
+    clock: crate::clock::Clock,
 }
 
 /// Loads the SDK configuration: the standard credential chain (environment, profile, web
@@ -119,11 +121,12 @@ pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfi
 }
 
 impl AwsExporter {
-    pub fn new(config: AwsExportConfig) -> AwsExporter {
+    pub fn new(config: AwsExportConfig, clock: crate::clock::Clock) -> AwsExporter {
         AwsExporter {
             config: Arc::new(config),
             client: Arc::default(),
             stats: Arc::default(),
+            clock,
         }
     }
 
@@ -194,7 +197,7 @@ impl AwsExporter {
                     .set_records(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| errors::describe_call_error(service, &target, &e))?;
+                    .map_err(|e| errors::describe_call_error(service, &target, &e, &self.clock))?;
                 out.records()
                     .iter()
                     .map(|e| {
@@ -225,7 +228,7 @@ impl AwsExporter {
                     .set_records(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| errors::describe_call_error(service, &target, &e))?;
+                    .map_err(|e| errors::describe_call_error(service, &target, &e, &self.clock))?;
                 out.request_responses()
                     .iter()
                     .map(|e| {
@@ -260,6 +263,7 @@ impl Exporter for AwsExporter {
             config: self.config.clone(),
             client: self.client.clone(),
             stats: self.stats.clone(),
+            clock: self.clock.clone(),
         })
     }
 
