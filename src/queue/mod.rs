@@ -63,6 +63,7 @@
 
 pub mod cursor;
 pub mod disk;
+pub mod inspect;
 pub mod recover;
 mod sqlite;
 
