@@ -38,7 +38,7 @@ impl Exporter for Scripted {
             *d.offered.entry(r.id).or_default() += 1;
         }
         if d.calls.is_multiple_of(4) {
-            return Err(SendError::new("connection reset"));
+            return Err(SendError::transient("connection reset"));
         }
         let mut out = Vec::new();
         for r in batch {

@@ -42,10 +42,11 @@ pub struct Errors {
 }
 
 impl Errors {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    /// One error at `path`: a message, or a typed error whose text says what is wrong.
+    pub fn push(&mut self, path: impl Into<String>, message: impl fmt::Display) {
         self.list.push(ConfigError {
             path: path.into(),
-            message: message.into(),
+            message: message.to_string(),
             line: None,
         });
     }

@@ -360,7 +360,10 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 // that handle is gone.
                 let id = e.id();
                 tracing::error!(error = %e, "an export send task failed; its records are sent again");
-                (id, Err(SendError::new(format!("send task failed: {e}"))))
+                (
+                    id,
+                    Err(SendError::transient(format!("send task failed: {e}"))),
+                )
             }
         };
         ctx.stats
@@ -421,9 +424,10 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 self.retry.extend(batch);
             }
             Err(e) => {
-                ack.error = Some(e.message);
+                let throttled_call = e.is_throttled();
+                ack.error = Some(e.message().to_string());
                 resend = batch.len();
-                if e.throttled {
+                if throttled_call {
                     throttled = resend;
                 }
                 self.retry.extend(batch);

@@ -39,27 +39,46 @@ pub enum Outcome {
     Rejected(String),
 }
 
-/// A failure of the whole send: every record of the batch is retried after a backoff.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SendError {
-    pub message: String,
-    /// The whole call was refused for throughput: the adaptive rate slows down too.
-    pub throttled: bool,
+/// A failure of a whole send (or of one call of it): every record it carried is sent again.
+/// Records the destination will never take are not a send error but a per-record
+/// [`Outcome::Rejected`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Failed this time (connection lost, timeout, server error, no credentials yet): sent
+    /// again after the export's failure backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Refused for throughput: sent again, and the export's adaptive rate ([`throttle`]) slows
+    /// down.
+    #[error("{0}")]
+    Throttled(String),
 }
 
 impl SendError {
-    pub fn new(message: impl Into<String>) -> SendError {
-        SendError {
-            message: message.into(),
-            throttled: false,
-        }
+    pub fn transient(message: impl Into<String>) -> SendError {
+        SendError::Transient(message.into())
     }
 
     pub fn throttled(message: impl Into<String>) -> SendError {
-        SendError {
-            message: message.into(),
-            throttled: true,
+        SendError::Throttled(message.into())
+    }
+
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, SendError::Throttled(_))
+    }
+
+    /// What happened and what to do, in one line.
+    pub fn message(&self) -> &str {
+        match self {
+            SendError::Transient(m) | SendError::Throttled(m) => m,
+        }
+    }
+
+    /// What it means for each record the failed call carried.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            SendError::Transient(m) => Outcome::Retry(m.clone()),
+            SendError::Throttled(m) => Outcome::Throttled(m.clone()),
         }
     }
 }

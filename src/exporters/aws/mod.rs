@@ -32,7 +32,7 @@ use aws_smithy_http_client::tls;
 use rand::Rng;
 
 pub use config::{AwsExportConfig, RawAwsExport, Service};
-use errors::{CallError, EntryFailure, entry_failure};
+use errors::{EntryFailure, entry_failure};
 use packer::PackedRecord;
 
 use super::{Exporter, Outcome, SendError};
@@ -72,30 +72,51 @@ pub struct AwsExporter {
     clock: crate::clock::Clock,
 }
 
+/// Why the AWS client could not be made (the export retries with its failure backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ca_file {}: cannot read it: {source}", .path.display())]
+    CaFileUnreadable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ca_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it", .path.display())]
+    CaFileNotPem { path: std::path::PathBuf },
+    #[error("ca_file {}: {message}", .path.display())]
+    CaFileRejected {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("this streamgate was built without the {0} exporter (cargo feature)")]
+    NotBuilt(&'static str),
+}
+
 /// Loads the SDK configuration: the standard credential chain (environment, profile, web
 /// identity, container and instance metadata) or a named profile, rustls with ring, and the
 /// system's CA certificates or only those of `ca_file`.
-pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfig, String> {
+pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfig, ClientError> {
     let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
         tls::rustls_provider::CryptoMode::Ring,
     ));
     if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("ca_file {}: cannot read it: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaFileUnreadable {
+            path: path.clone(),
+            source,
+        })?;
         if !pem
             .windows(b"-----BEGIN CERTIFICATE-----".len())
             .any(|w| w == b"-----BEGIN CERTIFICATE-----")
         {
-            return Err(format!(
-                "ca_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-                path.display()
-            ));
+            return Err(ClientError::CaFileNotPem { path: path.clone() });
         }
         let trust = tls::TrustStore::empty().with_pem_certificate(pem);
         let context = tls::TlsContext::builder()
             .with_trust_store(trust)
             .build()
-            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            .map_err(|e| ClientError::CaFileRejected {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         builder = builder.tls_context(context);
     }
     let http = builder.build_https();
@@ -134,7 +155,7 @@ impl AwsExporter {
         self.stats.clone()
     }
 
-    async fn client(&self) -> Result<&Client, String> {
+    async fn client(&self) -> Result<&Client, ClientError> {
         self.client
             .get_or_try_init(|| async {
                 let sdk = sdk_config(&self.config).await?;
@@ -158,10 +179,7 @@ impl AwsExporter {
                     Service::Firehose => Client::Firehose(aws_sdk_firehose::Client::new(&sdk)),
                     #[allow(unreachable_patterns)]
                     other => {
-                        return Err(format!(
-                            "this streamgate was built without the {} exporter (cargo feature)",
-                            other.name()
-                        ));
+                        return Err(ClientError::NotBuilt(other.name()));
                     }
                 })
             })
@@ -172,11 +190,14 @@ impl AwsExporter {
     async fn put(
         &self,
         records: Vec<PackedRecord>,
-    ) -> Result<Vec<Option<EntryFailure>>, CallError> {
+    ) -> Result<Vec<Option<EntryFailure>>, SendError> {
         let service = self.config.service;
         let target = self.config.target.clone();
         let n = records.len();
-        let client = self.client().await?;
+        let client = self
+            .client()
+            .await
+            .map_err(|e| SendError::transient(e.to_string()))?;
         let results: Vec<Option<(String, String)>> = match client {
             #[cfg(feature = "kinesis")]
             Client::Kinesis(c) => {
@@ -187,7 +208,7 @@ impl AwsExporter {
                         .partition_key(r.key.unwrap_or_else(|| "-".into()))
                         .build()
                         .map_err(|e| {
-                            CallError::from(format!("cannot build a Kinesis record: {e}"))
+                            SendError::transient(format!("cannot build a Kinesis record: {e}"))
                         })?;
                     entries.push(entry);
                 }
@@ -218,7 +239,7 @@ impl AwsExporter {
                         .data(aws_sdk_firehose::primitives::Blob::new(r.data))
                         .build()
                         .map_err(|e| {
-                            CallError::from(format!("cannot build a Firehose record: {e}"))
+                            SendError::transient(format!("cannot build a Firehose record: {e}"))
                         })?;
                     entries.push(entry);
                 }
@@ -243,12 +264,11 @@ impl AwsExporter {
             }
         };
         if results.len() != n {
-            return Err(format!(
+            return Err(SendError::transient(format!(
                 "{} answered {} entry results for {n} records; resending them",
                 service.name(),
                 results.len()
-            )
-            .into());
+            )));
         }
         Ok(results
             .into_iter()
@@ -338,18 +358,18 @@ impl Exporter for AwsExporter {
                     }
                 }
                 Err(e) => {
-                    if e.throttled {
+                    if e.is_throttled() {
                         throttled_now += members.len() as u64;
                     }
                     if first_call {
                         // Nothing of this batch was accepted yet: let the driver retry all of it.
                         self.note_throttled(throttled_now);
-                        return Err(e.into());
+                        return Err(e);
                     }
                     for i in members.into_iter().flatten() {
                         outcomes[i] = Some(e.outcome());
                     }
-                    stop = Some(e.message);
+                    stop = Some(e.message().to_string());
                 }
             }
             first_call = false;

@@ -109,7 +109,7 @@ impl MqttExporter {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    return Err(SendError::new(format!(
+                    return Err(SendError::transient(format!(
                         "not connected to mqtt broker {}:{}: {}",
                         self.config.host,
                         self.config.port,

@@ -43,7 +43,7 @@ impl Packer<'_> {
                 continue;
             }
             if let Err(reason) = check_topic(&topic, self.aws_iot) {
-                packed.rejected.push((i, reason));
+                packed.rejected.push((i, reason.to_string()));
                 continue;
             }
             let len = record.payload.len();

@@ -58,42 +58,51 @@ impl TopicTemplate {
     }
 }
 
+/// Why a rendered topic name cannot be published to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic is empty")]
+    Empty,
+    #[error("topic \"{0}\" contains an MQTT wildcard ('+' or '#')")]
+    Wildcard(String),
+    #[error("topic contains NUL")]
+    Nul,
+    #[error("topic is {0} bytes, above MQTT's limit of {MQTT_MAX_TOPIC_BYTES}")]
+    TooLong(usize),
+    #[error("topic \"{0}\" is {1} bytes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_BYTES}")]
+    AwsIotTooLong(String, usize),
+    #[error(
+        "topic \"{0}\" has {1} slashes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_SLASHES}"
+    )]
+    AwsIotSlashes(String, usize),
+    #[error("topic \"{0}\" starts with '$', reserved by AWS IoT Core")]
+    AwsIotReserved(String),
+}
+
 /// Checks a rendered topic name against MQTT's rules and, with `aws_iot`, AWS IoT Core's.
-pub fn check_topic(topic: &str, aws_iot: bool) -> Result<(), String> {
+pub fn check_topic(topic: &str, aws_iot: bool) -> Result<(), TopicError> {
     if topic.is_empty() {
-        return Err("topic is empty".to_string());
+        return Err(TopicError::Empty);
     }
     if topic.contains(['+', '#']) {
-        return Err(format!(
-            "topic \"{topic}\" contains an MQTT wildcard ('+' or '#')"
-        ));
+        return Err(TopicError::Wildcard(topic.to_string()));
     }
     if topic.contains('\0') {
-        return Err("topic contains NUL".to_string());
+        return Err(TopicError::Nul);
     }
     if topic.len() > MQTT_MAX_TOPIC_BYTES {
-        return Err(format!(
-            "topic is {} bytes, above MQTT's limit of {MQTT_MAX_TOPIC_BYTES}",
-            topic.len()
-        ));
+        return Err(TopicError::TooLong(topic.len()));
     }
     if aws_iot {
         if topic.len() > AWS_IOT_MAX_TOPIC_BYTES {
-            return Err(format!(
-                "topic \"{topic}\" is {} bytes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_BYTES}",
-                topic.len()
-            ));
+            return Err(TopicError::AwsIotTooLong(topic.to_string(), topic.len()));
         }
         let slashes = topic.matches('/').count();
         if slashes > AWS_IOT_MAX_TOPIC_SLASHES {
-            return Err(format!(
-                "topic \"{topic}\" has {slashes} slashes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_SLASHES}"
-            ));
+            return Err(TopicError::AwsIotSlashes(topic.to_string(), slashes));
         }
         if topic.starts_with('$') {
-            return Err(format!(
-                "topic \"{topic}\" starts with '$', reserved by AWS IoT Core"
-            ));
+            return Err(TopicError::AwsIotReserved(topic.to_string()));
         }
     }
     Ok(())
