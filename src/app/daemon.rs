@@ -47,25 +47,37 @@ pub async fn run(
     if let Some(every) = report.filter(|d| !d.is_zero()) {
         spawn_progress(pipeline.handle.clone(), every, shutdown.clone());
     }
+    // The queue stops on its own when it finds its database damaged: shut down in order.
+    let queue_failed = pipeline.handle.failed();
     match reload {
         Some(mut reload) => loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = queue_failed.cancelled() => break,
                 req = reload.requests.recv() => match req {
                     Some(()) => {
                         reload_from_file(&mut pipeline, &reload.path).await;
                         metrics.follow(pipeline.config(), pipeline.registry()).await;
                     }
-                    None => { shutdown.cancelled().await; break; }
+                    None => {
+                        tokio::select! { _ = shutdown.cancelled() => {}, _ = queue_failed.cancelled() => {} }
+                        break;
+                    }
                 },
             }
         },
-        None => shutdown.cancelled().await,
+        None => {
+            tokio::select! { _ = shutdown.cancelled() => {}, _ = queue_failed.cancelled() => {} }
+        }
     }
+    let failure = pipeline.queue_failure();
     crate::systemd::notify_or_log("STOPPING=1");
     metrics.stop().await;
     pipeline.stop().await;
-    Ok(())
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +111,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Queue(QueueError::Locked { .. }) => exit::UNAVAILABLE,
+            RunError::Queue(QueueError::CorruptWhileRunning(_)) => exit::CORRUPT_WHILE_RUNNING,
             RunError::Queue(QueueError::ReadOnly { .. } | QueueError::DataDir { .. }) => {
                 exit::DATA_DIR
             }

@@ -129,6 +129,12 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// Why the queue stopped on its own (a damaged database), if it did; see
+    /// [`QueueHandle::failed`](crate::queue::QueueHandle::failed).
+    pub fn queue_failure(&self) -> Option<QueueError> {
+        self.queue.as_ref().and_then(|q| q.failure())
+    }
+
     /// The gateway clock's verdict the pipeline's readers and exporters use.
     pub fn clock(&self) -> &Clock {
         &self.clock

@@ -70,10 +70,12 @@ mod sqlite;
 pub use sqlite::Slots;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use sqlite::{AppendMode, Store};
 
@@ -118,6 +120,10 @@ pub enum QueueError {
     },
     #[error("the queue has shut down")]
     Closed,
+    #[error(
+        "the queue database was found damaged while running ({0}); the next start moves it aside and salvages every readable record"
+    )]
+    CorruptWhileRunning(String),
 }
 
 /// What a full stream does with a new record.
@@ -293,12 +299,20 @@ impl Appender {
 #[derive(Clone)]
 pub struct QueueHandle {
     ctl: mpsc::UnboundedSender<Ctl>,
+    /// Cancelled when the queue thread stopped on a damaged database.
+    failed: CancellationToken,
     tails: Vec<watch::Receiver<i64>>,
     starts: Vec<Vec<i64>>,
     priorities: Vec<u8>,
 }
 
 impl QueueHandle {
+    /// Cancelled when the queue stopped on its own because the database was found damaged
+    /// (see [`Queue::failure`]); the app then shuts down in order.
+    pub fn failed(&self) -> CancellationToken {
+        self.failed.clone()
+    }
+
     /// The first record id this export has not acknowledged (where it starts after a restart).
     pub fn export_start(&self, id: ExportId) -> i64 {
         self.starts[id.stream][id.export]
@@ -388,6 +402,8 @@ pub struct Queue {
     pub source_next_seq: Vec<u64>,
     thread: JoinHandle<()>,
     _lock: std::fs::File,
+    /// Why the queue thread stopped on its own, once it did.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Tuning of the queue thread.
@@ -519,6 +535,9 @@ impl Queue {
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let dir = data_dir.to_owned();
         let weak_ctl = ctl_tx.downgrade();
+        let failed = CancellationToken::new();
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let (worker_failed, worker_failure) = (failed.clone(), failure.clone());
         let thread = std::thread::Builder::new()
             .name("queue".into())
             .spawn(move || {
@@ -532,6 +551,9 @@ impl Queue {
                     tail_tx,
                     priorities: streams.iter().map(|s| s.priority).collect(),
                     options,
+                    corrupt: None,
+                    failed: worker_failed,
+                    failure: worker_failure,
                 };
                 worker.run();
             })
@@ -539,6 +561,7 @@ impl Queue {
         Ok(Queue {
             handle: QueueHandle {
                 ctl: ctl_tx,
+                failed,
                 tails,
                 starts,
                 priorities,
@@ -547,7 +570,15 @@ impl Queue {
             source_next_seq,
             thread,
             _lock: lock,
+            failure,
         })
+    }
+
+    /// Why the queue stopped on its own (a damaged database), if it did: the process should
+    /// exit with [`QueueError::CorruptWhileRunning`] after shutting down.
+    pub fn failure(&self) -> Option<QueueError> {
+        let text = self.failure.lock().ok()?.clone()?;
+        Some(QueueError::CorruptWhileRunning(text))
     }
 
     /// Waits for the queue thread to commit what it has and close the database. Every
@@ -588,9 +619,27 @@ struct Worker {
     tail_tx: Vec<watch::Sender<i64>>,
     priorities: Vec<u8>,
     options: QueueOptions,
+    /// Set when the database was found damaged: the thread stops using it.
+    corrupt: Option<QueueError>,
+    failed: CancellationToken,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Worker {
+    /// The database is damaged: mark it for recovery at the next start, stop serving, and
+    /// tell the app (which shuts down in order).
+    fn corrupted(&mut self, e: QueueError) {
+        if self.corrupt.is_some() {
+            return;
+        }
+        recover::mark_corrupt_while_running(&self.data_dir, &e);
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(e.to_string());
+        }
+        self.corrupt = Some(e);
+        self.failed.cancel();
+    }
+
     fn run(mut self) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -605,6 +654,10 @@ impl Worker {
         let span = tracing::info_span!("queue");
         let _enter = span.enter();
         rt.block_on(self.serve());
+        if self.corrupt.is_some() {
+            tracing::info!("queue stopped on a damaged database; not checkpointing it");
+            return;
+        }
         tracing::debug!("final WAL checkpoint started");
         if let Err(e) = self.store.checkpoint() {
             tracing::warn!(error = %e, "final WAL checkpoint failed (harmless: SQLite replays the WAL at next start)");
@@ -700,6 +753,9 @@ impl Worker {
             }
             // Exports waiting for records are served first, from what is already committed.
             let (read, full) = self.answer_reads(&mut reads);
+            if self.corrupt.is_some() {
+                return;
+            }
             if full {
                 behind_until = Some(Instant::now() + PACING_HOLD);
             }
@@ -739,7 +795,10 @@ impl Worker {
                     }
                     Err(e) => {
                         if disk::is_corruption(&e) {
-                            recover::corrupt_while_running(&self.data_dir, &e);
+                            // What was not committed is lost, as on a crash: the readers
+                            // stop, the export acks never made it.
+                            self.corrupted(e);
+                            return;
                         }
                         // Keep the work and try again: nothing is lost, readers feel backpressure.
                         if failing_since.is_none() {
@@ -769,6 +828,9 @@ impl Worker {
                 sort_ctl(c, &mut reads, &mut acks, &mut statuses, &mut reconfigs);
             }
             self.answer_reads(&mut reads);
+            if self.corrupt.is_some() {
+                return;
+            }
         }
     }
 
@@ -904,6 +966,7 @@ impl Worker {
         };
         let handle = QueueHandle {
             ctl,
+            failed: self.failed.clone(),
             tails: self.tail_tx.iter().map(|t| t.subscribe()).collect(),
             starts: self.store.export_starts(),
             priorities: self.priorities.clone(),
@@ -925,7 +988,7 @@ impl Worker {
             if let Err(e) = &result
                 && disk::is_corruption(e)
             {
-                recover::corrupt_while_running(&self.data_dir, e);
+                self.corrupted(QueueError::Corrupt(e.to_string()));
             }
             if let Ok(records) = &result {
                 read += records.len();
