@@ -380,7 +380,6 @@ impl<'a, E: Exporter> Driver<'a, E> {
             dead: Vec::new(),
             retries,
             error: None,
-            state: None,
         };
         let mut resend = 0usize;
         let mut throttled = 0usize;
@@ -450,7 +449,12 @@ impl<'a, E: Exporter> Driver<'a, E> {
         self.publish_rate();
         let error = ack.error.clone();
         if let Some(lane) = self.idle.last() {
-            ack.state = self.state(lane.state());
+            let state = self.state(lane.state());
+            if let Ok(mut cell) = ctx.queue.state_cell(ctx.id).lock()
+                && *cell != state
+            {
+                *cell = state;
+            }
         }
         if ctx.queue.ack(ack).is_err() {
             self.closed = true;

@@ -206,9 +206,12 @@ pub struct AckBatch {
     /// Records that were sent again in this round.
     pub retries: u64,
     pub error: Option<String>,
-    /// The exporter's own description of its state (connection, in flight), if it has one.
-    pub state: Option<String>,
 }
+
+/// An export's state line for `status` ("connected to ..., 3 of 4 sends in flight"): written
+/// by the export's driver whenever it changes, read by the queue when it writes its status.
+/// One place holds it; nothing carries it along with every acknowledgement.
+pub type StateCell = Arc<std::sync::Mutex<Option<String>>>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportStatus {
@@ -303,6 +306,7 @@ pub struct QueueHandle {
     failed: CancellationToken,
     tails: Vec<watch::Receiver<i64>>,
     starts: Vec<Vec<i64>>,
+    states: Vec<Vec<StateCell>>,
     priorities: Vec<u8>,
 }
 
@@ -311,6 +315,11 @@ impl QueueHandle {
     /// (see [`Queue::failure`]); the app then shuts down in order.
     pub fn failed(&self) -> CancellationToken {
         self.failed.clone()
+    }
+
+    /// Where export `id`'s driver writes its state line.
+    pub fn state_cell(&self, id: ExportId) -> StateCell {
+        self.states[id.stream][id.export].clone()
     }
 
     /// The first record id this export has not acknowledged (where it starts after a restart).
@@ -529,6 +538,7 @@ impl Queue {
         }
         let source_next_seq = store.source_next_seq();
         let starts = store.export_starts();
+        let states = store.state_cells();
         let (tail_tx, tails): (Vec<_>, Vec<_>) =
             store.tails().into_iter().map(watch::channel).unzip();
         let (app_tx, app_rx) = mpsc::channel(APPEND_CHANNEL_BATCHES);
@@ -564,6 +574,7 @@ impl Queue {
                 failed,
                 tails,
                 starts,
+                states,
                 priorities,
             },
             appender: Appender { tx: app_tx },
@@ -969,6 +980,7 @@ impl Worker {
             failed: self.failed.clone(),
             tails: self.tail_tx.iter().map(|t| t.subscribe()).collect(),
             starts: self.store.export_starts(),
+            states: self.store.state_cells(),
             priorities: self.priorities.clone(),
         };
         let _ = reply.send(Ok(Reconfigured {
