@@ -224,7 +224,9 @@ pub fn spawn(kind: &ExportKind, ctx: driver::DriverContext) -> tokio::task::Join
     match kind {
         #[cfg(any(feature = "kinesis", feature = "firehose"))]
         ExportKind::Aws(a) => {
-            let exporter = span.in_scope(|| aws::AwsExporter::new(a.clone(), ctx.clock.clone()));
+            let exporter = span.in_scope(|| {
+                aws::AwsExporter::new(a.clone(), ctx.clock.clone(), ctx.stats.clone())
+            });
             tokio::spawn(driver::run(exporter, ctx))
         }
         ExportKind::File(f) => {

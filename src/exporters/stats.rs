@@ -14,6 +14,13 @@ pub struct ExportStats {
     pub dead_lettered: AtomicU64,
     pub sends: AtomicU64,
     pub failed_sends: AtomicU64,
+    /// Requests made to the destination (Kinesis PutRecords / Firehose PutRecordBatch calls;
+    /// a send may take several).
+    pub requests: AtomicU64,
+    /// Records as the destination counts them (packed records count once).
+    pub wire_records: AtomicU64,
+    /// Bytes of those records (after packing and compression).
+    pub wire_bytes: AtomicU64,
     /// Records the destination refused for throughput (sent again).
     pub throttled: AtomicU64,
     /// Sends in flight now.

@@ -22,7 +22,7 @@ mod errors;
 pub mod packer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -36,22 +36,8 @@ use errors::{EntryFailure, entry_failure};
 use packer::PackedRecord;
 
 use super::{Exporter, Outcome, SendError};
+use crate::exporters::stats::ExportStats;
 use crate::queue::Record;
-
-/// Counters of one AWS export (the driver counts records; these count the service's view).
-#[derive(Debug, Default)]
-pub struct AwsStats {
-    /// PutRecords / PutRecordBatch calls made.
-    pub calls: AtomicU64,
-    /// Service records sent (packed records count once).
-    pub records: AtomicU64,
-    /// Samples in the records sent (with retries).
-    pub samples: AtomicU64,
-    /// Service records (or calls' records) refused by throttling.
-    pub throttled: AtomicU64,
-    /// Payload bytes sent (after packing and compression).
-    pub bytes: AtomicU64,
-}
 
 /// The service client; a variant exists only when its feature is built (`kinesis`,
 /// `firehose`), and config validation refuses the kind of a service that is not built.
@@ -67,7 +53,7 @@ pub struct AwsExporter {
     config: Arc<AwsExportConfig>,
     /// Made at the first send, shared by every handle of the export.
     client: Arc<tokio::sync::OnceCell<Client>>,
-    stats: Arc<AwsStats>,
+    stats: Arc<ExportStats>,
     /// The gateway clock: every error response tells the endpoint's time.
     clock: crate::clock::Clock,
 }
@@ -142,16 +128,20 @@ pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfi
 }
 
 impl AwsExporter {
-    pub fn new(config: AwsExportConfig, clock: crate::clock::Clock) -> AwsExporter {
+    pub fn new(
+        config: AwsExportConfig,
+        clock: crate::clock::Clock,
+        stats: Arc<ExportStats>,
+    ) -> AwsExporter {
         AwsExporter {
             config: Arc::new(config),
             client: Arc::default(),
-            stats: Arc::default(),
+            stats,
             clock,
         }
     }
 
-    pub fn stats(&self) -> Arc<AwsStats> {
+    pub fn stats(&self) -> Arc<ExportStats> {
         self.stats.clone()
     }
 
@@ -316,16 +306,14 @@ impl Exporter for AwsExporter {
                 continue;
             }
             let members: Vec<Vec<usize>> = call.iter().map(|r| r.samples.clone()).collect();
-            let samples: usize = members.iter().map(|m| m.len()).sum();
             let bytes: usize = call.iter().map(|r| r.data.len()).sum();
-            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
             self.stats
-                .records
+                .wire_records
                 .fetch_add(call.len() as u64, Ordering::Relaxed);
             self.stats
-                .samples
-                .fetch_add(samples as u64, Ordering::Relaxed);
-            self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                .wire_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
             match self.put(call).await {
                 Ok(results) => {
                     let mut failed = 0;
@@ -387,12 +375,10 @@ impl AwsExporter {
         if records == 0 {
             return;
         }
-        let total = self.stats.throttled.fetch_add(records, Ordering::Relaxed) + records;
-        // Throttling is routine on a busy stream: the driver's adaptive rate handles it and
-        // `status` shows it; the log says it at debug level only.
+        // Throttling is routine on a busy stream: the driver's adaptive rate handles it, counts
+        // it and `status` shows it; the log says it at debug level only.
         tracing::debug!(
             records,
-            total_throttled = total,
             "{} throttled this export; the throttled records are resent at a lower rate",
             self.config.service.name()
         );
