@@ -1,7 +1,8 @@
 //! Wires readers -> queue -> exporters and shuts them down in order:
 //! 1. stop the readers (each flushes its last samples, flagged `Lst`),
 //! 2. the queue commits everything the readers handed over,
-//! 3. exporters finish the send in progress (up to `gateway.shutdown_timeout`),
+//! 3. exports deliver what is queued, the readers' last samples included, while their
+//!    destination answers (up to `gateway.shutdown_timeout`), then finish the sends in flight,
 //! 4. the queue writes its cursors and status, checkpoints and closes.
 
 use std::sync::Arc;
@@ -285,15 +286,88 @@ impl Pipeline {
         self.sources_stop = CancellationToken::new();
     }
 
+    /// At a stop, after the readers handed over their last samples: waits (up to `until`)
+    /// while the running exports deliver what is queued. An export is done when it caught up
+    /// with the queue, or when it is failing (its destination does not answer: its records stay
+    /// queued for the next start).
+    async fn deliver_queued(&self, until: tokio::time::Instant) {
+        // The readers' last batches: taken by the queue thread, then committed before it
+        // answers the status requests below.
+        if let Some(queue) = &self.queue {
+            while !queue.appender.is_drained() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let running: Vec<(&str, &ExportStats)> = self
+            .export_stats
+            .iter()
+            .filter(|(key, _)| self.exports.iter().any(|r| &r.key == key))
+            .map(|(key, stats)| (key.as_str(), stats.as_ref()))
+            .collect();
+        let mut announced = false;
+        loop {
+            let Ok(status) = self.handle.status().await else {
+                return;
+            };
+            let (mut waiting, mut queued, mut held) = (0usize, 0u64, Vec::new());
+            for s in &status {
+                for e in s.exports.iter().filter(|e| e.backlog > 0) {
+                    let key = format!("{}/{}", s.name, e.name);
+                    let Some((_, stats)) = running.iter().find(|(k, _)| *k == key) else {
+                        continue;
+                    };
+                    if stats.failing_since_ms.load(Ordering::Relaxed) != 0 {
+                        held.push(format!("{key} ({} records)", e.backlog));
+                    } else {
+                        waiting += 1;
+                        queued += e.backlog;
+                    }
+                }
+            }
+            if waiting == 0 {
+                if !held.is_empty() {
+                    tracing::warn!(
+                        "not waiting for failing exports at shutdown: {}; their records stay queued for the next start",
+                        held.join(", ")
+                    );
+                } else if announced {
+                    tracing::info!("exports delivered what was queued");
+                }
+                return;
+            }
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(
+                    records = queued,
+                    "shutdown_timeout reached while exports delivered; the rest stays queued for the next start"
+                );
+                return;
+            }
+            if !announced {
+                tracing::info!(
+                    records = queued,
+                    exports = waiting,
+                    timeout = ?self.config.gateway.shutdown_timeout,
+                    "readers stopped; exports deliver what is queued before the gateway stops"
+                );
+                announced = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Shuts everything down in order; see the module docs.
     pub async fn stop(mut self) {
         let deadline = self.config.gateway.shutdown_timeout;
+        let until = tokio::time::Instant::now() + deadline;
         tracing::info!("shutting down: stopping readers");
         self.stop_sources(deadline).await;
-        tracing::info!("readers stopped; letting exports finish what is in flight");
+        self.deliver_queued(until).await;
         self.exports_stop.cancel();
         let exports = std::mem::take(&mut self.exports);
-        if !join_all("exports", exports.into_iter().map(|r| r.task), deadline).await {
+        let left = until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        if !join_all("exports", exports.into_iter().map(|r| r.task), left).await {
             tracing::warn!(
                 timeout = ?deadline,
                 "exports did not finish within the shutdown timeout; aborted (unacknowledged records stay queued)"

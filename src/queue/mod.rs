@@ -280,6 +280,12 @@ impl Appender {
         (Appender { tx }, rx)
     }
 
+    /// True when the queue thread has taken every batch handed over (it commits them before
+    /// it answers the next status request).
+    pub fn is_drained(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
+    }
+
     /// Queues a batch; waits while the queue thread is behind (backpressure).
     pub async fn append(&self, batch: AppendBatch) -> Result<(), QueueError> {
         self.tx.send(batch).await.map_err(|_| QueueError::Closed)
