@@ -63,6 +63,12 @@ pub async fn run<E: Exporter>(exporter: E, ctx: DriverContext) {
     }
 }
 
+/// The longest wait before a retry when the destination could not be reached at all: a
+/// retry then costs a connect attempt only, so an export is sending again within seconds of
+/// its destination coming back, whatever `max_backoff` says (that one paces retries of
+/// requests the destination received and failed).
+pub const UNREACHABLE_RETRY_CAP: Duration = Duration::from_secs(5);
+
 /// What a send task hands back: its exporter handle and the outcomes.
 type Sent<E> = (E, Result<Vec<Outcome>, SendError>);
 
@@ -90,6 +96,9 @@ struct Driver<'a, E: Exporter> {
     backoff: Backoff,
     /// No new send starts before this (after a send that made no progress).
     paused_until: Option<Instant>,
+    /// The last failed send could not reach the destination: the pause ends early when the
+    /// exporter says it is reachable again.
+    unreachable: bool,
     rate: SendRate,
     /// Whether the adaptive rate limited the export at the last look (for one log line when
     /// throttling starts and one when it ends).
@@ -132,6 +141,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
             ahead: None,
             backoff: Backoff::new(ctx.retry.initial_backoff, ctx.retry.max_backoff),
             paused_until: None,
+            unreachable: false,
             rate: SendRate::new(ctx.batch.max_records),
             limited: false,
             priority: ctx.queue.priority(ctx.id.stream),
@@ -156,7 +166,12 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 continue;
             }
             if let Some(until) = self.paused_until {
-                match self.wait_until(Some(until)).await {
+                let back = if self.unreachable {
+                    self.idle.last().map(|lane| lane.reachable())
+                } else {
+                    None
+                };
+                match self.wait_for(Some(until), back).await {
                     Woke::Stop => break,
                     Woke::Ready => self.paused_until = None,
                     Woke::Finished => {}
@@ -180,9 +195,19 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 if wait.is_zero() {
                     break;
                 }
-                if let Woke::Stop = self.wait_until(Some(Instant::now() + wait)).await {
-                    self.retry.extend(batch);
-                    return self.finish_in_flight().await;
+                let back = if self.unreachable && self.paused_until.is_some() {
+                    self.idle.last().map(|lane| lane.reachable())
+                } else {
+                    None
+                };
+                match self.wait_for(Some(Instant::now() + wait), back).await {
+                    Woke::Stop => {
+                        self.retry.extend(batch);
+                        return self.finish_in_flight().await;
+                    }
+                    // Reachable again (or the pause is over): no more waiting for this pause.
+                    Woke::Ready if self.paused_until.is_some() => self.paused_until = None,
+                    _ => {}
                 }
             }
             self.paused_until = None;
@@ -231,7 +256,26 @@ impl<'a, E: Exporter> Driver<'a, E> {
 
     /// Waits for `until` (or for nothing but a finished send), handling finished sends.
     async fn wait_until(&mut self, until: Option<Instant>) -> Woke {
+        self.wait_for(until, None).await
+    }
+
+    /// [`Driver::wait_until`], or until `back` resolves (the destination is reachable again).
+    async fn wait_for(
+        &mut self,
+        until: Option<Instant>,
+        back: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    ) -> Woke {
+        let has_back = back.is_some();
+        let back = async move {
+            if let Some(back) = back {
+                back.await
+            }
+        };
         tokio::select! {
+            _ = back, if has_back => {
+                tracing::debug!("the destination is reachable again; retrying now");
+                Woke::Ready
+            }
             Some(done) = self.sends.join_next_with_id(), if !self.sends.is_empty() => {
                 self.finished(done);
                 if self.closed { Woke::Stop } else { Woke::Finished }
@@ -423,6 +467,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 self.retry.extend(batch);
             }
             Err(e) => {
+                self.unreachable = e.is_unreachable();
                 let throttled_call = e.is_throttled();
                 ack.error = Some(e.message().to_string());
                 resend = batch.len();
@@ -463,11 +508,16 @@ impl<'a, E: Exporter> Driver<'a, E> {
         if resend == 0 || settled > 0 {
             // Progress (or nothing to resend): the failure backoff starts over. Throttled
             // entries of a send that delivered others are the adaptive rate's business.
-            ctx.stats.failing_since_ms.store(0, Ordering::Relaxed);
+            let since = ctx.stats.failing_since_ms.swap(0, Ordering::Relaxed);
             if self.backoff.failures() > 0 {
-                tracing::info!(after_failures = self.backoff.failures(), "export recovered");
+                tracing::info!(
+                    failed_sends = self.backoff.failures(),
+                    failing_for = ?Duration::from_millis((now_ms - since).max(0) as u64),
+                    "export recovered: sending again"
+                );
             }
             self.backoff.reset();
+            self.unreachable = false;
             if resend > 0 {
                 if let Ok(mut last) = ctx.stats.last_error.lock() {
                     last.clone_from(&error);
@@ -491,16 +541,32 @@ impl<'a, E: Exporter> Driver<'a, E> {
         if let Ok(mut last) = ctx.stats.last_error.lock() {
             last.clone_from(&error);
         }
-        let wait = self.backoff.fail(rand::rng().random());
+        let mut wait = self.backoff.fail(rand::rng().random());
+        if self.unreachable {
+            wait = wait.min(UNREACHABLE_RETRY_CAP);
+        }
         let until = Instant::now() + wait;
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
-        tracing::warn!(
-            error = error.as_deref().unwrap_or("unknown"),
-            records = resend,
-            attempt = self.backoff.failures(),
-            retry_in = ?Duration::from_millis(wait.as_millis() as u64),
-            "send failed; records stay queued and are retried"
-        );
+        let retry_in = Duration::from_millis(wait.as_millis() as u64);
+        let error = error.as_deref().unwrap_or("unknown");
+        // One WARN when a failure episode starts (and one INFO when it ends, above); the
+        // repeats are DEBUG: `status`, /health and the metrics show the episode meanwhile.
+        if self.backoff.failures() == 1 {
+            tracing::warn!(
+                error,
+                records = resend,
+                retry_in = ?retry_in,
+                "export failing: send failed; records stay queued and are retried"
+            );
+        } else {
+            tracing::debug!(
+                error,
+                records = resend,
+                attempt = self.backoff.failures(),
+                retry_in = ?retry_in,
+                "send failed again"
+            );
+        }
     }
 
     fn publish_rate(&mut self) {

@@ -16,6 +16,7 @@ pub mod template;
 pub mod throttle;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -52,6 +53,12 @@ pub enum SendError {
     /// down.
     #[error("{0}")]
     Throttled(String),
+    /// The destination cannot be reached (no connection, connection refused, DNS): a retry
+    /// costs a connect attempt only, so it comes at most [`driver::UNREACHABLE_RETRY_CAP`]
+    /// apart, and at once when the exporter says the destination is back
+    /// ([`Exporter::reachable`]).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl SendError {
@@ -63,6 +70,14 @@ impl SendError {
         SendError::Throttled(message.into())
     }
 
+    pub fn unreachable(message: impl Into<String>) -> SendError {
+        SendError::Unreachable(message.into())
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, SendError::Unreachable(_))
+    }
+
     pub fn is_throttled(&self) -> bool {
         matches!(self, SendError::Throttled(_))
     }
@@ -70,14 +85,14 @@ impl SendError {
     /// What happened and what to do, in one line.
     pub fn message(&self) -> &str {
         match self {
-            SendError::Transient(m) | SendError::Throttled(m) => m,
+            SendError::Transient(m) | SendError::Throttled(m) | SendError::Unreachable(m) => m,
         }
     }
 
     /// What it means for each record the failed call carried.
     pub fn outcome(&self) -> Outcome {
         match self {
-            SendError::Transient(m) => Outcome::Retry(m.clone()),
+            SendError::Transient(m) | SendError::Unreachable(m) => Outcome::Retry(m.clone()),
             SendError::Throttled(m) => Outcome::Throttled(m.clone()),
         }
     }
@@ -98,6 +113,14 @@ pub trait Exporter: Send + 'static {
     /// (e.g. "connected to 10.0.0.5:8883, 37 in flight"); reported after every send.
     fn state(&self) -> Option<String> {
         None
+    }
+
+    /// Resolves when the destination, unreachable at the last send, may be reachable again
+    /// (an MQTT connection was re-established): the export then retries at once instead of
+    /// waiting out its backoff. Owned, so the driver can wait on it beside other things. By
+    /// default it never resolves (the backoff decides).
+    fn reachable(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(std::future::pending())
     }
 
     /// Another handle on the same destination (shared client and counters), for one more send

@@ -102,13 +102,15 @@ where
         )),
         SdkError::DispatchFailure(_) => {
             let detail = chain(err);
-            SendError::Transient(if detail.contains("credential") {
-                format!(
+            if detail.contains("credential") {
+                SendError::Transient(format!(
                     "no usable AWS credentials for {name}: {detail}; set them in the environment, a profile, web identity or the instance/container role"
-                )
+                ))
             } else {
-                format!("cannot reach {name}: {detail}; resending with backoff")
-            })
+                SendError::Unreachable(format!(
+                    "cannot reach {name}: {detail}; resending every few seconds until it answers"
+                ))
+            }
         }
         _ => SendError::transient(format!("{name} call failed: {}", DisplayErrorContext(err))),
     }

@@ -265,7 +265,7 @@ impl RawMqttExport {
         let reconnect_max = errs.duration(
             &format!("{path}.reconnect_max"),
             self.reconnect_max.as_deref(),
-            Duration::from_secs(30),
+            Duration::from_secs(2),
             min_reconnect,
         );
         if reconnect_max < reconnect_min {

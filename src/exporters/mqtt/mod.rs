@@ -109,7 +109,7 @@ impl MqttExporter {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    return Err(SendError::transient(format!(
+                    return Err(SendError::unreachable(format!(
                         "not connected to mqtt broker {}:{}: {}",
                         self.config.host,
                         self.config.port,
@@ -150,6 +150,23 @@ impl MqttExporter {
 }
 
 impl Exporter for MqttExporter {
+    fn reachable(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            loop {
+                let notified = shared.progress.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if shared.lock().client.is_some() {
+                    return;
+                }
+                notified.await;
+            }
+        })
+    }
+
     async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
         let mut outcomes = vec![Outcome::Delivered; batch.len()];
         let packed = Packer {
