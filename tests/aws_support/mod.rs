@@ -6,7 +6,7 @@
 pub mod proxy;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -26,13 +26,6 @@ pub fn init_env() {
     });
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
-}
-
 /// A running moto_server; killed on drop (also when the test panics).
 pub struct Moto {
     child: Child,
@@ -41,7 +34,7 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
-        let port = free_port();
+        let port = crate::common::free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
