@@ -57,7 +57,7 @@ fn run_expecting_failure(cfg: &std::path::Path, data: &std::path::Path, case: &s
 
 #[test]
 fn read_only_data_dir_fails_at_start_with_path_and_fix() {
-    if !common::require_root("readonly") {
+    if !common::require_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

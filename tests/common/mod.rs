@@ -16,13 +16,22 @@
 //! failing test pays for them. A test sleeps only when the time itself is the scenario (an
 //! outage that lasts, a kill at a random moment, a window measuring a rate, a window in which
 //! something must NOT happen), and says so in a comment next to the sleep.
+//!
+//! Skipped tests: a test that cannot run here (the root-only ones when not root) calls
+//! [`skip`] (through [`require_root`]) and returns. `skip` writes
+//! `SKIP <binary>::<test>: <reason>` straight to stderr (not captured by the test harness, so
+//! it shows in a plain `cargo test` next to the test's `ok`) and appends the same line to
+//! [`SKIPS_FILE`] (`target/tmp/test-skips.txt`); `tests/run` empties that file first and lists
+//! and counts the skipped tests after the run. CI runs `tests/run` as root: nothing is skipped
+//! there. (`#[ignore]` would hide them from CI too: whether a test can run is known only when
+//! it runs.)
 #![allow(dead_code)] // each test binary uses a different part
 
 mod port;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -551,14 +560,42 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Tests that need root (mount) call this first: skipped with a reason when not root (tests/run
-/// runs as root in CI, so there they always run); when root, a failing mount fails the test.
-pub fn require_root(test: &str) -> bool {
+/// Where [`skip`] notes the tests that did not run (`tests/run` prints and counts them).
+pub const SKIPS_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/test-skips.txt");
+
+/// Notes that the calling test cannot run here and why: `SKIP <binary>::<test>: <reason>` on
+/// stderr, uncaptured (visible without `--nocapture`), and in [`SKIPS_FILE`]. The test returns
+/// after this.
+pub fn skip(reason: &str) {
+    // The test harness names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let line = format!("SKIP {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
+    // Straight to the stderr file descriptor: the harness captures only `eprintln!`.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let noted = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIPS_FILE)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = noted {
+        let _ = writeln!(
+            std::io::stderr(),
+            "cannot note the skip in {SKIPS_FILE}: {e}"
+        );
+    }
+}
+
+/// Tests that need root (to mount a tmpfs) call this first and return when it is false: the
+/// test is then [`skip`]ped visibly. `tests/run` runs as root in CI, so there they always run;
+/// when root, a failing mount fails the test.
+pub fn require_root() -> bool {
     if is_root() {
         return true;
     }
-    eprintln!(
-        "SKIPPED {test}: needs root to mount a tmpfs (tests/run runs as root in CI); run `sudo -E cargo test --test {test}`"
-    );
+    skip(concat!(
+        "needs root to mount a tmpfs (CI runs tests/run as root): sudo -E cargo test --test ",
+        env!("CARGO_CRATE_NAME")
+    ));
     false
 }
