@@ -536,7 +536,7 @@ async fn outage_buffers_then_drains_high_priority_first() {
     proxy.set_down(false);
     let start = Instant::now();
     let mut drained: HashMap<String, Duration> = HashMap::new();
-    // Notes when each stream's export drained (polled every 20 ms).
+    // Notes when each stream's export drained (polled every 10 ms).
     wait_until_async("recovery after the outage", T, async || {
         for s in p.handle.status().await.expect("status") {
             if aws(&s).backlog == 0 {

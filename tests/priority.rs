@@ -80,7 +80,7 @@ async fn high_priority_drains_first_and_low_priority_is_not_starved() {
     p.start_exports();
     // Until the high stream is drained, the low one gets only what aging allows.
     let mut low_when_high_done = None;
-    // Polled every 20 ms: notes what the low stream had when the high one was drained.
+    // Polled every 10 ms: notes what the low stream had when the high one was drained.
     common::poll_until_async(Duration::from_secs(60), async || {
         let st = p.handle.status().await.unwrap();
         if low_when_high_done.is_none() && st[0].exports[0].backlog == 0 {

@@ -4,7 +4,7 @@
 //! - [`Gateway`]: the real `streamgate` binary as a child process, stdout and log captured,
 //!   killed when dropped.
 //! - Waiting for a condition, never for a guessed time: [`wait_until`] / [`wait_until_async`]
-//!   poll a condition every 20 ms and panic naming what was awaited after the timeout;
+//!   poll a condition every 10 ms and panic naming what was awaited after the timeout;
 //!   [`poll_until`] / [`poll_until_async`] return false instead, for a test that asserts with
 //!   its own message. [`wait_drained`] / [`stop_sources_and_drain`]: until every export of an
 //!   in-process [`Pipeline`] has acknowledged everything queued (the queue's own status).
@@ -46,10 +46,15 @@ use streamgate::queue::StreamStatus;
 pub use port::free_port;
 
 /// How often the waiting helpers look at their condition.
-pub const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_millis(10);
 
 /// Polls `cond` until it holds (true) or `timeout` has passed (false).
-pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn poll_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_every(POLL, timeout, cond)
+}
+
+/// [`poll_until`] looking every `period`.
+pub fn poll_every(period: Duration, timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {
         if cond() {
@@ -58,7 +63,7 @@ pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= end {
             return false;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(period);
     }
 }
 
@@ -239,9 +244,12 @@ impl Gateway {
             .count()
     }
 
-    /// Waits until `n` log lines contain `needle`; false on timeout.
+    /// Waits until `n` log lines contain `needle`; false on timeout. Looks every 2 ms: a
+    /// test may act at once on the line (powerloss kills inside the checkpoint it announces).
     pub fn wait_for(&self, needle: &str, n: usize, timeout: Duration) -> bool {
-        poll_until(timeout, || self.count(needle) >= n)
+        poll_every(Duration::from_millis(2), timeout, || {
+            self.count(needle) >= n
+        })
     }
 
     /// How many log lines there are so far (a mark for [`Self::wait_line`]).
