@@ -155,7 +155,7 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
             std::hint::black_box(plan);
         }
         plan_rates.push((label, payloads.len() as f64 / t.elapsed().as_secs_f64()));
-        let mut exporter = AwsExporter::new(aws);
+        let mut exporter = AwsExporter::new(aws, Default::default(), Default::default());
         let stats = exporter.stats();
         let start = Instant::now();
         let mut sent = 0usize;
@@ -174,9 +174,9 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
             offset = if end == data.len() { 0 } else { end };
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let calls = stats.calls.load(Ordering::Relaxed) as f64;
-        let records = stats.records.load(Ordering::Relaxed) as f64;
-        let bytes = stats.bytes.load(Ordering::Relaxed) as f64;
+        let calls = stats.requests.load(Ordering::Relaxed) as f64;
+        let records = stats.wire_records.load(Ordering::Relaxed) as f64;
+        let bytes = stats.wire_bytes.load(Ordering::Relaxed) as f64;
         let per_record = sent as f64 / records;
         let bytes_per_sample = bytes / sent as f64;
         // A shard takes 1,000 records/s and 1 MiB/s (key bytes included: 32 per record).

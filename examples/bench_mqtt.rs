@@ -222,7 +222,11 @@ async fn main() {
         }
         let el = t.elapsed().as_secs_f64();
         let (_, peak) = rss().unwrap_or((0, 0));
-        let m = p.mqtt_stats[0].1.clone();
+        let m = p.export_stats[0]
+            .1
+            .connection
+            .clone()
+            .expect("connection counters");
         println!(
             "{name}: backlog of {queued} drained in {el:.2} s = {:.0} samples/s acknowledged (PUBACK), peak RSS {:.1} MiB, connects {}",
             queued as f64 / el,

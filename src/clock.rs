@@ -4,8 +4,8 @@
 //! logged (once per episode), shown by the health endpoint and metrics, and every sample
 //! stamped meanwhile carries `Ats`, so consumers know not to trust its times.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// When this binary was built (ms since the epoch; see build.rs).
@@ -90,57 +90,73 @@ pub fn judge(now_ms: i64, build_ms: i64, peer: Option<&PeerReading>, now: Instan
     Verdict::Plausible
 }
 
-static WRONG: AtomicBool = AtomicBool::new(false);
-static STATE: Mutex<(Option<PeerReading>, Option<Verdict>)> = Mutex::new((None, None));
-
-/// Whether the clock is known to be wrong right now (cheap: read per sample).
-pub fn known_wrong() -> bool {
-    WRONG.load(Ordering::Relaxed)
+/// The gateway's clock verdict, shared by whoever needs it: created by the app, handed to
+/// readers (they flag samples `Ats` while it is wrong), exporters (a cloud endpoint's time is
+/// reported to it) and the metrics. Cloning shares the same verdict.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    inner: Arc<Inner>,
 }
 
-/// Records the time a peer (a cloud endpoint) reported, then re-checks.
-pub fn report_peer_time(peer: &str, peer_ms: i64) {
-    let reading = PeerReading {
-        peer: peer.to_string(),
-        offset_ms: crate::time::now_ms() - peer_ms,
-        at: Instant::now(),
-    };
-    if let Ok(mut st) = STATE.lock() {
-        st.0 = Some(reading);
+#[derive(Debug, Default)]
+struct Inner {
+    wrong: AtomicBool,
+    /// The last peer reading and the last verdict.
+    state: Mutex<(Option<PeerReading>, Option<Verdict>)>,
+}
+
+impl Clock {
+    /// Whether the clock is known to be wrong right now (cheap: read per sample).
+    pub fn known_wrong(&self) -> bool {
+        self.inner.wrong.load(Ordering::Relaxed)
     }
-    check();
-}
 
-/// Checks the clock now; logs when the verdict changes. Called at start and periodically.
-pub fn check() -> Verdict {
-    let Ok(mut st) = STATE.lock() else {
-        return Verdict::Plausible;
-    };
-    let verdict = judge(
-        crate::time::now_ms(),
-        BUILD_MS,
-        st.0.as_ref(),
-        Instant::now(),
-    );
-    if st.1.as_ref() != Some(&verdict) {
-        match &verdict {
-            Verdict::Plausible if st.1.is_some() => tracing::info!(
-                "the gateway clock looks right again; samples no longer get Ats for it"
-            ),
-            Verdict::Plausible => {}
-            wrong => tracing::error!(
-                "{wrong}; samples are flagged Ats until it is fixed (enable NTP: `timedatectl set-ntp true`; boards without a real-time clock need network time after boot)"
-            ),
+    /// Records the time a peer (a cloud endpoint) reported, then re-checks.
+    pub fn report_peer_time(&self, peer: &str, peer_ms: i64) {
+        let reading = PeerReading {
+            peer: peer.to_string(),
+            offset_ms: crate::time::now_ms() - peer_ms,
+            at: Instant::now(),
+        };
+        if let Ok(mut st) = self.inner.state.lock() {
+            st.0 = Some(reading);
         }
-        WRONG.store(verdict.is_wrong(), Ordering::Relaxed);
-        st.1 = Some(verdict.clone());
+        self.check();
     }
-    verdict
-}
 
-/// The last verdict, if the clock was checked.
-pub fn last_verdict() -> Option<Verdict> {
-    STATE.lock().ok().and_then(|st| st.1.clone())
+    /// Checks the clock now; logs when the verdict changes. Called at start and periodically.
+    pub fn check(&self) -> Verdict {
+        let Ok(mut st) = self.inner.state.lock() else {
+            return Verdict::Plausible;
+        };
+        let verdict = judge(
+            crate::time::now_ms(),
+            BUILD_MS,
+            st.0.as_ref(),
+            Instant::now(),
+        );
+        if st.1.as_ref() != Some(&verdict) {
+            match &verdict {
+                Verdict::Plausible if st.1.is_some() => tracing::info!(
+                    "the gateway clock looks right again; samples no longer get Ats for it"
+                ),
+                Verdict::Plausible => {}
+                wrong => tracing::error!(
+                    "{wrong}; samples are flagged Ats until it is fixed (enable NTP: `timedatectl set-ntp true`; boards without a real-time clock need network time after boot)"
+                ),
+            }
+            self.inner
+                .wrong
+                .store(verdict.is_wrong(), Ordering::Relaxed);
+            st.1 = Some(verdict.clone());
+        }
+        verdict
+    }
+
+    /// The last verdict, if the clock was checked.
+    pub fn last_verdict(&self) -> Option<Verdict> {
+        self.inner.state.lock().ok().and_then(|st| st.1.clone())
+    }
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@
 
 pub mod app;
 pub mod backoff;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod exporters;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;

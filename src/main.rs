@@ -11,7 +11,7 @@ use streamgate::app::config::{self, LoadError};
 use streamgate::telemetry::LogFormat;
 
 /// Exit code for an invalid configuration (EX_CONFIG), so systemd can tell it from a crash.
-const EXIT_CONFIG: u8 = 78;
+const EXIT_CONFIG: u8 = streamgate::app::daemon::exit::CONFIG;
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +73,7 @@ enum Command {
         stream: String,
     },
     /// Measure throughput, latency, memory and disk use on this machine (prints figures).
+    #[cfg(feature = "bench")]
     Bench {
         /// Seconds per measuring phase.
         #[arg(long, default_value_t = 10)]
@@ -258,12 +259,17 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     path,
                     requests: reload_rx,
                 });
-                streamgate::app::run(c, shutdown, report, reload)
-                    .await
-                    .context("the gateway stopped with an error")
-            })?;
-            Ok(ExitCode::SUCCESS)
+                Ok::<_, anyhow::Error>(streamgate::app::run(c, shutdown, report, reload).await)
+            })?
+            .map(|()| ExitCode::SUCCESS)
+            .or_else(|e| {
+                let code = e.exit_code();
+                let e = anyhow::Error::from(e).context("the gateway stopped with an error");
+                eprintln!("streamgate: error: {e:#}");
+                Ok(ExitCode::from(code))
+            })
         }
+        #[cfg(feature = "bench")]
         Command::Bench {
             seconds,
             backlog,

@@ -6,6 +6,8 @@
 //! ```
 //! Readers hand over [`Sample`]s; [`Payload::encode`] writes the bytes the queue stores.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// The payload format version written into every record.
@@ -154,9 +156,133 @@ pub fn decode(bytes: &[u8]) -> Result<Payload, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
 
+/// The payload fields a template (MQTT topic, Kinesis partition key) can name, borrowed from
+/// an encoded payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields<'a> {
+    pub equipment_id: Cow<'a, str>,
+    pub tag: Cow<'a, str>,
+    pub quality: Cow<'a, str>,
+    pub source_id: Cow<'a, str>,
+}
+
+/// The same fields, as serde sees them (the slow path: any JSON layout).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FieldsDe<'a> {
+    #[serde(borrow)]
+    equipment_id: Cow<'a, str>,
+    #[serde(borrow)]
+    tag: Cow<'a, str>,
+    #[serde(borrow)]
+    quality: Cow<'a, str>,
+    meta: MetaFieldsDe<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetaFieldsDe<'a> {
+    #[serde(borrow)]
+    source_id: Cow<'a, str>,
+}
+
+/// Reads the template fields of an encoded payload without decoding it: [`Payload::encode`]
+/// writes compact JSON, so each field is found as `"key":"` and its string is borrowed as it
+/// is (unescaped only when it holds a backslash). A `"` inside a JSON string is always escaped,
+/// so the pattern cannot match inside a value. Any other layout (whitespace, a producer other
+/// than ours) falls back to serde. `None`: the payload lacks a field or is not JSON.
+pub fn fields(bytes: &[u8]) -> Option<Fields<'_>> {
+    fn string_at<'a>(bytes: &'a [u8], key: &str) -> Option<Cow<'a, str>> {
+        let pattern = format!("\"{key}\":\"");
+        let start = find(bytes, pattern.as_bytes())? + pattern.len();
+        let mut i = start;
+        let mut escaped = false;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                    continue;
+                }
+                b'"' => break,
+                _ => i += 1,
+            }
+        }
+        let raw = bytes.get(start..i)?;
+        if escaped {
+            // Only this string, with its quotes.
+            serde_json::from_slice::<String>(bytes.get(start - 1..=i)?)
+                .ok()
+                .map(Cow::Owned)
+        } else {
+            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
+        }
+    }
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+    let fast = (|| {
+        Some(Fields {
+            equipment_id: string_at(bytes, "equipmentId")?,
+            tag: string_at(bytes, "tag")?,
+            quality: string_at(bytes, "quality")?,
+            source_id: string_at(bytes, "sourceId")?,
+        })
+    })();
+    fast.or_else(|| {
+        let f: FieldsDe = serde_json::from_slice(bytes).ok()?;
+        Some(Fields {
+            equipment_id: f.equipment_id,
+            tag: f.tag,
+            quality: f.quality,
+            source_id: f.meta.source_id,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_read_without_decoding_and_agree_with_serde() {
+        let texts = ["plain", "with \"quotes\" and \\", "ünï/\"tag\":\"x", ""];
+        for t in texts {
+            let mut out = Vec::new();
+            Payload {
+                version: PAYLOAD_VERSION,
+                timestamp: 1,
+                equipment_id: t,
+                tag: "a\"tag\":\"b",
+                value: Value::Text(format!("\"quality\":\"{t}")),
+                quality: Quality::Bad,
+                meta: Meta {
+                    sequence_number: 1,
+                    flags: Flags::empty(),
+                    created_at: 2,
+                    source_id: t,
+                },
+            }
+            .encode(&mut out);
+            let f = fields(&out).expect("fields");
+            assert_eq!(f.equipment_id, t);
+            assert_eq!(f.tag, "a\"tag\":\"b");
+            assert_eq!(f.quality, "Bad");
+            assert_eq!(f.source_id, t);
+            if !t.contains(['"', '\\']) {
+                assert!(
+                    matches!(f.equipment_id, Cow::Borrowed(_)),
+                    "no copy for plain text"
+                );
+            }
+        }
+        // Another layout (spaces) takes serde's path; a payload without the fields has none.
+        let spaced =
+            br#"{ "equipmentId": "e", "tag": "t", "quality": "Ok", "meta": { "sourceId": "s" } }"#;
+        assert_eq!(fields(spaced).map(|f| f.tag.into_owned()), Some("t".into()));
+        assert_eq!(fields(b"{}"), None);
+        assert_eq!(fields(b"not json"), None);
+    }
 
     #[test]
     fn encodes_the_field_md_shape() {

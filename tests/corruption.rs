@@ -249,7 +249,7 @@ fn queue_marked_damaged_by_a_running_gateway_is_recovered_at_start() {
 }
 
 #[test]
-fn corruption_met_while_running_exits_once_and_the_restart_recovers() {
+fn corruption_met_while_running_shuts_down_in_order_and_the_restart_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let db = data.join("queue.db");
@@ -266,6 +266,7 @@ fn corruption_met_while_running_exits_once_and_the_restart_recovers() {
             &format!("path = \"{}/out\"", dir.path().display()),
         );
     std::fs::write(&cfg, text).unwrap();
+    // The app's info lines show the shutdown order (LOG has streamgate::app at info).
     let mut gw = Gateway::start(&cfg, LOG);
     // A queue of at least 12 MiB (about 4 s): the damage below (at 1-3 MiB) is in pages the
     // slow export reaches only long after they left SQLite's cache.
@@ -283,9 +284,22 @@ fn corruption_met_while_running_exits_once_and_the_restart_recovers() {
     let exit = gw.wait_exit(Duration::from_secs(60));
     assert_eq!(
         exit.code(),
-        Some(streamgate::queue::recover::EXIT_CORRUPT_WHILE_RUNNING),
+        Some(streamgate::app::daemon::exit::CORRUPT_WHILE_RUNNING as i32),
         "log:\n{}",
         gw.log().join("\n")
+    );
+    // Not an exit from inside the queue: the readers and exports stop in the normal order.
+    let log = gw.log();
+    let at = |needle: &str| log.iter().position(|l| l.contains(needle));
+    let (found, readers, done) = (
+        at("found while running"),
+        at("shutting down: stopping readers"),
+        at("shutdown complete"),
+    );
+    assert!(
+        found.is_some() && found < readers && readers < done,
+        "damage found, then the ordered shutdown: {found:?} {readers:?} {done:?}\n{}",
+        log.join("\n")
     );
     let line = gw
         .log()

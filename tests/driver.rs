@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streamgate::exporters::bandwidth::Bandwidth;
-use streamgate::exporters::driver::{self, DriverContext, ExportStats};
+use streamgate::exporters::driver::{self, DriverContext};
+use streamgate::exporters::stats::ExportStats;
 use streamgate::exporters::{BatchConfig, RetryConfig};
 use streamgate::exporters::{Exporter, Outcome, SendError};
 use streamgate::queue::{
@@ -39,7 +40,7 @@ impl Exporter for Scripted {
             *d.offered.entry(r.id).or_default() += 1;
         }
         if d.calls.is_multiple_of(4) {
-            return Err(SendError::new("connection reset"));
+            return Err(SendError::transient("connection reset"));
         }
         let mut out = Vec::new();
         for r in batch {
@@ -110,6 +111,7 @@ fn context(
         queue: q.handle.clone(),
         bandwidth: Bandwidth::unlimited(),
         stats: stats.clone(),
+        clock: Default::default(),
         shutdown: stop.clone(),
     };
     (ctx, stats, stop)

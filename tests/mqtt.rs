@@ -17,7 +17,7 @@ use common::{free_port, poll_until_async, stop_sources_and_drain, wait_until_asy
 use peers::{Broker, Certs, Subscriber};
 use std::sync::Arc;
 use streamgate::app::{Pipeline, StartOptions};
-use streamgate::exporters::mqtt::MqttStats;
+use streamgate::exporters::stats::ConnectionStats;
 
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -93,12 +93,16 @@ repeat = @TAGS@
     streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"))
 }
 
-fn mqtt_stats(p: &Pipeline) -> Arc<MqttStats> {
-    p.mqtt_stats[0].1.clone()
+fn mqtt_stats(p: &Pipeline) -> Arc<ConnectionStats> {
+    p.export_stats[0]
+        .1
+        .connection
+        .clone()
+        .expect("an MQTT export has connection counters")
 }
 
 /// The export's last error, "" when none.
-fn last_error(stats: &MqttStats) -> String {
+fn last_error(stats: &ConnectionStats) -> String {
     stats.last_error.lock().unwrap().clone().unwrap_or_default()
 }
 

@@ -116,7 +116,6 @@ fn ack(export: ExportId, ids: Vec<i64>) -> AckBatch {
         dead: vec![],
         retries: 0,
         error: None,
-        state: None,
     }
 }
 
@@ -210,7 +209,6 @@ fn dead_letters_are_kept_with_their_reason_and_count_as_handled() {
                 }],
                 retries: 0,
                 error: None,
-                state: None,
             })
             .unwrap();
         let st = q.handle.status().await.unwrap();

@@ -42,10 +42,11 @@ pub struct Errors {
 }
 
 impl Errors {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    /// One error at `path`: a message, or a typed error whose text says what is wrong.
+    pub fn push(&mut self, path: impl Into<String>, message: impl fmt::Display) {
         self.list.push(ConfigError {
             path: path.into(),
-            message: message.into(),
+            message: message.to_string(),
             line: None,
         });
     }
@@ -246,6 +247,15 @@ impl Errors {
             );
         }
     }
+}
+
+/// A fingerprint of a secret for "did the config change" checks (reload): a hash that stays
+/// in memory and is never shown, so `Debug` output can keep hiding the secret itself.
+pub fn secret_fingerprint(secret: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret.hash(&mut h);
+    format!("{:x}", h.finish())
 }
 
 /// The streams a component may name (`stream = "..."` on a source or tag), in config order:

@@ -2,18 +2,34 @@
 
 use std::time::Duration;
 
+/// A duration or size that cannot be read; the message says how to write it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("expected a duration such as \"500ms\", \"10s\" or \"7d\", found an empty string")]
+    EmptyDuration,
+    #[error(
+        "\"{0}\" is not a duration; write a number and a unit (us, ms, s, m, h, d), such as \"500ms\", \"10s\" or \"7d\""
+    )]
+    NotADuration(String),
+    #[error("duration \"{0}\" is too large")]
+    DurationTooLarge(String),
+    #[error(
+        "\"{0}\" is not a size; write a number and a unit (B, KiB, MiB, GiB, KB, MB, GB), such as \"256MiB\""
+    )]
+    NotASize(String),
+    #[error("size \"{0}\" is too large")]
+    SizeTooLarge(String),
+}
+
 /// Parses a duration such as `"500ms"`, `"10s"`, `"5m"`, `"1h30m"`, `"7d"` or `"250us"`.
 /// A bare `"0"` is zero. Units: us, ms, s, m, h, d.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let s = text.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() {
-        return Err(
-            "expected a duration such as \"500ms\", \"10s\" or \"7d\", found an empty string"
-                .into(),
-        );
+        return Err(UnitError::EmptyDuration);
     }
     let mut total: u128 = 0; // microseconds
     let mut rest = s;
@@ -48,19 +64,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             )
             .ok_or_else(|| bad_duration(text))?;
     }
-    let micros = u64::try_from(total).map_err(|_| format!("duration \"{text}\" is too large"))?;
+    let micros = u64::try_from(total).map_err(|_| UnitError::DurationTooLarge(text.to_string()))?;
     Ok(Duration::from_micros(micros))
 }
 
-fn bad_duration(text: &str) -> String {
-    format!(
-        "\"{text}\" is not a duration; write a number and a unit (us, ms, s, m, h, d), such as \"500ms\", \"10s\" or \"7d\""
-    )
+fn bad_duration(text: &str) -> UnitError {
+    UnitError::NotADuration(text.to_string())
 }
 
 /// Parses a size such as `"256MiB"`, `"1GB"`, `"512KiB"` or `"1000"` (bytes).
 /// Binary units (KiB, MiB, GiB) are powers of 1024, decimal ones (KB, MB, GB) of 1000.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let s = text.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
@@ -81,13 +95,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     number
         .checked_mul(factor)
-        .ok_or_else(|| format!("size \"{text}\" is too large"))
+        .ok_or_else(|| UnitError::SizeTooLarge(text.to_string()))
 }
 
-fn bad_size(text: &str) -> String {
-    format!(
-        "\"{text}\" is not a size; write a number and a unit (B, KiB, MiB, GiB, KB, MB, GB), such as \"256MiB\""
-    )
+fn bad_size(text: &str) -> UnitError {
+    UnitError::NotASize(text.to_string())
 }
 
 /// Formats a byte count for people: "1.5 MiB".

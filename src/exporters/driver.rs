@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand::Rng;
@@ -28,102 +28,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bandwidth::Bandwidth;
+use super::stats::ExportStats;
 use super::throttle::SendRate;
 use super::{BatchConfig, RetryConfig};
 use super::{Exporter, Outcome, SendError};
 use crate::backoff::Backoff;
 use crate::queue::{AckBatch, DeadLetter, ExportId, QueueError, QueueHandle, Record};
-
-/// Counters of one export, shared with the app (metrics, benchmark).
-#[derive(Debug, Default)]
-pub struct ExportStats {
-    pub delivered: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub sends: AtomicU64,
-    pub failed_sends: AtomicU64,
-    /// Records the destination refused for throughput (sent again).
-    pub throttled: AtomicU64,
-    /// Sends in flight now.
-    pub in_flight: AtomicU64,
-    /// The adaptive send limit, records/s (0: unlimited).
-    pub rate_limit: AtomicU64,
-    /// Throttled records/s in the last second of sending.
-    pub throttled_per_s: AtomicU64,
-    /// Records accepted per second in the last second of sending.
-    pub send_rate: AtomicU64,
-    /// When the current run of failed sends began (ms since the epoch; 0 while healthy).
-    pub failing_since_ms: AtomicI64,
-    /// The last send error, for the health endpoint.
-    pub last_error: std::sync::Mutex<Option<String>>,
-    pub latency: LatencyHistogram,
-}
-
-/// Milliseconds from queueing to acknowledgement: exact below 1 s, 100 ms steps up to 100 s.
-#[derive(Debug)]
-pub struct LatencyHistogram {
-    buckets: Box<[AtomicU64]>,
-}
-
-const EXACT_MS: u64 = 1_000;
-const COARSE_STEP_MS: u64 = 100;
-const BUCKETS: usize = (EXACT_MS + (100_000 - EXACT_MS) / COARSE_STEP_MS + 1) as usize;
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-}
-
-impl LatencyHistogram {
-    pub fn record(&self, ms: u64) {
-        let i = if ms < EXACT_MS {
-            ms as usize
-        } else {
-            ((EXACT_MS + (ms - EXACT_MS) / COARSE_STEP_MS) as usize).min(BUCKETS - 1)
-        };
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn bucket_ms(i: usize) -> u64 {
-        let i = i as u64;
-        if i < EXACT_MS {
-            i
-        } else {
-            EXACT_MS + (i - EXACT_MS) * COARSE_STEP_MS
-        }
-    }
-
-    /// The latency below which `q` (0..=1) of the records fall, in ms.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let target = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                return Some(Self::bucket_ms(i));
-            }
-        }
-        Some(Self::bucket_ms(BUCKETS - 1))
-    }
-
-    pub fn reset(&self) {
-        for b in self.buckets.iter() {
-            b.store(0, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Everything the driver needs besides the exporter.
 pub struct DriverContext {
@@ -136,6 +46,8 @@ pub struct DriverContext {
     pub queue: QueueHandle,
     pub bandwidth: Bandwidth,
     pub stats: Arc<ExportStats>,
+    /// The gateway clock (exporters report the time cloud endpoints tell them).
+    pub clock: crate::clock::Clock,
     /// Cancelled at shutdown: finish the sends in progress, then stop.
     pub shutdown: CancellationToken,
 }
@@ -448,7 +360,10 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 // that handle is gone.
                 let id = e.id();
                 tracing::error!(error = %e, "an export send task failed; its records are sent again");
-                (id, Err(SendError::new(format!("send task failed: {e}"))))
+                (
+                    id,
+                    Err(SendError::transient(format!("send task failed: {e}"))),
+                )
             }
         };
         ctx.stats
@@ -465,7 +380,6 @@ impl<'a, E: Exporter> Driver<'a, E> {
             dead: Vec::new(),
             retries,
             error: None,
-            state: None,
         };
         let mut resend = 0usize;
         let mut throttled = 0usize;
@@ -509,9 +423,10 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 self.retry.extend(batch);
             }
             Err(e) => {
-                ack.error = Some(e.message);
+                let throttled_call = e.is_throttled();
+                ack.error = Some(e.message().to_string());
                 resend = batch.len();
-                if e.throttled {
+                if throttled_call {
                     throttled = resend;
                 }
                 self.retry.extend(batch);
@@ -534,7 +449,12 @@ impl<'a, E: Exporter> Driver<'a, E> {
         self.publish_rate();
         let error = ack.error.clone();
         if let Some(lane) = self.idle.last() {
-            ack.state = self.state(lane.state());
+            let state = self.state(lane.state());
+            if let Ok(mut cell) = ctx.queue.state_cell(ctx.id).lock()
+                && *cell != state
+            {
+                *cell = state;
+            }
         }
         if ctx.queue.ack(ack).is_err() {
             self.closed = true;

@@ -228,7 +228,7 @@ impl Exporter for FileExporter {
         };
         match result {
             Ok(()) => Ok(vec![Outcome::Delivered; batch.len()]),
-            Err(e) => Err(SendError::new(format!(
+            Err(e) => Err(SendError::transient(format!(
                 "cannot write to {}: {e}",
                 path.display()
             ))),

@@ -10,7 +10,9 @@ pub mod file;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod rate;
+pub mod stats;
 pub mod stdout;
+pub mod template;
 pub mod throttle;
 
 use std::future::Future;
@@ -37,27 +39,46 @@ pub enum Outcome {
     Rejected(String),
 }
 
-/// A failure of the whole send: every record of the batch is retried after a backoff.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SendError {
-    pub message: String,
-    /// The whole call was refused for throughput: the adaptive rate slows down too.
-    pub throttled: bool,
+/// A failure of a whole send (or of one call of it): every record it carried is sent again.
+/// Records the destination will never take are not a send error but a per-record
+/// [`Outcome::Rejected`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Failed this time (connection lost, timeout, server error, no credentials yet): sent
+    /// again after the export's failure backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Refused for throughput: sent again, and the export's adaptive rate ([`throttle`]) slows
+    /// down.
+    #[error("{0}")]
+    Throttled(String),
 }
 
 impl SendError {
-    pub fn new(message: impl Into<String>) -> SendError {
-        SendError {
-            message: message.into(),
-            throttled: false,
-        }
+    pub fn transient(message: impl Into<String>) -> SendError {
+        SendError::Transient(message.into())
     }
 
     pub fn throttled(message: impl Into<String>) -> SendError {
-        SendError {
-            message: message.into(),
-            throttled: true,
+        SendError::Throttled(message.into())
+    }
+
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, SendError::Throttled(_))
+    }
+
+    /// What happened and what to do, in one line.
+    pub fn message(&self) -> &str {
+        match self {
+            SendError::Transient(m) | SendError::Throttled(m) => m,
+        }
+    }
+
+    /// What it means for each record the failed call carried.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            SendError::Transient(m) => Outcome::Retry(m.clone()),
+            SendError::Throttled(m) => Outcome::Throttled(m.clone()),
         }
     }
 }
@@ -195,7 +216,62 @@ impl RawExportKind {
     }
 }
 
+/// Starts export `ctx` of kind `kind`: builds its exporter (inside the export's span) and
+/// runs the [`driver`] until `ctx.shutdown`.
+pub fn spawn(kind: &ExportKind, ctx: driver::DriverContext) -> tokio::task::JoinHandle<()> {
+    let span =
+        tracing::info_span!("export", stream = %ctx.stream, name = %ctx.name, kind = ctx.kind);
+    match kind {
+        #[cfg(any(feature = "kinesis", feature = "firehose"))]
+        ExportKind::Aws(a) => {
+            let exporter = span.in_scope(|| {
+                aws::AwsExporter::new(a.clone(), ctx.clock.clone(), ctx.stats.clone())
+            });
+            tokio::spawn(driver::run(exporter, ctx))
+        }
+        ExportKind::File(f) => {
+            let prefix = format!("{}-{}", ctx.stream, ctx.name);
+            let exporter = span.in_scope(|| file::FileExporter::new(f.clone(), &prefix));
+            tokio::spawn(driver::run(exporter, ctx))
+        }
+        ExportKind::Stdout(_) => tokio::spawn(driver::run(stdout::StdoutExporter::default(), ctx)),
+        #[cfg(feature = "mqtt")]
+        ExportKind::Mqtt(m) => {
+            let connection = ctx.stats.connection.clone().unwrap_or_default();
+            let exporter = span.in_scope(|| mqtt::MqttExporter::new((**m).clone(), connection));
+            tokio::spawn(driver::run(exporter, ctx))
+        }
+    }
+}
+
 impl ExportKind {
+    /// Everything the export was started with, for the reload diff: equal text means equal
+    /// settings (the derived `Debug` is complete and has no maps; secrets are hashed).
+    pub fn fingerprint(&self) -> String {
+        let secret = match self {
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(m) => match &m.password {
+                Some(mqtt::config::Secret::Value(v)) => crate::config::secret_fingerprint(v),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        format!("{self:?}|secret={secret}")
+    }
+
+    /// Fresh counters for an export of this kind (with connection counters where it keeps one).
+    pub fn stats(&self) -> stats::ExportStats {
+        let connection = match self {
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(_) => Some(Default::default()),
+            _ => None,
+        };
+        stats::ExportStats {
+            connection,
+            ..Default::default()
+        }
+    }
+
     /// Whether a password is written into the config file itself (see `Config::inline_secrets`).
     pub fn has_inline_secret(&self) -> bool {
         match self {

@@ -47,7 +47,7 @@ impl Exporter for StdoutExporter {
         let mut out = std::io::stdout().lock();
         out.write_all(&self.buf)
             .and_then(|_| out.flush())
-            .map_err(|e| SendError::new(format!("cannot write to standard output: {e}")))?;
+            .map_err(|e| SendError::transient(format!("cannot write to standard output: {e}")))?;
         Ok(vec![Outcome::Delivered; batch.len()])
     }
 }

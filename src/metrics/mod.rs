@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::exporters::driver::ExportStats;
+use crate::exporters::stats::ExportStats;
 use crate::queue::{QueueHandle, StreamStatus};
 use crate::readers::SourceStats;
 
@@ -38,9 +38,9 @@ pub struct Registry {
 pub struct Published {
     pub sources: Vec<(String, Arc<SourceStats>)>,
     pub exports: Vec<(String, Arc<ExportStats>)>,
-    #[cfg(feature = "mqtt")]
-    pub mqtt: Vec<(String, Arc<crate::exporters::mqtt::MqttStats>)>,
     pub queue: Option<QueueHandle>,
+    /// The gateway clock's verdict.
+    pub clock: Option<crate::clock::Clock>,
 }
 
 impl Registry {
@@ -102,10 +102,9 @@ impl Registry {
                     throttled_per_s: load(&s.throttled_per_s),
                     send_rate: load(&s.send_rate),
                 };
-                #[cfg(feature = "mqtt")]
-                if let Some((_, m)) = p.mqtt.iter().find(|(k, _)| k == key) {
-                    e.possible_duplicates = Some(load(&m.possible_duplicates));
-                    e.connection_losses = Some(load(&m.connection_losses));
+                if let Some(c) = &s.connection {
+                    e.possible_duplicates = Some(load(&c.possible_duplicates));
+                    e.connection_losses = Some(load(&c.connection_losses));
                 }
                 e
             })
@@ -115,7 +114,11 @@ impl Registry {
             sources,
             exports,
             streams,
-            clock: crate::clock::last_verdict().filter(|v| v.is_wrong()),
+            clock: p
+                .clock
+                .as_ref()
+                .and_then(|c| c.last_verdict())
+                .filter(|v| v.is_wrong()),
             rss_bytes: crate::telemetry::rss().map(|(rss, _)| rss),
         }
     }

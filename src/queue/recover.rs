@@ -16,10 +16,6 @@ use super::{QueueError, StreamSpec, db_path};
 /// particular read touches), so a damaged database cannot crash-loop the service.
 pub const CORRUPT_MARKER: &str = "queue.db.corrupt";
 
-/// Exit code of the process after corruption was found while running (EX_TEMPFAIL: the
-/// service manager restarts it, and the start recovers).
-pub const EXIT_CORRUPT_WHILE_RUNNING: i32 = 75;
-
 /// When a source's saved counter cannot be read, its sequence numbers restart at
 /// `now_ms * SEQ_JUMP_PER_MS`: above every number it can have issued unless it produced more
 /// than 1000 samples per millisecond on average since 1970, and still far below 2^53, so
@@ -37,17 +33,16 @@ pub struct Salvage {
     pub jumped: Vec<String>,
 }
 
-/// Marks the database as damaged and exits: corruption found while running. A restart (by
+/// Marks the database as damaged: corruption found while running. The queue thread stops
+/// using it and the gateway shuts down in order (readers, exports, queue); the next start (by
 /// systemd or the user) moves the files aside and salvages what it can.
-pub fn corrupt_while_running(data_dir: &Path, e: &QueueError) -> ! {
+pub fn mark_corrupt_while_running(data_dir: &Path, e: &QueueError) {
     let _ = std::fs::write(data_dir.join(CORRUPT_MARKER), e.to_string());
     tracing::error!(
         path = %db_path(data_dir).display(),
         error = %e,
-        exit_code = EXIT_CORRUPT_WHILE_RUNNING,
-        "the queue database is damaged (found while running); exiting: the next start moves it aside and salvages every readable record"
+        "the queue database is damaged (found while running); shutting down: the next start moves it aside and salvages every readable record"
     );
-    std::process::exit(EXIT_CORRUPT_WHILE_RUNNING)
 }
 
 /// Moves the damaged database aside and opens a fresh one holding what could be read.

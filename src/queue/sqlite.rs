@@ -11,7 +11,7 @@ use super::{
     AckBatch, AppendBatch, DeadLetter, ExportId, ExportStatus, QueueError, Record, StreamSpec,
     StreamStatus,
 };
-use super::{Durability, StrategyOnFull};
+use super::{Durability, StateCell, StrategyOnFull};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS streams(
@@ -72,7 +72,8 @@ struct ExportState {
     last_export_ms: Option<i64>,
     last_error: Option<String>,
     last_error_ms: Option<i64>,
-    state: Option<String>,
+    /// The export's state line, written by its driver (see [`super::StateCell`]).
+    state: StateCell,
 }
 
 #[derive(Debug, Clone)]
@@ -317,7 +318,7 @@ impl Store {
             last_export_ms: row.4,
             last_error: row.5,
             last_error_ms: row.6,
-            state: None,
+            state: StateCell::default(),
         })
     }
 
@@ -440,6 +441,14 @@ impl Store {
     }
 
     /// The first unacknowledged id of every export, by stream and export slot.
+    /// Where each export's driver writes its state line.
+    pub fn state_cells(&self) -> Vec<Vec<StateCell>> {
+        self.streams
+            .iter()
+            .map(|st| st.exports.iter().map(|e| e.state.clone()).collect())
+            .collect()
+    }
+
     pub fn export_starts(&self) -> Vec<Vec<i64>> {
         self.streams
             .iter()
@@ -645,9 +654,6 @@ impl Store {
         if !ack.delivered.is_empty() {
             e.last_export_ms = Some(now_ms);
         }
-        if let Some(state) = ack.state.take() {
-            e.state = Some(state);
-        }
         if let Some(err) = ack.error.take() {
             e.last_error = Some(err);
             e.last_error_ms = Some(now_ms);
@@ -823,7 +829,7 @@ impl Store {
                     e.last_export_ms,
                     e.last_error,
                     e.last_error_ms,
-                    e.state
+                    e.state.lock().ok().and_then(|s| s.clone())
                 ])?;
         }
         self.conn
@@ -916,7 +922,7 @@ impl Store {
                     last_export_ms: e.last_export_ms,
                     last_error: e.last_error.clone(),
                     last_error_ms: e.last_error_ms,
-                    state: e.state.clone(),
+                    state: e.state.lock().ok().and_then(|s| s.clone()),
                 });
             }
             out.push(StreamStatus {

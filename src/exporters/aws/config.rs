@@ -146,8 +146,10 @@ impl RawAwsExport {
             Service::Kinesis => {
                 let key = match self.partition_key.as_deref() {
                     None | Some("random") => KeyTemplate::Random,
-                    Some(t) => KeyTemplate::parse(t).unwrap_or_else(|e| {
-                        errs.push(format!("{path}.partition_key"), e);
+                    Some(t) => KeyTemplate::parse(t).unwrap_or_else(|problems| {
+                        for p in problems {
+                            errs.push(format!("{path}.partition_key"), p);
+                        }
                         KeyTemplate::Random
                     }),
                 };

@@ -12,7 +12,7 @@ use sdk::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use sdk::primitives::{DateTime, DateTimeFormat};
 
 use super::config::Service;
-use crate::exporters::{Outcome, SendError};
+use crate::exporters::SendError;
 
 /// A failed entry of a partially failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,49 +65,13 @@ pub fn is_throttling_code(code: &str) -> bool {
     THROTTLING_CODES.contains(&code)
 }
 
-/// A whole call failed: what happened and what to do, in one line, and whether it was
-/// throttling (the export's adaptive rate slows down).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallError {
-    pub message: String,
-    pub throttled: bool,
-}
-
-impl CallError {
-    /// What it means for each record of the call: sent again, and for throttling, slower.
-    pub fn outcome(&self) -> Outcome {
-        if self.throttled {
-            Outcome::Throttled(self.message.clone())
-        } else {
-            Outcome::Retry(self.message.clone())
-        }
-    }
-}
-
-impl From<CallError> for SendError {
-    fn from(e: CallError) -> SendError {
-        SendError {
-            message: e.message,
-            throttled: e.throttled,
-        }
-    }
-}
-
-impl From<String> for CallError {
-    fn from(message: String) -> CallError {
-        CallError {
-            message,
-            throttled: false,
-        }
-    }
-}
-
 /// A whole call failed: what happened and what to do.
 pub fn describe_call_error<E>(
     service: Service,
     target: &str,
     err: &SdkError<E, HttpResponse>,
-) -> CallError
+    clock: &crate::clock::Clock,
+) -> SendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -121,33 +85,32 @@ where
             if let Some(server) =
                 server_date.and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
             {
-                crate::clock::report_peer_time(service.name(), server.secs() * 1000);
+                clock.report_peer_time(service.name(), server.secs() * 1000);
             }
             let text = describe_code(service, target, code, message, server_date);
             if text.contains("clock") {
                 tracing::error!("{text}");
             }
-            CallError {
-                message: text,
-                throttled: is_throttling_code(code),
+            if is_throttling_code(code) {
+                SendError::Throttled(text)
+            } else {
+                SendError::Transient(text)
             }
         }
-        SdkError::TimeoutError(_) => format!(
+        SdkError::TimeoutError(_) => SendError::transient(format!(
             "{name} did not answer within request_timeout; resending (network slow or down?)"
-        )
-        .into(),
+        )),
         SdkError::DispatchFailure(_) => {
             let detail = chain(err);
-            if detail.contains("credential") {
+            SendError::Transient(if detail.contains("credential") {
                 format!(
                     "no usable AWS credentials for {name}: {detail}; set them in the environment, a profile, web identity or the instance/container role"
                 )
             } else {
                 format!("cannot reach {name}: {detail}; resending with backoff")
-            }
-            .into()
+            })
         }
-        _ => format!("{name} call failed: {}", DisplayErrorContext(err)).into(),
+        _ => SendError::transient(format!("{name} call failed: {}", DisplayErrorContext(err))),
     }
 }
 

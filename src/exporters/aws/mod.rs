@@ -22,7 +22,7 @@ mod errors;
 pub mod packer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -32,26 +32,12 @@ use aws_smithy_http_client::tls;
 use rand::Rng;
 
 pub use config::{AwsExportConfig, RawAwsExport, Service};
-use errors::{CallError, EntryFailure, entry_failure};
+use errors::{EntryFailure, entry_failure};
 use packer::PackedRecord;
 
 use super::{Exporter, Outcome, SendError};
+use crate::exporters::stats::ExportStats;
 use crate::queue::Record;
-
-/// Counters of one AWS export (the driver counts records; these count the service's view).
-#[derive(Debug, Default)]
-pub struct AwsStats {
-    /// PutRecords / PutRecordBatch calls made.
-    pub calls: AtomicU64,
-    /// Service records sent (packed records count once).
-    pub records: AtomicU64,
-    /// Samples in the records sent (with retries).
-    pub samples: AtomicU64,
-    /// Service records (or calls' records) refused by throttling.
-    pub throttled: AtomicU64,
-    /// Payload bytes sent (after packing and compression).
-    pub bytes: AtomicU64,
-}
 
 /// The service client; a variant exists only when its feature is built (`kinesis`,
 /// `firehose`), and config validation refuses the kind of a service that is not built.
@@ -67,33 +53,56 @@ pub struct AwsExporter {
     config: Arc<AwsExportConfig>,
     /// Made at the first send, shared by every handle of the export.
     client: Arc<tokio::sync::OnceCell<Client>>,
-    stats: Arc<AwsStats>,
+    stats: Arc<ExportStats>,
+    /// The gateway clock: every error response tells the endpoint's time.
+    clock: crate::clock::Clock,
+}
+
+/// Why the AWS client could not be made (the export retries with its failure backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ca_file {}: cannot read it: {source}", .path.display())]
+    CaFileUnreadable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ca_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it", .path.display())]
+    CaFileNotPem { path: std::path::PathBuf },
+    #[error("ca_file {}: {message}", .path.display())]
+    CaFileRejected {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("this streamgate was built without the {0} exporter (cargo feature)")]
+    NotBuilt(&'static str),
 }
 
 /// Loads the SDK configuration: the standard credential chain (environment, profile, web
 /// identity, container and instance metadata) or a named profile, rustls with ring, and the
 /// system's CA certificates or only those of `ca_file`.
-pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfig, String> {
+pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfig, ClientError> {
     let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
         tls::rustls_provider::CryptoMode::Ring,
     ));
     if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("ca_file {}: cannot read it: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaFileUnreadable {
+            path: path.clone(),
+            source,
+        })?;
         if !pem
             .windows(b"-----BEGIN CERTIFICATE-----".len())
             .any(|w| w == b"-----BEGIN CERTIFICATE-----")
         {
-            return Err(format!(
-                "ca_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-                path.display()
-            ));
+            return Err(ClientError::CaFileNotPem { path: path.clone() });
         }
         let trust = tls::TrustStore::empty().with_pem_certificate(pem);
         let context = tls::TlsContext::builder()
             .with_trust_store(trust)
             .build()
-            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            .map_err(|e| ClientError::CaFileRejected {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         builder = builder.tls_context(context);
     }
     let http = builder.build_https();
@@ -119,19 +128,24 @@ pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfi
 }
 
 impl AwsExporter {
-    pub fn new(config: AwsExportConfig) -> AwsExporter {
+    pub fn new(
+        config: AwsExportConfig,
+        clock: crate::clock::Clock,
+        stats: Arc<ExportStats>,
+    ) -> AwsExporter {
         AwsExporter {
             config: Arc::new(config),
             client: Arc::default(),
-            stats: Arc::default(),
+            stats,
+            clock,
         }
     }
 
-    pub fn stats(&self) -> Arc<AwsStats> {
+    pub fn stats(&self) -> Arc<ExportStats> {
         self.stats.clone()
     }
 
-    async fn client(&self) -> Result<&Client, String> {
+    async fn client(&self) -> Result<&Client, ClientError> {
         self.client
             .get_or_try_init(|| async {
                 let sdk = sdk_config(&self.config).await?;
@@ -155,10 +169,7 @@ impl AwsExporter {
                     Service::Firehose => Client::Firehose(aws_sdk_firehose::Client::new(&sdk)),
                     #[allow(unreachable_patterns)]
                     other => {
-                        return Err(format!(
-                            "this streamgate was built without the {} exporter (cargo feature)",
-                            other.name()
-                        ));
+                        return Err(ClientError::NotBuilt(other.name()));
                     }
                 })
             })
@@ -169,11 +180,14 @@ impl AwsExporter {
     async fn put(
         &self,
         records: Vec<PackedRecord>,
-    ) -> Result<Vec<Option<EntryFailure>>, CallError> {
+    ) -> Result<Vec<Option<EntryFailure>>, SendError> {
         let service = self.config.service;
         let target = self.config.target.clone();
         let n = records.len();
-        let client = self.client().await?;
+        let client = self
+            .client()
+            .await
+            .map_err(|e| SendError::transient(e.to_string()))?;
         let results: Vec<Option<(String, String)>> = match client {
             #[cfg(feature = "kinesis")]
             Client::Kinesis(c) => {
@@ -184,7 +198,7 @@ impl AwsExporter {
                         .partition_key(r.key.unwrap_or_else(|| "-".into()))
                         .build()
                         .map_err(|e| {
-                            CallError::from(format!("cannot build a Kinesis record: {e}"))
+                            SendError::transient(format!("cannot build a Kinesis record: {e}"))
                         })?;
                     entries.push(entry);
                 }
@@ -194,7 +208,7 @@ impl AwsExporter {
                     .set_records(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| errors::describe_call_error(service, &target, &e))?;
+                    .map_err(|e| errors::describe_call_error(service, &target, &e, &self.clock))?;
                 out.records()
                     .iter()
                     .map(|e| {
@@ -215,7 +229,7 @@ impl AwsExporter {
                         .data(aws_sdk_firehose::primitives::Blob::new(r.data))
                         .build()
                         .map_err(|e| {
-                            CallError::from(format!("cannot build a Firehose record: {e}"))
+                            SendError::transient(format!("cannot build a Firehose record: {e}"))
                         })?;
                     entries.push(entry);
                 }
@@ -225,7 +239,7 @@ impl AwsExporter {
                     .set_records(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| errors::describe_call_error(service, &target, &e))?;
+                    .map_err(|e| errors::describe_call_error(service, &target, &e, &self.clock))?;
                 out.request_responses()
                     .iter()
                     .map(|e| {
@@ -240,12 +254,11 @@ impl AwsExporter {
             }
         };
         if results.len() != n {
-            return Err(format!(
+            return Err(SendError::transient(format!(
                 "{} answered {} entry results for {n} records; resending them",
                 service.name(),
                 results.len()
-            )
-            .into());
+            )));
         }
         Ok(results
             .into_iter()
@@ -260,6 +273,7 @@ impl Exporter for AwsExporter {
             config: self.config.clone(),
             client: self.client.clone(),
             stats: self.stats.clone(),
+            clock: self.clock.clone(),
         })
     }
 
@@ -292,16 +306,14 @@ impl Exporter for AwsExporter {
                 continue;
             }
             let members: Vec<Vec<usize>> = call.iter().map(|r| r.samples.clone()).collect();
-            let samples: usize = members.iter().map(|m| m.len()).sum();
             let bytes: usize = call.iter().map(|r| r.data.len()).sum();
-            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
             self.stats
-                .records
+                .wire_records
                 .fetch_add(call.len() as u64, Ordering::Relaxed);
             self.stats
-                .samples
-                .fetch_add(samples as u64, Ordering::Relaxed);
-            self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                .wire_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
             match self.put(call).await {
                 Ok(results) => {
                     let mut failed = 0;
@@ -334,18 +346,18 @@ impl Exporter for AwsExporter {
                     }
                 }
                 Err(e) => {
-                    if e.throttled {
+                    if e.is_throttled() {
                         throttled_now += members.len() as u64;
                     }
                     if first_call {
                         // Nothing of this batch was accepted yet: let the driver retry all of it.
                         self.note_throttled(throttled_now);
-                        return Err(e.into());
+                        return Err(e);
                     }
                     for i in members.into_iter().flatten() {
                         outcomes[i] = Some(e.outcome());
                     }
-                    stop = Some(e.message);
+                    stop = Some(e.message().to_string());
                 }
             }
             first_call = false;
@@ -363,12 +375,10 @@ impl AwsExporter {
         if records == 0 {
             return;
         }
-        let total = self.stats.throttled.fetch_add(records, Ordering::Relaxed) + records;
-        // Throttling is routine on a busy stream: the driver's adaptive rate handles it and
-        // `status` shows it; the log says it at debug level only.
+        // Throttling is routine on a busy stream: the driver's adaptive rate handles it, counts
+        // it and `status` shows it; the log says it at debug level only.
         tracing::debug!(
             records,
-            total_throttled = total,
             "{} throttled this export; the throttled records are resent at a lower rate",
             self.config.service.name()
         );

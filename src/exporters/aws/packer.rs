@@ -12,7 +12,7 @@
 
 use std::io::{Read, Write};
 
-use crate::payload;
+use crate::exporters::template::{Field, Template};
 
 /// How packed records are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,81 +29,42 @@ pub enum KeyTemplate {
     None,
     /// A random key per record: spreads records evenly over shards.
     Random,
-    /// Rendered from payload fields: keeps order per key, caps a key at one shard.
-    Template(Vec<KeyPart>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyPart {
-    Text(String),
-    EquipmentId,
-    Tag,
-    SourceId,
+    /// Rendered from payload fields (the exports' one [`Template`] engine): keeps order per
+    /// key, caps a key at one shard.
+    Template(Template),
 }
 
 impl KeyTemplate {
-    /// Parses `"{equipmentId}/{tag}"`; fields: equipmentId, tag, sourceId.
-    pub fn parse(text: &str) -> Result<KeyTemplate, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        let mut fields = 0;
-        while !rest.is_empty() {
-            match rest.find('{') {
-                Some(0) => {
-                    let Some(end) = rest.find('}') else {
-                        return Err(format!("\"{text}\" has a '{{' without its '}}'"));
-                    };
-                    let part = match &rest[1..end] {
-                        "equipmentId" => KeyPart::EquipmentId,
-                        "tag" => KeyPart::Tag,
-                        "sourceId" => KeyPart::SourceId,
-                        other => {
-                            return Err(format!(
-                                "\"{{{other}}}\" is not a payload field; use \"random\" or a template of {{equipmentId}}, {{tag}} and {{sourceId}}"
-                            ));
-                        }
-                    };
-                    parts.push(part);
-                    fields += 1;
-                    rest = &rest[end + 1..];
-                }
-                found => {
-                    let end = found.unwrap_or(rest.len());
-                    if rest[..end].contains('}') {
-                        return Err(format!("\"{text}\" has a '}}' without its '{{'"));
-                    }
-                    parts.push(KeyPart::Text(rest[..end].to_string()));
-                    rest = &rest[end..];
-                }
-            }
-        }
-        if fields == 0 {
-            return Err(format!(
+    /// The fields a partition key may name.
+    pub const FIELDS: [Field; 3] = [Field::EquipmentId, Field::Tag, Field::SourceId];
+
+    /// Parses `"{equipmentId}/{tag}"`; fields: equipmentId, tag, sourceId. Every problem is
+    /// returned.
+    pub fn parse(text: &str) -> Result<KeyTemplate, Vec<String>> {
+        let (template, mut problems) = Template::parse_partial(text, &Self::FIELDS);
+        if problems.is_empty() && template.placeholders() == 0 {
+            problems.push(format!(
                 "\"{text}\" names no payload field: every record would get the same key and the stream would use one shard; use \"random\" or a template such as \"{{equipmentId}}\""
             ));
         }
         if text.chars().count() > 256 {
-            return Err("a partition key template is at most 256 characters".into());
+            problems.push("a partition key template is at most 256 characters".into());
         }
-        Ok(KeyTemplate::Template(parts))
+        if problems.is_empty() {
+            Ok(KeyTemplate::Template(template))
+        } else {
+            Err(problems)
+        }
     }
 
     /// The key of one sample, or `None` when it is random or absent (decided per record).
     fn render(&self, payload: &[u8], max_chars: usize) -> Option<String> {
-        let KeyTemplate::Template(parts) = self else {
+        let KeyTemplate::Template(template) = self else {
             return None;
         };
-        // A payload that does not decode gets a random key rather than being held back.
-        let p = payload::decode(payload).ok()?;
+        // A payload without the fields gets a random key rather than being held back.
         let mut key = String::new();
-        for part in parts {
-            match part {
-                KeyPart::Text(t) => key.push_str(t),
-                KeyPart::EquipmentId => key.push_str(&p.equipment_id),
-                KeyPart::Tag => key.push_str(&p.tag),
-                KeyPart::SourceId => key.push_str(&p.meta.source_id),
-            }
-        }
+        template.render(payload, &mut key).ok()?;
         if key.is_empty() {
             key.push('-');
         }
@@ -563,16 +524,14 @@ mod tests {
         let t = KeyTemplate::parse("line1-{sourceId}").unwrap();
         assert_eq!(t.render(&p, 256).as_deref(), Some("line1-src"));
         assert_eq!(t.render(&p, 4).as_deref(), Some("line"));
-        assert!(
-            KeyTemplate::parse("{nope}")
-                .unwrap_err()
-                .contains("not a payload field")
+        assert_eq!(
+            KeyTemplate::parse("{nope}/{quality}").unwrap_err(),
+            [
+                "unknown placeholder {nope}; use {equipmentId}, {tag}, {sourceId}",
+                "unknown placeholder {quality}; use {equipmentId}, {tag}, {sourceId}"
+            ]
         );
-        assert!(
-            KeyTemplate::parse("fixed")
-                .unwrap_err()
-                .contains("one shard")
-        );
+        assert!(KeyTemplate::parse("fixed").unwrap_err()[0].contains("one shard"));
         assert!(KeyTemplate::parse("{tag").is_err());
         assert!(KeyTemplate::parse("tag}").is_err());
         assert_eq!(KeyTemplate::Random.render(&p, 256), None);

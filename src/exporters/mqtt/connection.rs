@@ -20,11 +20,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::MqttStats;
 use super::config::{MqttExportConfig, Secret, TlsConfig};
 use super::inflight::{InFlight, Tag};
 use crate::backoff::Backoff;
 use crate::exporters::rate::RateLimit;
+use crate::exporters::stats::ConnectionStats;
 
 /// How one message of the current send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl State {
         self.next_generation
     }
 
-    pub fn settle(&mut self, tag: Tag, result: Settled, stats: &MqttStats) {
+    pub fn settle(&mut self, tag: Tag, result: Settled, stats: &ConnectionStats) {
         if let Settled::Lost { sent: true, .. } = &result {
             stats.lost_in_flight.fetch_add(1, Ordering::Relaxed);
         }
@@ -131,7 +131,7 @@ pub struct Shared {
     pub progress: Notify,
     /// Asks the connection task to drop the connection (no PUBACK within ack_timeout).
     pub kill: Notify,
-    pub stats: Arc<MqttStats>,
+    pub stats: Arc<ConnectionStats>,
 }
 
 impl Shared {
@@ -147,7 +147,7 @@ pub async fn run(config: MqttExportConfig, shared: Arc<Shared>, stop: Cancellati
     let broker = format!("{}:{}", config.host, config.port);
     while !stop.is_cancelled() {
         let failure = match options(&config) {
-            Err(e) => e,
+            Err(e) => e.to_string(),
             Ok(opts) => {
                 let cap = config.max_in_flight as usize + 16;
                 let (client, mut el) = AsyncClient::new(opts, cap);
@@ -248,7 +248,7 @@ async fn connection(
 }
 
 /// Applies one event; true when something settled.
-fn handle(st: &mut State, event: &Event, stats: &MqttStats) -> bool {
+fn handle(st: &mut State, event: &Event, stats: &ConnectionStats) -> bool {
     let settled = match event {
         Event::Incoming(Incoming::PubAck(ack)) => st.inflight.puback(ack.pkid),
         Event::Outgoing(Outgoing::Publish(pkid)) => st.inflight.written(*pkid),
@@ -347,8 +347,32 @@ async fn goodbye(client: &AsyncClient, el: &mut EventLoop) {
     .await;
 }
 
+/// Why a connection could not be set up (before any network traffic): the files or the
+/// password it needs. The export retries with its backoff; the message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("password_env: environment variable {0} is not set or not UTF-8")]
+    PasswordEnv(String),
+    #[error("{key} {}: {source}", .path.display())]
+    PemFile {
+        key: &'static str,
+        path: std::path::PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("ca_file {}: no usable CA certificate in it", .0.display())]
+    NoCa(std::path::PathBuf),
+    #[error("no system CA certificates found ({0} errors); set ca_file")]
+    NoSystemCa(usize),
+    #[error("client_cert {}: no certificate in it", .0.display())]
+    NoClientCert(std::path::PathBuf),
+    #[error("TLS setup: {0}")]
+    Tls(rustls::Error),
+    #[error("client_cert/client_key do not fit together: {0}")]
+    KeyMismatch(rustls::Error),
+}
+
 /// rumqttc options for one connection; reads the certificate files and the password.
-fn options(config: &MqttExportConfig) -> Result<MqttOptions, String> {
+fn options(config: &MqttExportConfig) -> Result<MqttOptions, SetupError> {
     let mut o = MqttOptions::new(&config.client_id, &config.host, config.port);
     o.set_keep_alive(config.keep_alive);
     o.set_clean_session(config.clean_session);
@@ -359,9 +383,9 @@ fn options(config: &MqttExportConfig) -> Result<MqttOptions, String> {
         let password = match &config.password {
             None => String::new(),
             Some(Secret::Value(p)) => p.clone(),
-            Some(Secret::Env(var)) => std::env::var(var).map_err(|_| {
-                format!("password_env: environment variable {var} is not set or not UTF-8")
-            })?,
+            Some(Secret::Env(var)) => {
+                std::env::var(var).map_err(|_| SetupError::PasswordEnv(var.clone()))?
+            }
         };
         o.set_credentials(user, password);
     }
@@ -375,54 +399,57 @@ fn options(config: &MqttExportConfig) -> Result<MqttOptions, String> {
 }
 
 /// A rustls client configuration on the ring provider (the only one compiled in).
-pub fn tls_client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, String> {
+pub fn tls_client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca_file {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                .map_err(|source| SetupError::PemFile {
+                    key: "ca_file",
+                    path: path.clone(),
+                    source,
+                })?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(format!(
-                    "ca_file {}: no usable CA certificate in it",
-                    path.display()
-                ));
+                return Err(SetupError::NoCa(path.clone()));
             }
         }
         None => {
             let native = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(native.certs);
             if added == 0 {
-                return Err(format!(
-                    "no system CA certificates found ({} errors); set ca_file",
-                    native.errors.len()
-                ));
+                return Err(SetupError::NoSystemCa(native.errors.len()));
             }
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(SetupError::Tls)?
         .with_root_certificates(roots);
     let mut client_config = match &tls.client_auth {
         Some((cert, key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("client_cert {}: {e}", cert.display()))?;
+                .map_err(|source| SetupError::PemFile {
+                    key: "client_cert",
+                    path: cert.clone(),
+                    source,
+                })?;
             if chain.is_empty() {
-                return Err(format!(
-                    "client_cert {}: no certificate in it",
-                    cert.display()
-                ));
+                return Err(SetupError::NoClientCert(cert.clone()));
             }
             // The key's content never goes into a message, only its path.
-            let key_der = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("client_key {}: {e}", key.display()))?;
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(|source| SetupError::PemFile {
+                    key: "client_key",
+                    path: key.clone(),
+                    source,
+                })?;
             builder
                 .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("client_cert/client_key do not fit together: {e}"))?
+                .map_err(SetupError::KeyMismatch)?
         }
         None => builder.with_no_client_auth(),
     };

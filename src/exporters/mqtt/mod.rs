@@ -22,7 +22,9 @@ pub mod inflight;
 pub mod pack;
 pub mod topic;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::exporters::stats::ConnectionStats;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,28 +53,6 @@ pub const LIMITS: Limits = Limits {
     default_in_flight_requests: 2,
 };
 
-/// Counters of one MQTT export: connection state and in-flight publishes for `status`.
-#[derive(Debug, Default)]
-pub struct MqttStats {
-    pub connected: AtomicBool,
-    /// Publishes handed to the connection and not settled.
-    pub in_flight: AtomicU64,
-    pub connects: AtomicU64,
-    pub connection_losses: AtomicU64,
-    /// Messages handed to the connection.
-    pub published: AtomicU64,
-    /// Messages acknowledged (PUBACK; for QoS 0: written).
-    pub acked: AtomicU64,
-    /// Messages written but not acknowledged when their connection was lost: the broker may
-    /// have them, and their retry may make duplicates.
-    pub lost_in_flight: AtomicU64,
-    /// Records sent again after such a loss (upper bound of the duplicates downstream).
-    pub possible_duplicates: AtomicU64,
-    /// Settlements that came after their send had already decided (should stay 0).
-    pub late_acks: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
-
 pub struct MqttExporter {
     config: Arc<MqttExportConfig>,
     shared: Arc<Shared>,
@@ -84,7 +64,7 @@ pub struct MqttExporter {
 
 impl MqttExporter {
     /// Starts the connection task (needs a tokio runtime).
-    pub fn new(config: MqttExportConfig, stats: Arc<MqttStats>) -> MqttExporter {
+    pub fn new(config: MqttExportConfig, stats: Arc<ConnectionStats>) -> MqttExporter {
         let window = config.max_in_flight as usize;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -112,7 +92,7 @@ impl MqttExporter {
         }
     }
 
-    pub fn stats(&self) -> Arc<MqttStats> {
+    pub fn stats(&self) -> Arc<ConnectionStats> {
         self.shared.stats.clone()
     }
 
@@ -129,7 +109,7 @@ impl MqttExporter {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    return Err(SendError::new(format!(
+                    return Err(SendError::transient(format!(
                         "not connected to mqtt broker {}:{}: {}",
                         self.config.host,
                         self.config.port,

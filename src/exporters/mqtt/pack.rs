@@ -38,12 +38,12 @@ impl Packer<'_> {
         // Topic -> index of the message still open for more samples (NDJSON only).
         let mut open: HashMap<String, usize> = HashMap::new();
         for (i, record) in batch.iter().enumerate() {
-            if let Err(reason) = self.template.render(&record.payload, &mut topic) {
-                packed.rejected.push((i, reason));
+            if let Err(e) = self.template.render(&record.payload, &mut topic) {
+                packed.rejected.push((i, format!("no topic: {e}")));
                 continue;
             }
             if let Err(reason) = check_topic(&topic, self.aws_iot) {
-                packed.rejected.push((i, reason));
+                packed.rejected.push((i, reason.to_string()));
                 continue;
             }
             let len = record.payload.len();

@@ -1,9 +1,7 @@
 //! Topic templates (`lines/{sourceId}/{equipmentId}/{tag}`) and topic checks: MQTT's rules
 //! (no wildcards, no NUL, at most 65,535 bytes) and, for AWS IoT Core, its own limits.
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
+use crate::exporters::template::{Field, MissingFields, Template};
 
 /// AWS IoT Core: a topic name is at most 256 bytes of UTF-8.
 pub const AWS_IOT_MAX_TOPIC_BYTES: usize = 256;
@@ -12,105 +10,20 @@ pub const AWS_IOT_MAX_TOPIC_SLASHES: usize = 7;
 /// MQTT 3.1.1: a topic name is a UTF-8 string of at most 65,535 bytes.
 pub const MQTT_MAX_TOPIC_BYTES: usize = 65_535;
 
-/// A payload field a template can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    SourceId,
-    EquipmentId,
-    Tag,
-    Quality,
-}
-
-impl Field {
-    const ALL: [(&'static str, Field); 4] = [
-        ("sourceId", Field::SourceId),
-        ("equipmentId", Field::EquipmentId),
-        ("tag", Field::Tag),
-        ("quality", Field::Quality),
-    ];
-}
-
+/// A topic template: the exports' one [`Template`] engine, with MQTT's rules for topic names
+/// checked on its fixed text at validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Field(Field),
-}
-
-/// A parsed topic template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicTemplate {
-    parts: Vec<Part>,
-}
-
-/// The payload fields a template may use; everything else in the JSON is skipped.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Fields<'a> {
-    #[serde(borrow)]
-    equipment_id: Cow<'a, str>,
-    #[serde(borrow)]
-    tag: Cow<'a, str>,
-    #[serde(borrow)]
-    quality: Cow<'a, str>,
-    #[serde(borrow)]
-    meta: MetaFields<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MetaFields<'a> {
-    #[serde(borrow)]
-    source_id: Cow<'a, str>,
-}
+pub struct TopicTemplate(Template);
 
 impl TopicTemplate {
     /// Parses `text`; every problem is returned (unknown placeholder, wildcard, ...).
     pub fn parse(text: &str) -> Result<TopicTemplate, Vec<String>> {
-        let mut parts = Vec::new();
-        let mut problems = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find(['{', '}']) {
-            if rest[open..].starts_with('}') {
-                problems.push(format!("unmatched '}}' in \"{text}\""));
-                rest = &rest[open + 1..];
-                continue;
-            }
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_string()));
-            }
-            let after = &rest[open + 1..];
-            let Some(close) = after.find('}') else {
-                problems.push(format!("unclosed '{{' in \"{text}\""));
-                rest = "";
-                break;
-            };
-            let name = &after[..close];
-            match Field::ALL.iter().find(|(n, _)| *n == name) {
-                Some((_, f)) => parts.push(Part::Field(*f)),
-                None => {
-                    let known: Vec<String> =
-                        Field::ALL.iter().map(|(n, _)| format!("{{{n}}}")).collect();
-                    problems.push(format!(
-                        "unknown placeholder {{{name}}}; use {}",
-                        known.join(", ")
-                    ));
-                }
-            }
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
+        let fields: Vec<Field> = Field::ALL.iter().map(|(_, f)| *f).collect();
+        let (template, mut problems) = Template::parse_partial(text, &fields);
         if text.is_empty() {
             problems.push("must not be empty".to_string());
         }
-        let literal: String = parts
-            .iter()
-            .filter_map(|p| match p {
-                Part::Text(t) => Some(t.as_str()),
-                Part::Field(_) => None,
-            })
-            .collect();
+        let literal = template.literal();
         if literal.contains(['+', '#']) {
             problems.push("must not contain the wildcards '+' or '#'".to_string());
         }
@@ -118,7 +31,7 @@ impl TopicTemplate {
             problems.push("must not contain NUL".to_string());
         }
         if problems.is_empty() {
-            Ok(TopicTemplate { parts })
+            Ok(TopicTemplate(template))
         } else {
             Err(problems)
         }
@@ -126,89 +39,70 @@ impl TopicTemplate {
 
     /// A template without placeholders (no checks: the caller knows `text` is valid).
     pub fn fixed(text: &str) -> TopicTemplate {
-        TopicTemplate {
-            parts: vec![Part::Text(text.to_string())],
-        }
+        TopicTemplate(Template::fixed(text))
     }
 
     /// The fixed text of the template, placeholders removed (for limit checks at validation).
     pub fn literal(&self) -> String {
-        self.parts
-            .iter()
-            .filter_map(|p| match p {
-                Part::Text(t) => Some(t.as_str()),
-                Part::Field(_) => None,
-            })
-            .collect()
+        self.0.literal()
     }
 
     /// True when the topic is the same for every sample (no placeholders).
     pub fn is_fixed(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+        self.0.is_fixed()
     }
 
     /// Renders the topic of one payload into `out` (cleared first).
-    pub fn render(&self, payload: &[u8], out: &mut String) -> Result<(), String> {
-        out.clear();
-        if self.is_fixed() {
-            for p in &self.parts {
-                if let Part::Text(t) = p {
-                    out.push_str(t);
-                }
-            }
-            return Ok(());
-        }
-        let fields: Fields = serde_json::from_slice(payload)
-            .map_err(|e| format!("payload has no field the topic template needs: {e}"))?;
-        for p in &self.parts {
-            match p {
-                Part::Text(t) => out.push_str(t),
-                Part::Field(Field::SourceId) => out.push_str(&fields.meta.source_id),
-                Part::Field(Field::EquipmentId) => out.push_str(&fields.equipment_id),
-                Part::Field(Field::Tag) => out.push_str(&fields.tag),
-                Part::Field(Field::Quality) => out.push_str(&fields.quality),
-            }
-        }
-        Ok(())
+    pub fn render(&self, payload: &[u8], out: &mut String) -> Result<(), MissingFields> {
+        self.0.render(payload, out)
     }
 }
 
+/// Why a rendered topic name cannot be published to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic is empty")]
+    Empty,
+    #[error("topic \"{0}\" contains an MQTT wildcard ('+' or '#')")]
+    Wildcard(String),
+    #[error("topic contains NUL")]
+    Nul,
+    #[error("topic is {0} bytes, above MQTT's limit of {MQTT_MAX_TOPIC_BYTES}")]
+    TooLong(usize),
+    #[error("topic \"{0}\" is {1} bytes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_BYTES}")]
+    AwsIotTooLong(String, usize),
+    #[error(
+        "topic \"{0}\" has {1} slashes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_SLASHES}"
+    )]
+    AwsIotSlashes(String, usize),
+    #[error("topic \"{0}\" starts with '$', reserved by AWS IoT Core")]
+    AwsIotReserved(String),
+}
+
 /// Checks a rendered topic name against MQTT's rules and, with `aws_iot`, AWS IoT Core's.
-pub fn check_topic(topic: &str, aws_iot: bool) -> Result<(), String> {
+pub fn check_topic(topic: &str, aws_iot: bool) -> Result<(), TopicError> {
     if topic.is_empty() {
-        return Err("topic is empty".to_string());
+        return Err(TopicError::Empty);
     }
     if topic.contains(['+', '#']) {
-        return Err(format!(
-            "topic \"{topic}\" contains an MQTT wildcard ('+' or '#')"
-        ));
+        return Err(TopicError::Wildcard(topic.to_string()));
     }
     if topic.contains('\0') {
-        return Err("topic contains NUL".to_string());
+        return Err(TopicError::Nul);
     }
     if topic.len() > MQTT_MAX_TOPIC_BYTES {
-        return Err(format!(
-            "topic is {} bytes, above MQTT's limit of {MQTT_MAX_TOPIC_BYTES}",
-            topic.len()
-        ));
+        return Err(TopicError::TooLong(topic.len()));
     }
     if aws_iot {
         if topic.len() > AWS_IOT_MAX_TOPIC_BYTES {
-            return Err(format!(
-                "topic \"{topic}\" is {} bytes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_BYTES}",
-                topic.len()
-            ));
+            return Err(TopicError::AwsIotTooLong(topic.to_string(), topic.len()));
         }
         let slashes = topic.matches('/').count();
         if slashes > AWS_IOT_MAX_TOPIC_SLASHES {
-            return Err(format!(
-                "topic \"{topic}\" has {slashes} slashes, above AWS IoT Core's limit of {AWS_IOT_MAX_TOPIC_SLASHES}"
-            ));
+            return Err(TopicError::AwsIotSlashes(topic.to_string(), slashes));
         }
         if topic.starts_with('$') {
-            return Err(format!(
-                "topic \"{topic}\" starts with '$', reserved by AWS IoT Core"
-            ));
+            return Err(TopicError::AwsIotReserved(topic.to_string()));
         }
     }
     Ok(())
@@ -217,27 +111,6 @@ pub fn check_topic(topic: &str, aws_iot: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SAMPLE: &[u8] = br#"{"version":1,"timestamp":1,"equipmentId":"eq-1","tag":"water_temperature","value":1.5,"quality":"Ok","meta":{"sequenceNumber":7,"flags":[],"createdAt":2,"sourceId":"filler"}}"#;
-
-    #[test]
-    fn renders_fields() {
-        let t = TopicTemplate::parse("lines/{sourceId}/{equipmentId}/{tag}/{quality}").unwrap();
-        let mut out = String::new();
-        t.render(SAMPLE, &mut out).unwrap();
-        assert_eq!(out, "lines/filler/eq-1/water_temperature/Ok");
-        assert!(!t.is_fixed());
-        assert_eq!(t.literal(), "lines////");
-    }
-
-    #[test]
-    fn fixed_topic_needs_no_decoding() {
-        let t = TopicTemplate::parse("plant/line1").unwrap();
-        let mut out = String::from("old");
-        t.render(b"not json", &mut out).unwrap();
-        assert_eq!(out, "plant/line1");
-        assert!(t.is_fixed());
-    }
 
     #[test]
     fn collects_every_template_problem() {
@@ -248,13 +121,6 @@ mod tests {
         assert!(errs.iter().any(|e| e.contains("wildcards")));
         assert!(TopicTemplate::parse("").is_err());
         assert!(TopicTemplate::parse("a}b").is_err());
-    }
-
-    #[test]
-    fn undecodable_payload_is_an_error() {
-        let t = TopicTemplate::parse("x/{tag}").unwrap();
-        let mut out = String::new();
-        assert!(t.render(b"{}", &mut out).is_err());
     }
 
     #[test]

@@ -38,14 +38,32 @@ impl Area {
     ];
 }
 
+/// Why a Modicon address cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModiconError {
+    #[error(
+        "\"{0}\" is not Modicon notation: use 5 or 6 digits like \"40001\" or \"400001\" (or an integer for a 0-based address with `area`)"
+    )]
+    Notation(String),
+    #[error(
+        "\"{text}\": the first digit {digit} names no area (0 coil, 1 discrete input, 3 input register, 4 holding register)"
+    )]
+    Area { text: String, digit: String },
+    #[error(
+        "\"{text}\": the register number must be 1 to {max} in {digits}-digit notation (it is 1-based)"
+    )]
+    Range {
+        text: String,
+        max: u32,
+        digits: usize,
+    },
+}
+
 /// Parses Modicon notation (`"40001"`, `"300017"`) into area and 0-based address.
-pub fn parse_modicon(text: &str) -> Result<(Area, u16), String> {
+pub fn parse_modicon(text: &str) -> Result<(Area, u16), ModiconError> {
     let t = text.trim();
     if !(t.len() == 5 || t.len() == 6) || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "\"{text}\" is not Modicon notation: use 5 or 6 digits like \"40001\" or \"400001\" \
-             (or an integer for a 0-based address with `area`)"
-        ));
+        return Err(ModiconError::Notation(text.to_string()));
     }
     let area = match &t[..1] {
         "0" => Area::Coil,
@@ -53,20 +71,22 @@ pub fn parse_modicon(text: &str) -> Result<(Area, u16), String> {
         "3" => Area::InputRegister,
         "4" => Area::HoldingRegister,
         d => {
-            return Err(format!(
-                "\"{text}\": the first digit {d} names no area (0 coil, 1 discrete input, 3 input register, 4 holding register)"
-            ));
+            return Err(ModiconError::Area {
+                text: text.to_string(),
+                digit: d.to_string(),
+            });
         }
     };
     let number: u32 = t[1..]
         .parse()
-        .map_err(|_| format!("\"{text}\" is not a number"))?;
+        .map_err(|_| ModiconError::Notation(text.to_string()))?;
     let max = if t.len() == 5 { 9_999 } else { 65_536 };
     if number == 0 || number > max {
-        return Err(format!(
-            "\"{text}\": the register number must be 1 to {max} in {}-digit notation (it is 1-based)",
-            t.len()
-        ));
+        return Err(ModiconError::Range {
+            text: text.to_string(),
+            max,
+            digits: t.len(),
+        });
     }
     Ok((area, (number - 1) as u16))
 }

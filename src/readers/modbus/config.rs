@@ -8,8 +8,8 @@ use serde::Deserialize;
 use super::address::{Area, parse_modicon};
 use super::decode::{ByteOrder, DataType};
 use super::plan::{Limits, MAX_BITS, MAX_REGISTERS};
-use super::report::ReportPolicy;
 use crate::config::{Errors, StreamNames};
+use crate::readers::signal::{self, RawSignal, ReportPolicy, Scaling};
 
 /// Keys of both Modbus kinds; the transport keys of the other kind are rejected at validation.
 #[derive(Debug, Deserialize)]
@@ -123,7 +123,7 @@ pub struct ModbusTag {
     pub data_type: DataType,
     pub byte_order: ByteOrder,
     /// `raw * scale + offset`, numeric types only; `None` leaves the raw value.
-    pub scaling: Option<(f64, f64)>,
+    pub scaling: Option<Scaling>,
     /// Engineering unit, for documentation (the payload has no unit field yet).
     pub unit: Option<String>,
     pub interval: Duration,
@@ -464,48 +464,23 @@ fn tag(
             "does not apply to bool or bit tags",
         );
     }
-    let scaling = if t.scale.is_some() || t.offset.is_some() {
-        let scale = t.scale.unwrap_or(1.0);
-        let offset = t.offset.unwrap_or(0.0);
-        if !data_type.is_numeric() {
-            errs.push(
-                format!("{path}.scale"),
-                "scale and offset apply to numeric types only",
-            );
-        }
-        if !scale.is_finite() || !offset.is_finite() {
-            errs.push(
-                format!("{path}.scale"),
-                "scale and offset must be finite numbers",
-            );
-        }
-        Some((scale, offset))
-    } else {
-        None
-    };
     let interval = errs.duration(
         &format!("{path}.interval"),
         t.interval.as_deref(),
         default_interval,
         Duration::from_millis(1),
     );
-    if let Some(d) = t.deadband
-        && (!d.is_finite() || d < 0.0)
-    {
-        errs.push(format!("{path}.deadband"), "must be a number >= 0");
-    }
-    let max_silence = errs.duration(
-        &format!("{path}.max_silence"),
-        t.max_silence.as_deref(),
-        Duration::from_secs(60),
-        Duration::from_millis(1),
+    let (scaling, report) = signal::validate(
+        path,
+        RawSignal {
+            scale: t.scale,
+            offset: t.offset,
+            deadband: t.deadband,
+            max_silence: t.max_silence.as_deref(),
+        },
+        data_type.is_numeric(),
+        errs,
     );
-    if t.max_silence.is_some() && t.deadband.is_none() {
-        errs.push(
-            format!("{path}.max_silence"),
-            "only applies with a deadband (use deadband = 0 to send on any change)",
-        );
-    }
     if let Some(u) = &t.unit
         && u.len() > 32
     {
@@ -521,10 +496,7 @@ fn tag(
         scaling,
         unit: t.unit.clone(),
         interval,
-        report: ReportPolicy {
-            deadband: t.deadband,
-            max_silence,
-        },
+        report,
     })
 }
 

@@ -149,16 +149,6 @@ pub fn decode(ty: DataType, order: ByteOrder, regs: &[u16]) -> Option<Decoded> {
     }
 }
 
-/// Applies `raw * scale + offset` to a numeric value (the result is a float); other values
-/// pass unchanged (validation rejects scale/offset on them).
-pub fn scale(value: Value, scale: f64, offset: f64) -> Value {
-    match value {
-        Value::Int(i) => Value::Float(i as f64 * scale + offset),
-        Value::Float(f) => Value::Float(f * scale + offset),
-        other => other,
-    }
-}
-
 /// Registers holding `value` as `ty` in `order`: the inverse of [`decode`] (tests, the
 /// in-process test server and the benchmark use it). Values that do not fit are truncated.
 pub fn encode(ty: DataType, order: ByteOrder, value: &Value) -> Vec<u16> {
@@ -317,15 +307,6 @@ mod tests {
             Value::Bool(false)
         );
         assert_eq!(decode(DataType::F64, ByteOrder::Abcd, &[1, 2, 3]), None);
-    }
-
-    #[test]
-    fn scale_and_offset() {
-        assert_eq!(
-            scale(Value::Int(215), 0.1, -1.0),
-            Value::Float(215.0 * 0.1 - 1.0)
-        );
-        assert_eq!(scale(Value::Bool(true), 2.0, 1.0), Value::Bool(true));
     }
 
     fn types() -> impl Strategy<Value = DataType> {

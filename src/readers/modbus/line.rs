@@ -79,6 +79,17 @@ pub enum Data {
     Words(Vec<u16>),
 }
 
+/// Why a connect to a Modbus device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Tcp(#[from] std::io::Error),
+    #[error("{0}")]
+    Serial(#[from] tokio_serial::Error),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The device answered with an exception: about the request, not the connection.
@@ -88,7 +99,7 @@ pub enum ReadError {
     #[error("connection is backing off after a failure")]
     Down { until: Instant },
     #[error("cannot connect to {line}: {reason}")]
-    Connect { line: String, reason: String },
+    Connect { line: String, reason: ConnectError },
     #[error("no response within {0:?}")]
     Timeout(Duration),
     #[error("transport error: {0}")]
@@ -100,7 +111,7 @@ impl Line {
         self.transport.key()
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Context, String> {
+    async fn connect(&self, timeout: Duration) -> Result<Context, ConnectError> {
         match &self.transport {
             Transport::Tcp { host, port } => {
                 let stream = tokio::time::timeout(
@@ -108,8 +119,7 @@ impl Line {
                     tokio::net::TcpStream::connect((host.as_str(), *port)),
                 )
                 .await
-                .map_err(|_| format!("no connection within {timeout:?}"))?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| ConnectError::Timeout(timeout))??;
                 // Requests are small and answered one at a time: Nagle would only add delay.
                 let _ = stream.set_nodelay(true);
                 Ok(tokio_modbus::client::tcp::attach(stream))
@@ -137,7 +147,7 @@ impl Line {
                     } else {
                         tokio_serial::StopBits::One
                     });
-                let port = tokio_serial::SerialStream::open(&builder).map_err(|e| e.to_string())?;
+                let port = tokio_serial::SerialStream::open(&builder)?;
                 Ok(tokio_modbus::client::rtu::attach(port))
             }
         }

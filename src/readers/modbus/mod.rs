@@ -20,7 +20,6 @@ pub mod config;
 pub mod decode;
 pub mod line;
 pub mod plan;
-pub mod report;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,11 +29,11 @@ use tokio::time::Instant;
 use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::readers::signal::Reporter;
 pub use config::{ModbusConfig, RawModbus};
 use decode::DataType;
 use line::{Data, Line, Lines, ReadError};
 use plan::{Need, Read};
-use report::Reporter;
 
 use super::{Sample, SourceContext};
 use crate::backoff::Backoff;
@@ -191,7 +190,7 @@ impl ModbusReader {
             let (value, quality) = match decoded {
                 Some(d) => {
                     let value = match tag.scaling {
-                        Some((s, o)) => decode::scale(d.value, s, o),
+                        Some(s) => s.apply(d.value),
                         None => d.value,
                     };
                     (value, d.quality)

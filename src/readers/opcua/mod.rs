@@ -408,7 +408,7 @@ impl OpcuaReader {
         let now = crate::time::now_ms();
         // While our own clock is known wrong, the device's time is the better one: do not
         // replace it by ours for looking "skewed" (samples get Ats for our clock anyway).
-        let skew = skew.filter(|_| !crate::clock::known_wrong());
+        let skew = skew.filter(|_| !ctx.clock().known_wrong());
         let (timestamp_ms, flags) = mapping::timestamp(dv, now, skew);
         let mut quality = mapping::quality(dv.status);
         let value = match dv

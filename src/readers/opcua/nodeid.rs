@@ -63,61 +63,86 @@ impl fmt::Display for NodeRef {
 
 const FORMS: &str = "write it as \"ns=2;s=Line1.Temp\", \"ns=2;i=1001\", \"ns=2;g=<guid>\", \"ns=2;b=<base64>\" or \"nsu=<namespace uri>;s=...\"";
 
-impl FromStr for NodeRef {
-    type Err = String;
+/// Why a node id cannot be read; every message says how to write one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeIdError {
+    #[error("empty node id; {FORMS}")]
+    Empty,
+    #[error("\"{0}\" has a namespace but no identifier; {FORMS}")]
+    NoIdentifier(String),
+    #[error("\"{0}\" has an empty namespace uri; {FORMS}")]
+    EmptyUri(String),
+    #[error("\"{text}\": namespace index \"{index}\" is not a number from 0 to 65535")]
+    Index { text: String, index: String },
+    #[error("\"{text}\": numeric identifier \"{id}\" is not a number from 0 to 4294967295")]
+    Numeric { text: String, id: String },
+    #[error("\"{0}\": the string identifier is empty")]
+    EmptyString(String),
+    #[error("\"{text}\": \"{id}\" is not a GUID")]
+    Guid { text: String, id: String },
+    #[error("\"{text}\": \"{id}\" is not base64")]
+    Base64 { text: String, id: String },
+    #[error("\"{0}\" is not a node id: the identifier must start with i=, s=, g= or b=; {FORMS}")]
+    Form(String),
+}
 
-    fn from_str(text: &str) -> Result<NodeRef, String> {
+impl FromStr for NodeRef {
+    type Err = NodeIdError;
+
+    fn from_str(text: &str) -> Result<NodeRef, NodeIdError> {
         let s = text.trim();
         if s.is_empty() {
-            return Err(format!("empty node id; {FORMS}"));
+            return Err(NodeIdError::Empty);
         }
         // The identifier may itself contain ';' (string ids), so split at the first one only,
         // and only when the text starts with a namespace part.
         let (namespace, rest) = if let Some(after) = s.strip_prefix("nsu=") {
             let Some((uri, rest)) = after.split_once(';') else {
-                return Err(format!(
-                    "\"{text}\" has a namespace but no identifier; {FORMS}"
-                ));
+                return Err(NodeIdError::NoIdentifier(text.to_string()));
             };
             if uri.is_empty() {
-                return Err(format!("\"{text}\" has an empty namespace uri; {FORMS}"));
+                return Err(NodeIdError::EmptyUri(text.to_string()));
             }
             (Namespace::Uri(uri.to_string()), rest)
         } else if let Some(after) = s.strip_prefix("ns=") {
             let Some((index, rest)) = after.split_once(';') else {
-                return Err(format!(
-                    "\"{text}\" has a namespace but no identifier; {FORMS}"
-                ));
+                return Err(NodeIdError::NoIdentifier(text.to_string()));
             };
-            let index: u16 = index.parse().map_err(|_| {
-                format!("\"{text}\": namespace index \"{index}\" is not a number from 0 to 65535")
+            let index: u16 = index.parse().map_err(|_| NodeIdError::Index {
+                text: text.to_string(),
+                index: index.to_string(),
             })?;
             (Namespace::Index(index), rest)
         } else {
             (Namespace::Index(0), s)
         };
         let id = if let Some(v) = rest.strip_prefix("i=") {
-            Id::Numeric(v.parse().map_err(|_| {
-                format!(
-                    "\"{text}\": numeric identifier \"{v}\" is not a number from 0 to 4294967295"
-                )
+            Id::Numeric(v.parse().map_err(|_| NodeIdError::Numeric {
+                text: text.to_string(),
+                id: v.to_string(),
             })?)
         } else if let Some(v) = rest.strip_prefix("s=") {
             if v.is_empty() {
-                return Err(format!("\"{text}\": the string identifier is empty"));
+                return Err(NodeIdError::EmptyString(text.to_string()));
             }
             Id::String(v.to_string())
         } else if let Some(v) = rest.strip_prefix("g=") {
-            Id::Guid(Guid::from_str(v).map_err(|_| format!("\"{text}\": \"{v}\" is not a GUID"))?)
+            Id::Guid(Guid::from_str(v).map_err(|_| NodeIdError::Guid {
+                text: text.to_string(),
+                id: v.to_string(),
+            })?)
         } else if let Some(v) = rest.strip_prefix("b=") {
             match ByteString::from_base64(v) {
                 Some(b) if !v.is_empty() => Id::Opaque(b),
-                _ => return Err(format!("\"{text}\": \"{v}\" is not base64")),
+                _ => {
+                    return Err(NodeIdError::Base64 {
+                        text: text.to_string(),
+                        id: v.to_string(),
+                    });
+                }
             }
         } else {
-            return Err(format!(
-                "\"{text}\" is not a node id: the identifier must start with i=, s=, g= or b=; {FORMS}"
-            ));
+            return Err(NodeIdError::Form(text.to_string()));
         };
         Ok(NodeRef { namespace, id })
     }
@@ -128,7 +153,7 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<NodeRef, String> {
-        s.parse()
+        s.parse().map_err(|e: NodeIdError| e.to_string())
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::address::{self, Address};
 use crate::config::{Errors, StreamNames};
+use crate::readers::signal::{self, RawSignal, ReportPolicy, Scaling};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +41,7 @@ pub struct RawS7Tag {
     pub scale: Option<f64>,
     pub offset: Option<f64>,
     pub deadband: Option<f64>,
+    pub max_silence: Option<String>,
 }
 
 /// The connection resource a TSAP asks for (high byte of the remote TSAP).
@@ -78,9 +80,10 @@ pub struct S7Tag {
     /// As written in the config, for logs.
     pub address_text: String,
     pub address: Address,
-    pub scale: Option<f64>,
-    pub offset: Option<f64>,
-    pub deadband: Option<f64>,
+    /// `value * scale + offset` (numeric addresses only).
+    pub scaling: Option<Scaling>,
+    /// Report by exception (`deadband`, `max_silence`), as for every polling reader.
+    pub report: ReportPolicy,
 }
 
 /// Upper bound on the tags of one S7 source.
@@ -244,40 +247,24 @@ fn tag(path: &str, t: &RawS7Tag, streams: &StreamNames, errs: &mut Errors) -> Op
             return None;
         }
     };
-    let numeric = address.data_type.is_numeric();
-    for (key, v) in [
-        ("scale", t.scale),
-        ("offset", t.offset),
-        ("deadband", t.deadband),
-    ] {
-        let Some(v) = v else { continue };
-        if !numeric {
-            errs.push(
-                format!("{path}.{key}"),
-                format!("only applies to numeric addresses, not \"{}\"", t.address),
-            );
-        } else if !v.is_finite() || (key == "deadband" && v < 0.0) {
-            errs.push(
-                format!("{path}.{key}"),
-                format!(
-                    "{v} is not a finite{} number",
-                    if key == "deadband" {
-                        " non-negative"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-        }
-    }
+    let (scaling, report) = signal::validate(
+        path,
+        RawSignal {
+            scale: t.scale,
+            offset: t.offset,
+            deadband: t.deadband,
+            max_silence: t.max_silence.as_deref(),
+        },
+        address.data_type.is_numeric(),
+        errs,
+    );
     Some(S7Tag {
         name: t.name.clone(),
         stream,
         address_text: t.address.trim().to_string(),
         address,
-        scale: t.scale,
-        offset: t.offset,
-        deadband: t.deadband,
+        scaling,
+        report,
     })
 }
 
@@ -324,8 +311,8 @@ deadband = -1.0
                 "sources[0].remote_tsap: give either rack/slot/connection_type or local_tsap/remote_tsap, not both",
                 "sources[0].pdu_size: 2000 is above the limit of 960",
                 "sources[0].tags[0].address: \"DB1.DBX0.9\": bit \"9\" is out of range 0..=7",
-                "sources[0].tags[1].scale: only applies to numeric addresses, not \"DB1.DBX0.1\"",
-                "sources[0].tags[2].deadband: -1 is not a finite non-negative number",
+                "sources[0].tags[1].scale: scale and offset apply to numeric types only",
+                "sources[0].tags[2].deadband: must be a number >= 0",
                 "sources[0].tags[2].name: tag \"b\" is defined twice in this source",
             ]
         );

@@ -33,6 +33,7 @@ pub use config::{RawS7, S7Config};
 use super::{Sample, SourceContext};
 use crate::backoff::Backoff;
 use crate::payload::{Flags, Quality, Value};
+use crate::readers::signal::Reporter;
 use codec::{CodecError, HeaderError, ItemResult};
 use plan::{Limits, Plan, TagSpan};
 
@@ -65,8 +66,8 @@ struct TagState {
     resting_until: Option<Instant>,
     /// The failure last reported (logged and sent as `Bad`), so it is reported once.
     reported: Option<String>,
-    /// The last value sent, for the deadband.
-    last_sent: Option<f64>,
+    /// Report by exception (deadband, max_silence).
+    reporter: Reporter,
 }
 
 pub struct S7Reader {
@@ -131,7 +132,7 @@ impl S7Reader {
             ctx.connected();
             self.plan = None;
             for s in &mut self.state {
-                s.last_sent = None;
+                s.reporter.reset();
                 s.resting_until = None;
             }
             let interval = self.config.interval.max(Duration::from_millis(1));
@@ -317,23 +318,21 @@ impl S7Reader {
         if let Some(was) = state.reported.take() {
             tracing::info!(tag = %tag.name, address = %tag.address_text, was = %was, "tag readable again");
         }
-        let v = match (&v, tag.scale, tag.offset) {
-            (_, None, None) => v,
-            _ => match v.as_f64() {
-                Some(x) => Value::Float(x * tag.scale.unwrap_or(1.0) + tag.offset.unwrap_or(0.0)),
-                None => v,
-            },
+        let v = match tag.scaling {
+            Some(s) => s.apply(v),
+            None => v,
         };
-        if let (Some(deadband), Some(x)) = (tag.deadband, v.as_f64()) {
-            let last_round = flags.contains(Flags::LST);
-            if let Some(last) = state.last_sent
-                && (x - last).abs() < deadband
-                && !last_round
-            {
-                return;
+        let now = Instant::now();
+        // The last round before a stop (`Lst`) is sent whatever the deadband says.
+        let flags = if flags.contains(Flags::LST) {
+            state.reporter.sent(&v, Quality::Ok, now);
+            flags
+        } else {
+            match state.reporter.decide(&tag.report, &v, Quality::Ok, now) {
+                Some(more) => flags | more,
+                None => return,
             }
-            state.last_sent = Some(x);
-        }
+        };
         ctx.push(Sample {
             tag: t,
             value: v,
@@ -347,7 +346,7 @@ impl S7Reader {
     fn bad(&mut self, ctx: &mut SourceContext, t: usize, reason: &str, ts: i64, flags: Flags) {
         let tag = &self.config.tags[t];
         let state = &mut self.state[t];
-        state.last_sent = None;
+        state.reporter.reset();
         if state.reported.as_deref() == Some(reason) && !flags.contains(Flags::LST) {
             return;
         }
@@ -367,7 +366,7 @@ impl S7Reader {
         let retry = self.config.failed_tag_retry;
         let state = &mut self.state[t];
         state.resting_until = Some(Instant::now() + retry);
-        state.last_sent = None;
+        state.reporter.reset();
         if state.reported.as_deref() == Some(reason) {
             return;
         }
