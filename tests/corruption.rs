@@ -100,8 +100,8 @@ fn damaged_then_recovered(damage: impl FnOnce(&Path)) -> (usize, usize, u64) {
     std::fs::write(&cfg, config(dir.path())).unwrap();
     let data = dir.path().join("data");
     let db = data.join("queue.db");
-    run_until(&cfg, "20,000 samples queued", || {
-        committed_now(&data) > 20_000
+    run_until(&cfg, "25,000 samples queued", || {
+        committed_now(&data) > 25_000
     });
     let before = queued_by_seq(&db);
     let committed = common::next_seq(&db, "sim") - 1;

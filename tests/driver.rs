@@ -205,6 +205,7 @@ impl Exporter for Concurrent {
         use std::sync::atomic::Ordering::SeqCst;
         let n = self.now.fetch_add(1, SeqCst) + 1;
         self.peak.fetch_max(n, SeqCst);
+        // The destination's latency (the scenario: sends overlap), not synchronisation.
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.now.fetch_sub(1, SeqCst);
         let mut d = self.dest.lock().unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{free_port, wait_until, wait_until_async};
 use serde_json::json;
@@ -510,11 +510,7 @@ async fn rtu_two_units_share_one_serial_line() {
         .spawn()
         .expect("socat (tests/peers/setup.d/modbus.sh installs it)");
     let _socat = Guard(socat);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(gw.exists() && dev.exists()) {
-        assert!(Instant::now() < deadline, "socat made no pty pair");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("socat's pty pair", T, || gw.exists() && dev.exists());
     let spec = json!({"devices": [
         {"id": 1, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "i32", "order": "CDAB", "value": -70000}]},
         {"id": 2, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "f32", "order": "DCBA", "value": 0.25}]}]});

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Sets dummy credentials in the environment, once per test binary, before any runtime or
 /// SDK reads the environment (every test calls this first, so nothing reads concurrently).
@@ -42,17 +42,12 @@ impl Moto {
             .spawn()
             .expect("moto_server not found: run tests/peers/setup.sh (pip install 'moto[server]')");
         let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = http(port, "GET", "/moto-api/data.json", b"") {
-                return moto;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let up =
+            crate::common::poll_every(Duration::from_millis(100), Duration::from_secs(30), || {
+                matches!(http(port, "GET", "/moto-api/data.json", b""), Ok((200, _)))
+            });
+        assert!(up, "moto_server did not start on port {port}");
+        moto
     }
 
     pub fn url(&self) -> String {
