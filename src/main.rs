@@ -11,6 +11,31 @@ use streamgate::app::config::{self, LoadError};
 use streamgate::telemetry::LogFormat;
 
 /// Exit code for an invalid configuration (EX_CONFIG), so systemd can tell it from a crash.
+/// Writes a line to standard error; a closed or failing stderr (a pipe whose reader went
+/// away) is ignored: the exit code still tells what happened.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// Writes a line (or, with `out_raw!`, text as it is) to standard output, ignoring a closed
+/// pipe (`streamgate status | head`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+macro_rules! out_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 const EXIT_CONFIG: u8 = streamgate::app::daemon::exit::CONFIG;
 
 #[derive(Parser)]
@@ -104,7 +129,7 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("streamgate: error: {e:#}");
+            say!("streamgate: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -126,7 +151,7 @@ fn load_or_demo(path: Option<&std::path::Path>) -> Result<config::Config, ExitCo
         Some(p) => load(p),
         None => config::parse(DEMO_CONFIG).map_err(|errors| {
             for e in errors {
-                eprintln!("built-in demo config: {e}");
+                say!("built-in demo config: {e}");
             }
             ExitCode::from(EXIT_CONFIG)
         }),
@@ -137,11 +162,11 @@ fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     match config::load(path) {
         Ok(c) => Ok(c),
         Err(e @ LoadError::Invalid { .. }) => {
-            eprintln!("{e}");
+            say!("{e}");
             Err(ExitCode::from(EXIT_CONFIG))
         }
         Err(e) => {
-            eprintln!("streamgate: {e}");
+            say!("streamgate: {e}");
             Err(ExitCode::from(EXIT_CONFIG))
         }
     }
@@ -159,13 +184,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if let Err(exposed) = config::check_secret_permissions(config, &c) {
                 if *strict_permissions {
-                    eprintln!("error: {exposed}");
+                    say!("error: {exposed}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
-                eprintln!("warning: {exposed}");
+                say!("warning: {exposed}");
             }
             let exports: usize = c.streams.iter().map(|s| s.exports.len()).sum();
-            println!(
+            out!(
                 "{} is valid: {} stream(s), {} export(s), {} source(s)",
                 config.display(),
                 c.streams.len(),
@@ -180,20 +205,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             if c.stream_index(stream).is_some() {
-                eprintln!(
+                say!(
                     "error: stream `{stream}` is in the config; remove it from the config first (its records are only deleted once it is not configured)"
                 );
                 return Ok(ExitCode::from(2));
             }
             match streamgate::queue::purge_stream(&c.gateway.data_dir, stream)? {
-                Some(p) => println!(
+                Some(p) => out!(
                     "purged stream `{stream}`: {} record(s), {} byte(s) of payload deleted from {}",
                     p.records,
                     p.bytes,
                     c.gateway.data_dir.display()
                 ),
                 None => {
-                    eprintln!(
+                    say!(
                         "error: the queue in {} has no stream `{stream}`",
                         c.gateway.data_dir.display()
                     );
@@ -209,9 +234,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = streamgate::status::read(&c.gateway.data_dir)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", streamgate::status::render(&report));
+                out_raw!("{}", streamgate::status::render(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -229,7 +254,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(exposed) = &exposed
                 && *strict_permissions
             {
-                eprintln!("error: {exposed} (refused because of --strict-permissions)");
+                say!("error: {exposed} (refused because of --strict-permissions)");
                 return Ok(ExitCode::from(EXIT_CONFIG));
             }
             let demo = config.is_none();
@@ -265,7 +290,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             .or_else(|e| {
                 let code = e.exit_code();
                 let e = anyhow::Error::from(e).context("the gateway stopped with an error");
-                eprintln!("streamgate: error: {e:#}");
+                say!("streamgate: error: {e:#}");
                 Ok(ExitCode::from(code))
             })
         }

@@ -2,7 +2,39 @@
 //! choose what is shown. Every component logs inside its span (`reader{id=..}`,
 //! `export{stream=..,name=..,kind=..}`, `queue`), so a line says where it came from.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing_subscriber::EnvFilter;
+
+/// Log lines that could not be written (stderr closed or failing) since the start.
+static LOG_WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How many log lines could not be written since the start (a metric: the log is the one
+/// place that cannot report its own failure).
+pub fn log_write_errors() -> u64 {
+    LOG_WRITE_ERRORS.load(Ordering::Relaxed)
+}
+
+/// Standard error for log lines: a failed write (the pipe's reader went away, journald is
+/// gone) is counted and dropped, never returned. tracing-subscriber would otherwise report it
+/// with `eprintln!`, which panics on the same closed stderr, in whatever task was logging
+/// (the signal handler, for one): the daemon must keep stopping and reloading without its log.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            LOG_WRITE_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +51,8 @@ pub fn init(format: LogFormat, level: Option<&str>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
+        .log_internal_errors(false)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match format {

@@ -120,6 +120,7 @@ impl Registry {
                 .and_then(|c| c.last_verdict())
                 .filter(|v| v.is_wrong()),
             rss_bytes: crate::telemetry::rss().map(|(rss, _)| rss),
+            log_write_errors: crate::telemetry::log_write_errors(),
         }
     }
 }
@@ -134,6 +135,8 @@ pub struct Snapshot {
     /// Set while the clock is known to be wrong.
     pub clock: Option<crate::clock::Verdict>,
     pub rss_bytes: Option<u64>,
+    /// Log lines that could not be written since the start.
+    pub log_write_errors: u64,
 }
 
 #[derive(Debug, Clone, Default)]

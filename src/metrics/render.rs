@@ -75,6 +75,12 @@ pub fn prometheus(s: &Snapshot) -> String {
         );
         o.line("streamgate_resident_memory_bytes", &[], rss);
     }
+    o.head(
+        "streamgate_log_write_errors_total",
+        "counter",
+        "Log lines that could not be written (standard error closed or failing); the gateway goes on without them.",
+    );
+    o.line("streamgate_log_write_errors_total", &[], s.log_write_errors);
 
     o.head(
         "streamgate_source_samples_total",
@@ -397,6 +403,7 @@ mod tests {
             }],
             clock: None,
             rss_bytes: Some(1 << 20),
+            log_write_errors: 2,
         }
     }
 
@@ -408,6 +415,7 @@ mod tests {
             "streamgate_tag_samples_total{source=\"filler\",tag=\"temp\\\"1\"} 20",
             "streamgate_tag_samples_total{source=\"filler\",tag=\"speed\"} 10",
             "streamgate_source_reconnects_total{source=\"filler\"} 1",
+            "streamgate_log_write_errors_total 2",
             "streamgate_queue_records{stream=\"line\"} 5",
             "streamgate_queue_bytes{stream=\"line\"} 500",
             "streamgate_dropped_total{stream=\"line\",reason=\"full\"} 7",

@@ -74,6 +74,34 @@ impl RawSourceKind {
     }
 }
 
+/// A source's `[[sources.tags]]`, the same for every reader: at least one and at most `max`
+/// (`what` names the source in the message, "a Modbus source"), names unique in the source,
+/// and each tag validated by `one` at its key path `{path}.tags[i]`.
+pub fn validate_tags<R, T>(
+    path: &str,
+    raw: &[R],
+    max: usize,
+    what: &str,
+    name: impl Fn(&R) -> &str,
+    errs: &mut Errors,
+    mut one: impl FnMut(&str, &R, &mut Errors) -> Option<T>,
+) -> Vec<T> {
+    errs.tag_count(path, raw.len(), max, what);
+    let mut names = std::collections::HashSet::new();
+    let mut tags = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let tpath = format!("{path}.tags[{i}]");
+        if !names.insert(name(t)) {
+            errs.push(
+                format!("{tpath}.name"),
+                format!("tag \"{}\" is defined twice in this source", name(t)),
+            );
+        }
+        tags.extend(one(&tpath, t, errs));
+    }
+    tags
+}
+
 /// Checks that need several sources at once (after each validated on its own): sources on
 /// one Modbus serial line must agree on its settings. `sources` are (key path, id, kind).
 pub fn check_together(sources: &[(&str, &str, &SourceKind)], errs: &mut Errors) {

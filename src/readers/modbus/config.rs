@@ -1,6 +1,5 @@
 //! Settings of `kind = "modbus_tcp"` and `kind = "modbus_rtu"`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -269,21 +268,15 @@ impl RawModbus {
             Duration::from_secs(60),
             Duration::from_secs(1),
         );
-        errs.tag_count(path, self.tags.len(), MAX_TAGS, "a Modbus source");
-        let mut names = HashSet::new();
-        let mut tags = Vec::new();
-        for (i, t) in self.tags.iter().enumerate() {
-            let tpath = format!("{path}.tags[{i}]");
-            if !names.insert(t.name.as_str()) {
-                errs.push(
-                    format!("{tpath}.name"),
-                    format!("tag \"{}\" is defined twice in this source", t.name),
-                );
-            }
-            if let Some(tag) = tag(&tpath, t, interval, &limits, streams, errs) {
-                tags.push(tag);
-            }
-        }
+        let tags = crate::readers::validate_tags(
+            path,
+            &self.tags,
+            MAX_TAGS,
+            "a Modbus source",
+            |t| &t.name,
+            errs,
+            |tpath, t, errs| tag(tpath, t, interval, &limits, streams, errs),
+        );
         ModbusConfig {
             transport,
             unit_id,

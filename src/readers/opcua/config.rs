@@ -1,6 +1,5 @@
 //! Settings of `kind = "opcua"`.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -305,17 +304,8 @@ impl RawOpcua {
             d => Some(d),
         };
 
-        errs.tag_count(path, self.tags.len(), MAX_TAGS, "an OPC UA source");
-        let mut names = HashSet::new();
-        let mut tags = Vec::new();
-        for (i, t) in self.tags.iter().enumerate() {
-            let tpath = format!("{path}.tags[{i}]");
-            if !names.insert(t.name.clone()) {
-                errs.push(
-                    format!("{tpath}.name"),
-                    format!("tag \"{}\" is defined twice in this source", t.name),
-                );
-            }
+        let one = |tpath: &str, t: &RawOpcuaTag, errs: &mut Errors| {
+            let tpath = tpath.to_string();
             let node = match t.node.parse::<NodeRef>() {
                 Ok(n) => Some(n),
                 Err(e) => {
@@ -397,19 +387,26 @@ impl RawOpcua {
                     i64::from(u32::MAX),
                 ) as u32
             });
-            if let Some(node) = node {
-                tags.push(OpcuaTag {
-                    name: t.name.clone(),
-                    stream,
-                    node,
-                    mode,
-                    sampling_interval: tag_sampling,
-                    queue_size: tag_queue,
-                    deadband,
-                    index,
-                });
-            }
-        }
+            node.map(|node| OpcuaTag {
+                name: t.name.clone(),
+                stream,
+                node,
+                mode,
+                sampling_interval: tag_sampling,
+                queue_size: tag_queue,
+                deadband,
+                index,
+            })
+        };
+        let tags = crate::readers::validate_tags(
+            path,
+            &self.tags,
+            MAX_TAGS,
+            "an OPC UA source",
+            |t| &t.name,
+            errs,
+            one,
+        );
         OpcuaConfig {
             endpoint: self.endpoint.clone(),
             security_policy,

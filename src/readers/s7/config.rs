@@ -1,6 +1,5 @@
 //! Settings of `kind = "s7"`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -199,21 +198,15 @@ impl RawS7 {
             Duration::from_millis(100),
         );
 
-        errs.tag_count(path, self.tags.len(), MAX_TAGS, "an s7 source");
-        let mut tags = Vec::new();
-        let mut names = HashSet::new();
-        for (i, t) in self.tags.iter().enumerate() {
-            let tpath = format!("{path}.tags[{i}]");
-            if let Some(tag) = tag(&tpath, t, streams, errs) {
-                tags.push(tag);
-            }
-            if !names.insert(t.name.as_str()) {
-                errs.push(
-                    format!("{tpath}.name"),
-                    format!("tag \"{}\" is defined twice in this source", t.name),
-                );
-            }
-        }
+        let tags = crate::readers::validate_tags(
+            path,
+            &self.tags,
+            MAX_TAGS,
+            "an s7 source",
+            |t| &t.name,
+            errs,
+            |tpath, t, errs| tag(tpath, t, streams, errs),
+        );
         S7Config {
             host,
             port,
@@ -312,8 +305,8 @@ deadband = -1.0
                 "sources[0].pdu_size: 2000 is above the limit of 960",
                 "sources[0].tags[0].address: \"DB1.DBX0.9\": bit \"9\" is out of range 0..=7",
                 "sources[0].tags[1].scale: scale and offset apply to numeric types only",
-                "sources[0].tags[2].deadband: must be a number >= 0",
                 "sources[0].tags[2].name: tag \"b\" is defined twice in this source",
+                "sources[0].tags[2].deadband: must be a number >= 0",
             ]
         );
         assert!(
