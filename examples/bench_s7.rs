@@ -10,10 +10,13 @@
 
 #[path = "../tests/peers/s7/peer.rs"]
 mod peer;
+#[path = "../tests/common/port.rs"]
+mod port;
 
 use std::time::{Duration, Instant};
 
-use peer::{Peer, free_port};
+use peer::Peer;
+use port::free_port;
 use streamgate::app::{Pipeline, StartOptions};
 use streamgate::readers::s7::codec::Item;
 use streamgate::readers::s7::{Client, ConnectOptions};

@@ -18,6 +18,9 @@ use streamgate::exporters::aws::packer::unpack;
 
 use aws_support::proxy::{Policy, Proxy};
 use aws_support::{Moto, init_env};
+use common::{
+    poll_until_async, stop_sources_and_drain, wait_drained, wait_until, wait_until_async,
+};
 
 const REGION: &str = "eu-central-1";
 
@@ -191,43 +194,32 @@ repeat = 5
     text
 }
 
-/// Waits until every export of every stream has sent everything.
-async fn wait_drained(p: &Pipeline, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = p.handle.status().await.expect("status");
-        if status
-            .iter()
-            .all(|s| s.exports.iter().all(|e| e.backlog == 0))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "exports did not drain: {:?}",
-            status
-                .iter()
-                .map(|s| (
-                    s.name.clone(),
-                    s.exports
-                        .iter()
-                        .map(|e| (e.backlog, e.last_error.clone()))
-                        .collect::<Vec<_>>()
-                ))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// How long a test waits for a condition before it fails.
+const T: Duration = Duration::from_secs(60);
+
+/// The samples a test's simulator produces (5 tags every 5 ms: about 1.2 s).
+const SAMPLES: u64 = 1_200;
+
+/// Samples the source `id` produced so far.
+fn produced(p: &Pipeline, id: &str) -> u64 {
+    p.source_stats
+        .iter()
+        .filter(|(source, _)| source == id)
+        .map(|(_, s)| s.samples.load(Ordering::Relaxed))
+        .sum()
 }
 
-/// Runs the pipeline for `run`, then stops the sources and waits until all was exported.
-async fn run_pipeline(text: &str, run: Duration) -> Vec<streamgate::queue::StreamStatus> {
+/// Runs the pipeline until `until` holds (the sources produced enough), then stops the
+/// sources and waits until all was exported.
+async fn run_pipeline(
+    text: &str,
+    until: impl Fn(&Pipeline) -> bool,
+) -> Vec<streamgate::queue::StreamStatus> {
     let cfg =
         streamgate::app::config::parse(text).unwrap_or_else(|e| panic!("config: {e:?}\n{text}"));
     let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
-    tokio::time::sleep(run).await;
-    p.stop_sources(Duration::from_secs(5)).await;
-    wait_drained(&p, Duration::from_secs(60)).await;
+    wait_until_async("the samples of the test", T, async || until(&p)).await;
+    stop_sources_and_drain(&mut p, T).await;
     let status = p.handle.status().await.expect("status");
     p.stop().await;
     status
@@ -260,7 +252,7 @@ async fn kinesis_one_sample_per_record_arrives_once() {
         )],
         "",
     );
-    run_pipeline(&text, Duration::from_millis(1200)).await;
+    run_pipeline(&text, |p| p.samples_read() >= SAMPLES).await;
     let records = read_kinesis(&k, "line").await;
     let expected = reference(&dir.path().join("ref-line"));
     assert!(expected.len() > 500, "only {} samples", expected.len());
@@ -292,7 +284,7 @@ async fn kinesis_packed_zstd_with_key_template_unpacks_to_every_sample() {
         )],
         "",
     );
-    run_pipeline(&text, Duration::from_millis(1200)).await;
+    run_pipeline(&text, |p| p.samples_read() >= SAMPLES).await;
     let records = read_kinesis(&k, "packed").await;
     let expected = reference(&dir.path().join("ref-line"));
     assert!(expected.len() > 500);
@@ -348,7 +340,7 @@ async fn firehose_packed_records_land_in_s3_as_ndjson() {
         )],
         "",
     );
-    run_pipeline(&text, Duration::from_millis(1200)).await;
+    run_pipeline(&text, |p| p.samples_read() >= SAMPLES).await;
     let objects = aws_support::bucket_objects(moto.port, "landing");
     assert!(!objects.is_empty());
     let mut arrived = Vec::new();
@@ -413,7 +405,7 @@ async fn partial_failures(kind: &str, code: &'static str, packing: bool) {
         )],
         "",
     );
-    let status = run_pipeline(&text, Duration::from_millis(1200)).await;
+    let status = run_pipeline(&text, |p| p.samples_read() >= SAMPLES).await;
     let arrived = match &k {
         Some(k) => unpack_all(&read_kinesis(k, "target").await),
         None => aws_support::bucket_objects(moto.port, "landing")
@@ -500,13 +492,33 @@ async fn outage_buffers_then_drains_high_priority_first() {
     );
     let cfg = streamgate::app::config::parse(&text).expect("config");
     let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let aws = |s: &streamgate::queue::StreamStatus| s.exports[0].clone();
+    // The low-priority stream may not get a turn at the shared bandwidth yet.
+    wait_until_async(
+        "the high stream delivering before the outage",
+        T,
+        async || {
+            let status = p.handle.status().await.expect("status");
+            status
+                .iter()
+                .any(|s| s.name == "high" && aws(s).delivered >= 200)
+        },
+    )
+    .await;
     proxy.set_down(true);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The outage lasts until each stream has 2,000 records waiting (about 2 s of samples: the
+    // drain after it is what the test measures) and the high-priority export reported it.
+    poll_until_async(T, async || {
+        let status = p.handle.status().await.expect("status");
+        status.iter().all(|s| aws(s).backlog >= 2_000)
+            && status
+                .iter()
+                .any(|s| s.name == "high" && aws(s).last_error.is_some())
+    })
+    .await;
     p.stop_sources(Duration::from_secs(5)).await;
     // During the outage everything stays queued, and status says why.
     let status = p.handle.status().await.expect("status");
-    let aws = |s: &streamgate::queue::StreamStatus| s.exports[0].clone();
     for s in &status {
         assert!(
             aws(s).backlog > 300,
@@ -524,15 +536,16 @@ async fn outage_buffers_then_drains_high_priority_first() {
     proxy.set_down(false);
     let start = Instant::now();
     let mut drained: HashMap<String, Duration> = HashMap::new();
-    while drained.len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no recovery");
+    // Notes when each stream's export drained (polled every 10 ms).
+    wait_until_async("recovery after the outage", T, async || {
         for s in p.handle.status().await.expect("status") {
             if aws(&s).backlog == 0 {
                 drained.entry(s.name.clone()).or_insert(start.elapsed());
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        drained.len() == 2
+    })
+    .await;
     wait_drained(&p, Duration::from_secs(30)).await;
     p.stop().await;
     eprintln!("drained after the outage: {drained:?}");
@@ -575,7 +588,10 @@ async fn sample_above_the_record_limit_is_dead_lettered_and_the_rest_delivered()
         "\n[[sources]]\nkind = \"simulator\"\nid = \"big\"\nstream = \"line\"\ninterval = \"300ms\"\n\n[[sources.tags]]\nname = \"blob\"\nwaveform = \"cycle\"\nvalues = [\"{}\"]\n",
         "x".repeat(1_100_000)
     ));
-    let status = run_pipeline(&text, Duration::from_millis(1200)).await;
+    let status = run_pipeline(&text, |p| {
+        produced(p, "sim0") >= SAMPLES && produced(p, "big") >= 2
+    })
+    .await;
     let all = reference(&dir.path().join("ref-line"));
     let (big, small): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
         all.into_iter().partition(|s| s.len() > 1_000_000);
@@ -698,7 +714,12 @@ async fn kinesis_keeps_delivering_when_every_call_is_partly_throttled() {
     let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"));
     let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
 
-    // Warm up, then the rate without faults.
+    // Warm up (the first records delivered, then 2 s to settle), then the rate without faults:
+    // the sleeps below are the windows the rates are measured over, not synchronisation.
+    wait_until_async("the first records delivered", T, async || {
+        delivered(&p).await > 0
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (t0, d0) = (Instant::now(), delivered(&p).await);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -734,8 +755,7 @@ async fn kinesis_keeps_delivering_when_every_call_is_partly_throttled() {
     );
 
     // Stop producing: the backlog drains under faults too, and nothing is lost.
-    p.stop_sources(Duration::from_secs(5)).await;
-    wait_drained(&p, Duration::from_secs(60)).await;
+    stop_sources_and_drain(&mut p, T).await;
     p.stop().await;
     let seen = arrived_by_seq(&k, "target").await;
     let last = *seen.keys().next_back().expect("samples arrived");
@@ -779,7 +799,9 @@ async fn kinesis_sigkill_resends_only_what_was_in_flight() {
     .expect("write config");
 
     let mut gw = common::Gateway::start(&cfg, "info");
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Run until 3,000 records were acknowledged above the pinned one (about 6 s).
+    let acknowledged = || common::status(&data).map_or(0, |s| s.streams[0].exports[0].delivered);
+    wait_until("3,000 records acknowledged", T, || acknowledged() >= 3_000);
     gw.sigkill();
     let before = arrived_by_seq(&k, "target").await;
     let last_before = *before
@@ -792,10 +814,14 @@ async fn kinesis_sigkill_resends_only_what_was_in_flight() {
         "only {last_before} samples before the kill"
     );
 
-    // Unpin, start again, let it catch up, stop in order.
+    // Unpin, start again, let it catch up (the pinned sample arrives), stop in order.
     pinned.store(false, Ordering::SeqCst);
     let mut gw = common::Gateway::start(&cfg, "info");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    gw.wait_running();
+    poll_until_async(T, async || {
+        arrived_by_seq(&k, "target").await.contains_key(&30)
+    })
+    .await;
     gw.sigterm();
     assert!(gw.wait_exit(Duration::from_secs(20)).success());
 

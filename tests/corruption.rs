@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use common::Gateway;
 
-const LOG: &str = "warn,streamgate::exporters=error";
+/// `streamgate::app` at info: the "streamgate running" line.
+const LOG: &str = "warn,streamgate::exporters=error,streamgate::app=info";
 
 fn config(dir: &Path) -> String {
     format!(
@@ -65,10 +66,22 @@ fn queued_by_seq(db: &Path) -> BTreeMap<u64, Vec<u8>> {
         .collect()
 }
 
-/// Runs the gateway for `ms`, stops it gracefully (exit 0 required).
-fn run_for(cfg: &Path, ms: u64) -> Vec<String> {
+/// How long a test waits for a condition before it fails.
+const T: Duration = Duration::from_secs(30);
+
+/// The source's next sequence number as the running gateway committed it (0 while unknown).
+fn committed_now(data: &Path) -> u64 {
+    common::status(data)
+        .and_then(|s| s.sources.into_iter().find(|s| s.id == "sim"))
+        .map_or(0, |s| s.next_sequence_number as u64)
+}
+
+/// Runs the gateway until it is running and `cond` holds, stops it gracefully (exit 0
+/// required); returns its log.
+fn run_until(cfg: &Path, what: &str, cond: impl FnMut() -> bool) -> Vec<String> {
     let mut gw = Gateway::start(cfg, LOG);
-    std::thread::sleep(Duration::from_millis(ms));
+    gw.wait_running();
+    common::wait_until(what, T, cond);
     gw.sigterm();
     let exit = gw.wait_exit(Duration::from_secs(30));
     assert!(
@@ -87,7 +100,9 @@ fn damaged_then_recovered(damage: impl FnOnce(&Path)) -> (usize, usize, u64) {
     std::fs::write(&cfg, config(dir.path())).unwrap();
     let data = dir.path().join("data");
     let db = data.join("queue.db");
-    run_for(&cfg, 1500);
+    run_until(&cfg, "25,000 samples queued", || {
+        committed_now(&data) > 25_000
+    });
     let before = queued_by_seq(&db);
     let committed = common::next_seq(&db, "sim") - 1;
     assert!(before.len() > 10_000, "a sizeable queue: {}", before.len());
@@ -101,7 +116,10 @@ fn damaged_then_recovered(damage: impl FnOnce(&Path)) -> (usize, usize, u64) {
     damage(&db);
     let damaged_len = std::fs::metadata(&db).unwrap().len();
 
-    let log = run_for(&cfg, 800);
+    // Until new samples are committed above the old ones (the recovery is done by then).
+    let log = run_until(&cfg, "new samples after the recovery", || {
+        committed_now(&data) > committed + 1
+    });
     let moved = log
         .iter()
         .find(|l| l.contains("the queue database is damaged"))
@@ -248,9 +266,13 @@ fn corruption_met_while_running_shuts_down_in_order_and_the_restart_recovers() {
             &format!("path = \"{}/out\"", dir.path().display()),
         );
     std::fs::write(&cfg, text).unwrap();
-    // The app's info lines show the shutdown order.
-    let mut gw = Gateway::start(&cfg, &format!("{LOG},streamgate::app=info"));
-    std::thread::sleep(Duration::from_secs(4));
+    // The app's info lines show the shutdown order (LOG has streamgate::app at info).
+    let mut gw = Gateway::start(&cfg, LOG);
+    // A queue of at least 12 MiB (about 4 s): the damage below (at 1-3 MiB) is in pages the
+    // slow export reaches only long after they left SQLite's cache.
+    common::wait_until("a 12 MiB queue", T, || {
+        std::fs::metadata(&db).is_ok_and(|m| m.len() > 12 << 20)
+    });
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
         let len = f.metadata().unwrap().len();
@@ -290,7 +312,10 @@ fn corruption_met_while_running_shuts_down_in_order_and_the_restart_recovers() {
             .exists()
     );
     // The restart (systemd's Restart=on-failure) recovers and keeps running: no crash loop.
-    let log = run_for(&cfg, 1000);
+    let committed = committed_now(&data);
+    let log = run_until(&cfg, "new samples after the recovery", || {
+        committed_now(&data) > committed + 1
+    });
     assert!(
         log.iter().any(|l| l.contains("queue recovery finished")),
         "{}",
@@ -301,7 +326,8 @@ fn corruption_met_while_running_shuts_down_in_order_and_the_restart_recovers() {
             .join(streamgate::queue::recover::CORRUPT_MARKER)
             .exists()
     );
-    let log = run_for(&cfg, 500);
+    let committed = committed_now(&data);
+    let log = run_until(&cfg, "new samples", || committed_now(&data) > committed + 1);
     assert!(
         !log.iter().any(|l| l.contains("damaged")),
         "healthy after one recovery"

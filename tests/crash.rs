@@ -11,6 +11,9 @@ use std::time::Duration;
 use common::Gateway;
 use rand::Rng;
 
+/// How long the test waits for a condition before it fails.
+const T: Duration = Duration::from_secs(30);
+
 fn config(dir: &Path) -> String {
     format!(
         r#"
@@ -53,9 +56,20 @@ fn sigkill_mid_stream_loses_no_committed_sample() {
     std::fs::write(&cfg, config(dir.path())).unwrap();
     let mut rng = rand::rng();
     let mut last_committed = 0u64;
+    let data = dir.path().join("data");
+    // The source's next sequence number as the running gateway committed it.
+    let committed_now = || {
+        common::status(&data)
+            .and_then(|s| s.sources.first().map(|s| s.next_sequence_number as u64 - 1))
+            .unwrap_or(0)
+    };
     for cycle in 0..6 {
         let mut gw = Gateway::start(&cfg, "warn");
+        // The kill comes at a random moment (the scenario), once the gateway made progress.
         std::thread::sleep(Duration::from_millis(rng.random_range(300..900)));
+        common::wait_until("progress before the kill", T, || {
+            committed_now() > last_committed
+        });
         gw.sigkill();
 
         let (seen, next_seq, duplicates) = collect(dir.path());
@@ -86,8 +100,11 @@ fn sigkill_mid_stream_loses_no_committed_sample() {
     }
 
     // A last, graceful run: SIGTERM, clean exit, sequence numbers go on from where they were.
-    let mut gw = Gateway::start(&cfg, "warn");
-    std::thread::sleep(Duration::from_millis(700));
+    let mut gw = Gateway::start(&cfg, "warn,streamgate::app=info");
+    gw.wait_running();
+    common::wait_until("progress in the graceful run", T, || {
+        committed_now() > last_committed + 100
+    });
     gw.sigterm();
     let exit = gw.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");

@@ -10,9 +10,9 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Gateway, Ledger, Tmpfs};
+use common::{Gateway, Ledger, Tmpfs, wait_until};
 
 const LOG: &str = "warn,streamgate::exporters=error,streamgate::queue=info";
 
@@ -78,7 +78,7 @@ fn status(disk: &Path) -> streamgate::status::StatusReport {
 
 fn disk_full_episode(strategy: &str) {
     let test = format!("diskfull ({strategy})");
-    if !common::require_root(&test) {
+    if !common::require_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -91,15 +91,13 @@ fn disk_full_episode(strategy: &str) {
     let out = dir.path().join("out");
 
     let mut gw = Gateway::start(&cfg, LOG);
-    let end = Instant::now() + Duration::from_secs(20);
-    while !out.join("line-files.ndjson").exists() || !disk.path.join("data/reserve").exists() {
-        assert!(
-            Instant::now() < end,
-            "{test}: nothing exported; log:\n{}",
-            gw.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let started =
+        || out.join("line-files.ndjson").exists() && disk.path.join("data/reserve").exists();
+    assert!(
+        common::poll_until(Duration::from_secs(20), started),
+        "{test}: nothing exported; log:\n{}",
+        gw.log().join("\n")
+    );
     // Leave a little room: the queue (which cannot shrink: one export never acks) fills it.
     let filler = disk.path.join("filler");
     fill(&filler, 1024 * 1024);
@@ -123,29 +121,27 @@ fn disk_full_episode(strategy: &str) {
 
     // During the episode: drops are counted and shown, samples keep flowing for the working
     // export (reject_new: existing backlog; overwrite_oldest: new records too).
-    let end = Instant::now() + Duration::from_secs(20);
-    let during = loop {
-        let st = status(&disk.path);
-        if st.disk_full_since_ms.is_some() && st.streams[0].dropped_disk_full > 0 {
-            break st;
-        }
-        assert!(
-            Instant::now() < end,
-            "{test}: status never showed the episode: {st:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut during = status(&disk.path);
+    let shown = common::poll_until(Duration::from_secs(20), || {
+        during = status(&disk.path);
+        during.disk_full_since_ms.is_some() && during.streams[0].dropped_disk_full > 0
+    });
+    assert!(shown, "{test}: status never showed the episode: {during:?}");
     let dropped_during = during.streams[0].dropped_disk_full;
     let seq_during = during.sources[0].next_sequence_number as u64;
-    std::thread::sleep(Duration::from_secs(2));
+    // Drops go on being counted while the disk is full; 4,000 more (about a second of
+    // samples) are also the window in which no second error line may come.
+    let more = common::poll_until(Duration::from_secs(30), || {
+        status(&disk.path).streams[0].dropped_disk_full >= dropped_during + 4_000
+    });
+    assert!(
+        more,
+        "{test}: drops go on being counted while the disk is full"
+    );
     assert_eq!(
         gw.count("disk full:"),
         1,
         "{test}: one error line per episode"
-    );
-    assert!(
-        status(&disk.path).streams[0].dropped_disk_full > dropped_during,
-        "{test}: drops go on being counted while the disk is full"
     );
 
     // Space returns: the gateway notices by itself.
@@ -156,24 +152,21 @@ fn disk_full_episode(strategy: &str) {
         gw.log().join("\n")
     );
     let after = status(&disk.path);
-    let end = Instant::now() + Duration::from_secs(20);
     let mut ledger = Ledger::default();
     let resumed_from = after.sources[0].next_sequence_number as u64;
-    loop {
-        ledger.read_exports(&out);
-        if ledger.exported.keys().any(|s| *s > resumed_from) {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "{test}: nothing new exported after the episode ended"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        status(&disk.path).disk_full_since_ms.is_none(),
-        "status shows the episode ended"
+    wait_until(
+        &format!("{test}: new samples exported after the episode ended"),
+        Duration::from_secs(20),
+        || {
+            ledger.read_exports(&out);
+            ledger.exported.keys().any(|s| *s > resumed_from)
+        },
     );
+    // The status table is rewritten every status_interval.
+    let ended = common::poll_until(Duration::from_secs(10), || {
+        status(&disk.path).disk_full_since_ms.is_none()
+    });
+    assert!(ended, "status shows the episode ended");
     assert!(resumed_from > seq_during);
 
     gw.sigterm();

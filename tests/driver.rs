@@ -2,6 +2,8 @@
 //! whole-batch errors retry the batch, rejected records are dead-lettered, nothing is lost and
 //! nothing that was delivered is sent again.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,16 +117,14 @@ fn context(
     (ctx, stats, stop)
 }
 
-/// Waits (up to `tries` x 10 ms) until the export acknowledged `n` records; returns how far it got.
-async fn acked_upto(q: &Queue, n: i64, tries: usize) -> i64 {
+/// Waits (up to `timeout`) until the export acknowledged `n` records; returns how far it got.
+async fn acked_upto(q: &Queue, n: i64, timeout: Duration) -> i64 {
     let mut acked = 0;
-    for _ in 0..tries {
+    common::poll_until_async(timeout, async || {
         acked = q.handle.status().await.unwrap()[0].exports[0].acked_upto;
-        if acked == n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        acked == n
+    })
+    .await;
     acked
 }
 
@@ -147,7 +147,7 @@ async fn partial_failures_retry_only_failed_records_and_nothing_is_lost() {
         },
     );
     let task = tokio::spawn(driver::run(Scripted { dest: dest.clone() }, ctx));
-    let acked = acked_upto(&q, 300, 1000).await;
+    let acked = acked_upto(&q, 300, Duration::from_secs(30)).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(acked, 300, "every record acknowledged or dead-lettered");
@@ -205,6 +205,7 @@ impl Exporter for Concurrent {
         use std::sync::atomic::Ordering::SeqCst;
         let n = self.now.fetch_add(1, SeqCst) + 1;
         self.peak.fetch_max(n, SeqCst);
+        // The destination's latency (the scenario: sends overlap), not synchronisation.
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.now.fetch_sub(1, SeqCst);
         let mut d = self.dest.lock().unwrap();
@@ -261,7 +262,7 @@ async fn concurrent_sends_with_throttling_deliver_everything_once() {
     };
     let started = std::time::Instant::now();
     let task = tokio::spawn(driver::run(exporter, ctx));
-    let acked = acked_upto(&q, N as i64, 1500).await;
+    let acked = acked_upto(&q, N as i64, Duration::from_secs(30)).await;
     let took = started.elapsed();
     stop.cancel();
     task.await.unwrap();

@@ -9,12 +9,14 @@
 //!   in order, up to its last (Lst) sample at shutdown: sequence numbers, not timing;
 //! - the log line says what happened and where (key words plus the endpoint).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -115,6 +117,7 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
                 if stream.write_all(&[*b]).await.is_err() {
                     return;
                 }
+                // The peer's misbehaviour: one byte every 150 ms.
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         }
@@ -123,6 +126,7 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
                 return;
             }
             let _ = stream.write_all(&prefix).await;
+            // The peer's misbehaviour: the bytes go out, then the reset.
             tokio::time::sleep(Duration::from_millis(20)).await;
             // Linger 0: close() sends RST instead of FIN.
             let _ = stream.set_zero_linger();
@@ -190,24 +194,11 @@ async fn read_tpkt(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(frame)
 }
 
-/// The gateway process; killed if still running when dropped (a failed test too).
-struct Gateway {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    fn start(source_or_export: &str) -> Gateway {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = format!(
-            r#"
+/// A config with a simulator on its own stream (`side`, exported to files) beside the
+/// component under attack (`source_or_export`, on stream `plc`); returns its path.
+fn write_config(dir: &Path, source_or_export: &str) -> std::path::PathBuf {
+    let config = format!(
+        r#"
 [gateway]
 data_dir = "{data}"
 equipment_id = "line-1"
@@ -246,83 +237,26 @@ period = "1s"
 
 {source_or_export}
 "#,
-            data = dir.path().join("data").display(),
-            side = dir.path().join("side").display(),
-            plc = dir.path().join("plc").display(),
-        );
-        std::fs::write(dir.path().join("gateway.toml"), config).expect("write config");
-        let child = spawn(dir.path(), "gateway.log");
-        Gateway { child, dir }
-    }
-
-    /// Starts the same configuration again (same queue), logging to `gateway2.log`.
-    /// Waits for the "streamgate running" line (SIGTERM before the handler is installed
-    /// would kill the process instead of stopping it).
-    fn restart(&mut self) {
-        self.child = spawn(self.dir.path(), "gateway2.log");
-        let until = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(self.path("gateway2.log"))
-            .unwrap_or_default()
-            .contains("streamgate running")
-        {
-            assert!(Instant::now() < until, "gateway did not start again");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
-    }
-
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
-    /// SIGTERM, then waits for a clean exit: a hostile peer must not hold shutdown up.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(
-                    status.success(),
-                    "gateway exited with {status}; log:\n{}",
-                    self.log()
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "gateway did not stop within 20 s of SIGTERM; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+        data = dir.join("data").display(),
+        side = dir.join("side").display(),
+        plc = dir.join("plc").display(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
 }
 
-fn spawn(dir: &Path, log: &str) -> Child {
-    let log = std::fs::File::create(dir.join(log)).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .arg("run")
-        .arg("--config")
-        .arg(dir.join("gateway.toml"))
-        .env("RUST_LOG", "streamgate=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("start streamgate")
+const LOG: &str = "streamgate=debug";
+
+/// SIGTERM, then waits for a clean exit: a hostile peer must not hold shutdown up.
+fn stop(gw: &mut Gateway) {
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "gateway exited with {status}; log:\n{}",
+        gw.log().join("\n")
+    );
 }
 
 /// `next_sequence` of the simulator `sim` when it stopped (from its log line).
@@ -334,7 +268,8 @@ fn sim_next_sequence(log: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Every payload the file export under `dir` wrote, in file order.
+/// Every payload the file export under `dir` wrote, in file order (while it writes: a last
+/// line without its newline yet is left out).
 fn delivered(dir: &Path) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
@@ -343,9 +278,9 @@ fn delivered(dir: &Path) -> Vec<serde_json::Value> {
     files
         .iter()
         .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
+            let mut text = std::fs::read_to_string(f).unwrap_or_default();
+            text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+            text.lines()
                 .map(|l| serde_json::from_str(l).expect("a complete JSON line"))
                 .collect::<Vec<_>>()
         })
@@ -363,21 +298,28 @@ struct Expect {
 /// Runs the gateway against `behaviour` for the window and checks everything.
 async fn scenario(behaviour: Behaviour, component: impl Fn(u16) -> String, expect: Expect) {
     let server = hostile(behaviour.clone()).await;
-    let mut gw = Gateway::start(&component(server.port));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = write_config(dir.path(), &component(server.port));
+    let mut gw = Gateway::start(&cfg, LOG);
     let started = Instant::now();
     let mut max_rss = 0;
+    // The exposure is a fixed window (reconnects are counted over it), with the memory
+    // sampled every 100 ms: the time is the measurement, not synchronisation.
     while started.elapsed() < WINDOW {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(rss) = gw.rss_kib() {
             max_rss = max_rss.max(rss);
         }
         if let Ok(Some(status)) = gw.child.try_wait() {
-            panic!("gateway exited early with {status}; log:\n{}", gw.log());
+            panic!(
+                "gateway exited early with {status}; log:\n{}",
+                gw.log().join("\n")
+            );
         }
     }
     let attempts = server.accepts.load(Ordering::SeqCst);
-    gw.stop();
-    let log = gw.log();
+    stop(&mut gw);
+    let log = gw.log().join("\n");
     let context = format!(
         "{behaviour:?}: {attempts} connections, max RSS {max_rss} KiB; log:\n{}",
         log.lines()
@@ -415,10 +357,11 @@ async fn scenario(behaviour: Behaviour, component: impl Fn(u16) -> String, expec
         produced >= 20,
         "simulator read only {produced} samples: {context}"
     );
-    gw.restart();
-    let until = Instant::now() + Duration::from_secs(30);
-    let seqs = loop {
-        let seqs: Vec<u64> = delivered(&gw.path("side"))
+    let mut gw = Gateway::start(&cfg, LOG);
+    gw.wait_running();
+    let side = dir.path().join("side");
+    let sim_seqs = || -> Vec<u64> {
+        delivered(&side)
             .iter()
             .filter(|p| p["meta"]["sourceId"] == "sim")
             .map(|p| {
@@ -426,18 +369,19 @@ async fn scenario(behaviour: Behaviour, component: impl Fn(u16) -> String, expec
                     .as_u64()
                     .expect("sequence number")
             })
-            .collect();
-        if seqs.last().is_some_and(|&l| l + 1 >= produced) {
-            break seqs;
-        }
-        assert!(
-            Instant::now() < until,
-            "the simulator's samples up to {produced} were not delivered after a restart; last {:?}",
-            seqs.last()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            .collect()
     };
-    gw.stop();
+    let caught_up = common::poll_until_async(Duration::from_secs(30), async || {
+        sim_seqs().last().is_some_and(|&l| l + 1 >= produced)
+    })
+    .await;
+    let seqs = sim_seqs();
+    assert!(
+        caught_up,
+        "the simulator's samples up to {produced} were not delivered after a restart; last {:?}",
+        seqs.last()
+    );
+    stop(&mut gw);
     assert!(seqs[0] <= 1, "first sample {} missing", seqs[0]);
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),

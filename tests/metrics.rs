@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{Gateway, poll_until_async, stop_sources_and_drain, wait_until, wait_until_async};
 use streamgate::app::{Pipeline, StartOptions};
 use streamgate::payload::decode;
 
@@ -93,6 +94,16 @@ waveform = "counter"
     )
 }
 
+/// How long a test waits for a condition before it fails.
+const T: Duration = Duration::from_secs(20);
+
+/// A GET from an async test.
+async fn get_async(addr: SocketAddr, path: &'static str) -> (u16, String) {
+    tokio::task::spawn_blocking(move || get(addr, path))
+        .await
+        .unwrap()
+}
+
 fn exported_per_tag(dir: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -115,22 +126,11 @@ async fn scraped_counts_equal_what_the_run_produced() {
         streamgate::metrics::server::start(cfg.metrics.clone(), p.registry(), stop.clone())
             .await
             .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    p.stop_sources(Duration::from_secs(5)).await;
-    // Wait until the export has everything (the queue empties).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let st = p.handle.status().await.unwrap();
-        if st[0].records == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "export did not catch up: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async("200 samples", T, async || p.samples_read() >= 200).await;
+    // Until the export has everything (the queue empties).
+    stop_sources_and_drain(&mut p, T).await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (code, text) = tokio::task::spawn_blocking(move || get(addr, "/metrics"))
-        .await
-        .unwrap();
+    let (code, text) = get_async(addr, "/metrics").await;
     assert_eq!(code, 200);
     let m = parse(&text);
     let files = exported_per_tag(&dir.path().join("out"));
@@ -164,14 +164,10 @@ async fn scraped_counts_equal_what_the_run_produced() {
         m["streamgate_export_failed_sends_total{stream=\"line\",export=\"files\"}"],
         0.0
     );
-    let (code, body) = tokio::task::spawn_blocking(move || get(addr, "/health"))
-        .await
-        .unwrap();
+    let (code, body) = get_async(addr, "/health").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"status\":\"ok\""), "{body}");
-    let (code, _) = tokio::task::spawn_blocking(move || get(addr, "/nope"))
-        .await
-        .unwrap();
+    let (code, _) = get_async(addr, "/nope").await;
     assert_eq!(code, 404);
     stop.cancel();
     server.await.unwrap();
@@ -190,23 +186,32 @@ async fn a_failing_export_degrades_health_after_the_limit() {
             .await
             .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, body) = tokio::task::spawn_blocking(move || get(addr, "/health"))
-        .await
-        .unwrap();
+    let failed_sends = async || {
+        let (_, text) = get_async(addr, "/metrics").await;
+        parse(&text)
+            .get("streamgate_export_failed_sends_total{stream=\"line\",export=\"broken\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    wait_until_async("the first failed send", T, async || {
+        failed_sends().await >= 1.0
+    })
+    .await;
+    let (code, body) = get_async(addr, "/health").await;
     assert_eq!(code, 200, "failing for less than degraded_after: {body}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (code, body) = tokio::task::spawn_blocking(move || get(addr, "/health"))
-        .await
-        .unwrap();
+    let mut health = (0, String::new());
+    poll_until_async(T, async || {
+        health = get_async(addr, "/health").await;
+        health.0 != 200
+    })
+    .await;
+    let (code, body) = health;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("export line/broken has been failing"),
         "{body}"
     );
-    let (_, text) = tokio::task::spawn_blocking(move || get(addr, "/metrics"))
-        .await
-        .unwrap();
+    let (_, text) = get_async(addr, "/metrics").await;
     let m = parse(&text);
     assert!(m["streamgate_export_failed_sends_total{stream=\"line\",export=\"broken\"}"] >= 2.0);
     assert!(m["streamgate_export_failing_seconds{stream=\"line\",export=\"broken\"}"] >= 1.0);
@@ -227,32 +232,23 @@ fn the_daemon_serves_metrics_on_loopback() {
     let port = common::free_port();
     let cfg = dir.path().join("gateway.toml");
     std::fs::write(&cfg, config(dir.path(), port, false)).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut gw = Gateway::start(&cfg, "warn");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let samples = loop {
-        if TcpStream::connect(addr).is_ok() {
-            let (code, text) = get(addr, "/metrics");
-            assert_eq!(code, 200);
-            let n = parse(&text)
-                .get("streamgate_source_samples_total{source=\"filler\"}")
-                .copied()
-                .unwrap_or(0.0);
-            if n > 20.0 {
-                break n;
-            }
+    let samples = || {
+        if TcpStream::connect(addr).is_err() {
+            return 0.0;
         }
-        assert!(Instant::now() < deadline, "no metrics from the daemon");
-        std::thread::sleep(Duration::from_millis(100));
+        let (code, text) = get(addr, "/metrics");
+        assert_eq!(code, 200);
+        parse(&text)
+            .get("streamgate_source_samples_total{source=\"filler\"}")
+            .copied()
+            .unwrap_or(0.0)
     };
-    assert!(samples > 20.0);
+    wait_until("samples counted by the daemon's metrics", T, || {
+        samples() > 20.0
+    });
     let (code, body) = get(addr, "/health");
-    let _ = child.kill();
-    let _ = child.wait();
+    gw.sigkill();
     assert_eq!(code, 200, "{body}");
 }

@@ -4,15 +4,17 @@
 
 #![cfg(feature = "mqtt")]
 
+mod common;
 #[path = "peers/mqtt/mod.rs"]
 mod peers;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use peers::{Broker, Certs, Subscriber, free_port};
+use common::{free_port, poll_until_async, stop_sources_and_drain, wait_until_async};
+use peers::{Broker, Certs, Subscriber};
 use std::sync::Arc;
 use streamgate::app::{Pipeline, StartOptions};
 use streamgate::exporters::stats::ConnectionStats;
@@ -99,24 +101,21 @@ fn mqtt_stats(p: &Pipeline) -> Arc<ConnectionStats> {
         .expect("an MQTT export has connection counters")
 }
 
-/// Stops the readers and waits until every export has acknowledged everything queued.
-async fn drain(p: &mut Pipeline, within: Duration) {
-    p.stop_sources(Duration::from_secs(10)).await;
-    let until = Instant::now() + within;
-    loop {
-        let status = p.handle.status().await.unwrap();
-        let backlog: u64 = status[0].exports.iter().map(|e| e.backlog).sum();
-        if backlog == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "exports did not drain: {:?}",
-            status[0].exports
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The export's last error, "" when none.
+fn last_error(stats: &ConnectionStats) -> String {
+    stats.last_error.lock().unwrap().clone().unwrap_or_default()
 }
+
+/// Waits until the readers produced `n` samples.
+async fn produced(p: &Pipeline, n: u64) {
+    wait_until_async(&format!("{n} samples read"), T, async || {
+        p.samples_read() >= n
+    })
+    .await;
+}
+
+/// How long a test waits for a condition before it fails.
+const T: Duration = Duration::from_secs(30);
 
 /// Every line the reference file export wrote.
 fn reference(out: &Path) -> Vec<String> {
@@ -132,26 +131,21 @@ fn reference(out: &Path) -> Vec<String> {
 fn all_arrived(expected: &[String], sub: &Subscriber) -> usize {
     let want: HashSet<&String> = expected.iter().collect();
     assert_eq!(want.len(), expected.len(), "reference has duplicates");
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = sub.lines();
-        let have: HashSet<&String> = got.iter().collect();
-        let missing: Vec<&&String> = want.difference(&have).collect();
-        if missing.is_empty() {
-            let extra: Vec<&&String> = have.difference(&want).collect();
-            assert!(extra.is_empty(), "received samples never queued: {extra:?}");
-            return got.len() - have.len();
-        }
-        if Instant::now() > until {
-            panic!(
-                "{} of {} samples never arrived, e.g. {:?}",
-                missing.len(),
-                want.len(),
-                missing.iter().take(3).collect::<Vec<_>>()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let arrived = |got: &[String]| got.iter().collect::<HashSet<&String>>().is_superset(&want);
+    common::poll_until(T, || arrived(&sub.lines()));
+    let got = sub.lines();
+    let have: HashSet<&String> = got.iter().collect();
+    let missing: Vec<&&String> = want.difference(&have).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} samples never arrived, e.g. {:?}",
+        missing.len(),
+        want.len(),
+        missing.iter().take(3).collect::<Vec<_>>()
+    );
+    let extra: Vec<&&String> = have.difference(&want).collect();
+    assert!(extra.is_empty(), "received samples never queued: {extra:?}");
+    got.len() - have.len()
 }
 
 /// Sequence numbers of the source must be contiguous: nothing lost between queue and broker.
@@ -198,8 +192,8 @@ async fn end_to_end_every_sample_arrives_with_its_topic() {
         tags: 20,
     });
     let mut p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    drain(&mut p, Duration::from_secs(30)).await;
+    produced(&p, 4_000).await;
+    stop_sources_and_drain(&mut p, T).await;
     let stats = mqtt_stats(&p);
     p.stop().await;
 
@@ -258,8 +252,8 @@ async fn packed_ndjson_with_a_small_window_and_a_rate_limit() {
         tags: 10,
     });
     let mut p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    drain(&mut p, Duration::from_secs(30)).await;
+    produced(&p, 1_500).await;
+    stop_sources_and_drain(&mut p, T).await;
     let stats = mqtt_stats(&p);
     p.stop().await;
     let expected = reference(&out);
@@ -298,17 +292,29 @@ async fn broker_restart_mid_stream_loses_nothing() {
         tags: 20,
     });
     let mut p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let stats = mqtt_stats(&p);
-    let before = stats.acked.load(Ordering::Relaxed);
-    assert!(before > 0, "nothing published before the restart");
+    wait_until_async("samples published before the restart", T, async || {
+        stats.acked.load(Ordering::Relaxed) >= 2_000
+    })
+    .await;
     broker.stop();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!stats.connected.load(Ordering::Relaxed));
+    wait_until_async("the export noticing the broker is gone", T, async || {
+        !stats.connected.load(Ordering::Relaxed)
+    })
+    .await;
+    // The outage lasts until a backlog of 5,000 records waits for the broker.
+    wait_until_async("a backlog during the outage", T, async || {
+        p.handle.status().await.unwrap()[0].exports[0].backlog >= 5_000
+    })
+    .await;
+    let acked_before = stats.acked.load(Ordering::Relaxed);
     broker.restart();
     sub.restart();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    drain(&mut p, Duration::from_secs(60)).await;
+    wait_until_async("publishing again after the restart", T, async || {
+        stats.acked.load(Ordering::Relaxed) >= acked_before + 2_000
+    })
+    .await;
+    stop_sources_and_drain(&mut p, Duration::from_secs(60)).await;
     p.stop().await;
 
     let expected = reference(&out);
@@ -350,12 +356,24 @@ async fn frozen_broker_hits_ack_timeout_and_nothing_is_lost() {
         tags: 10,
     });
     let mut p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = mqtt_stats(&p);
+    wait_until_async("samples published before the freeze", T, async || {
+        stats.acked.load(Ordering::Relaxed) >= 500
+    })
+    .await;
     // Frozen: the TCP connection stays open, but no PUBACK comes.
     broker.signal("STOP");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dropped = poll_until_async(T, async || {
+        stats.connection_losses.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(
+        dropped,
+        "ack_timeout did not drop the connection (last error: {})",
+        last_error(&stats)
+    );
     let acked_frozen = stats.acked.load(Ordering::Relaxed);
+    // A window in which nothing may be acknowledged: no condition to wait for.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         stats.acked.load(Ordering::Relaxed),
@@ -363,9 +381,9 @@ async fn frozen_broker_hits_ack_timeout_and_nothing_is_lost() {
         "acknowledged while the broker was frozen"
     );
     broker.signal("CONT");
-    drain(&mut p, Duration::from_secs(60)).await;
+    stop_sources_and_drain(&mut p, Duration::from_secs(60)).await;
     p.stop().await;
-    let error = stats.last_error.lock().unwrap().clone().unwrap_or_default();
+    let error = last_error(&stats);
     assert!(
         stats.connection_losses.load(Ordering::Relaxed) >= 1,
         "ack_timeout did not drop the connection (last error: {error})"
@@ -423,32 +441,33 @@ async fn mutual_tls_works_and_a_wrong_ca_loses_nothing() {
         tags: 10,
     };
     let mut p = Pipeline::start(&config(&setup), StartOptions::default()).unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    p.stop_sources(Duration::from_secs(5)).await;
     let stats = mqtt_stats(&p);
-    let error = stats.last_error.lock().unwrap().clone().unwrap_or_default();
+    poll_until_async(T, async || {
+        last_error(&stats).contains("not signed by a CA we trust") && p.samples_read() >= 100
+    })
+    .await;
+    p.stop_sources(Duration::from_secs(5)).await;
+    let error = last_error(&stats);
     assert!(
         error.contains("not signed by a CA we trust"),
         "unclear error: {error}"
     );
     assert_eq!(stats.acked.load(Ordering::Relaxed), 0);
     // The queue's status carries the export's last error (driver acks).
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = p.handle.status().await.unwrap();
-        let mqtt = &status[0].exports[0];
-        assert_eq!(mqtt.delivered, 0);
-        assert!(mqtt.backlog > 0, "nothing queued");
-        if let Some(e) = &mqtt.last_error {
-            assert!(
-                e.contains("not signed by a CA we trust"),
-                "status shows {e}"
-            );
-            break;
-        }
-        assert!(Instant::now() < until, "no error in the status");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut status = Vec::new();
+    poll_until_async(T, async || {
+        status = p.handle.status().await.unwrap();
+        status[0].exports[0].last_error.is_some()
+    })
+    .await;
+    let mqtt = &status[0].exports[0];
+    assert_eq!(mqtt.delivered, 0);
+    assert!(mqtt.backlog > 0, "nothing queued");
+    let e = mqtt.last_error.as_deref().expect("an error in the status");
+    assert!(
+        e.contains("not signed by a CA we trust"),
+        "status shows {e}"
+    );
     p.stop().await;
 
     // 2. The right CA but no client certificate: the broker refuses the handshake.
@@ -464,17 +483,11 @@ async fn mutual_tls_works_and_a_wrong_ca_loses_nothing() {
         },
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let error = mqtt_stats(&p)
-        .last_error
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap_or_default();
-    assert!(
-        error.contains("TLS") && error.contains("client_cert"),
-        "unclear error: {error}"
-    );
+    let stats = mqtt_stats(&p);
+    let clear = |e: &str| e.contains("TLS") && e.contains("client_cert");
+    poll_until_async(T, async || clear(&last_error(&stats))).await;
+    let error = last_error(&stats);
+    assert!(clear(&error), "unclear error: {error}");
     assert_eq!(mqtt_stats(&p).acked.load(Ordering::Relaxed), 0);
     p.stop().await;
 
@@ -488,8 +501,9 @@ async fn mutual_tls_works_and_a_wrong_ca_loses_nothing() {
         StartOptions::default(),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    drain(&mut p, Duration::from_secs(30)).await;
+    // New samples beside the backlog of run 1.
+    produced(&p, 100).await;
+    stop_sources_and_drain(&mut p, T).await;
     p.stop().await;
     let expected = reference(&out);
     assert_eq!(all_arrived(&expected, &sub), 0);
@@ -525,9 +539,12 @@ async fn password_file_refused_then_accepted_and_late_broker() {
         tags: 5,
     };
     let mut p = Pipeline::start(&config(&setup), StartOptions::default()).unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
     let stats = mqtt_stats(&p);
-    let error = stats.last_error.lock().unwrap().clone().unwrap_or_default();
+    poll_until_async(T, async || {
+        last_error(&stats).contains("connection refused by")
+    })
+    .await;
+    let error = last_error(&stats);
     assert!(
         error.contains("connection refused by"),
         "unclear error: {error}"
@@ -549,13 +566,11 @@ async fn password_file_refused_then_accepted_and_late_broker() {
         &["-p", &port_s, "-u", "gateway", "-P", "s3cret-pa55"],
         &[],
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused = |e: &str| e.contains("refused the connection") && e.contains("password");
+    poll_until_async(T, async || refused(&last_error(&stats))).await;
     p.stop_sources(Duration::from_secs(5)).await;
-    let error = stats.last_error.lock().unwrap().clone().unwrap_or_default();
-    assert!(
-        error.contains("refused the connection") && error.contains("password"),
-        "unclear error: {error}"
-    );
+    let error = last_error(&stats);
+    assert!(refused(&error), "unclear error: {error}");
     assert!(!error.contains("wrong-one"), "the password leaked: {error}");
     assert_eq!(stats.acked.load(Ordering::Relaxed), 0);
     p.stop().await;
@@ -571,8 +586,8 @@ async fn password_file_refused_then_accepted_and_late_broker() {
         StartOptions::default(),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    drain(&mut p, Duration::from_secs(30)).await;
+    produced(&p, 100).await;
+    stop_sources_and_drain(&mut p, T).await;
     p.stop().await;
     let expected = reference(&out);
     assert_eq!(all_arrived(&expected, &sub), 0);

@@ -4,13 +4,16 @@
 //! what it wrote, value by value, source timestamps and status codes included.
 #![cfg(feature = "opcua")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{Gateway, free_port, wait_drained, wait_until_async};
 use streamgate::app::{Pipeline, StartOptions};
 use streamgate::payload::{Flags, Payload, Quality, Value, decode};
 
@@ -24,11 +27,6 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn start_peer(port: u16, log: &Path, extra: &[&str]) -> Peer {
@@ -182,16 +180,13 @@ name = "missing"
 node = "nsu=urn:streamgate:test;s=No.Such.Node"
 "#;
 
+/// How long a test waits for a condition before it fails (a secure channel to the Python
+/// server can take a while).
+const T: Duration = Duration::from_secs(60);
+
 /// Waits until `pred` holds for what the file export wrote.
 async fn wait_for(out: &Path, what: &str, pred: impl Fn(&[Payload]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if pred(&exported(out)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async(what, T, async || pred(&exported(out))).await;
 }
 
 /// Exports what the readers queued at shutdown (stop does not wait for the exports to catch
@@ -205,11 +200,7 @@ async fn drain(cfg: &streamgate::app::config::Config) {
         },
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while p.handle.status().await.unwrap()[0].exports[0].backlog > 0 {
-        assert!(Instant::now() < deadline, "the export did not drain");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_drained(&p, Duration::from_secs(30)).await;
     p.stop().await;
 }
 
@@ -414,40 +405,6 @@ node = "nsu=urn:streamgate:test;s=Line1.Temp"
     assert_matches_log("counter after restart", &after, &new_log);
 }
 
-/// Runs the real binary with `config` and returns its stderr lines as they come.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_gateway(dir: &Path, config: &str) -> Gateway {
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Gateway { child, lines }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_connection_needs_the_server_certificate_trusted() {
     let dir = tempfile::tempdir().unwrap();
@@ -469,18 +426,11 @@ name = "counter"
 node = "nsu=urn:streamgate:test;i=1001"
 "#,
     );
-    let gw = start_gateway(dir.path(), &cfg);
+    let cfg_path = dir.path().join("gateway.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let gw = Gateway::start(&cfg_path, "info");
     // The untrusted server certificate: a message naming the file and where to move it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let message = loop {
-        let line = gw
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the gateway says the server certificate is not trusted");
-        if line.contains("is not trusted") {
-            break line;
-        }
-    };
+    let message = gw.wait_line_within(0, &["is not trusted"], T);
     let rejected_dir = dir.path().join("pki/rejected");
     let trusted_dir = dir.path().join("pki/trusted");
     assert!(
@@ -559,18 +509,14 @@ async fn trust_on_first_use_trusts_once() {
         &["--secure", dir.path().join("certs-b").to_str().unwrap()],
     );
     let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(dir.path().join("pki/rejected"))
-        .unwrap()
-        .count()
-        == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the second certificate was not rejected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async("the second certificate rejected", T, async || {
+        std::fs::read_dir(dir.path().join("pki/rejected"))
+            .unwrap()
+            .count()
+            > 0
+    })
+    .await;
+    // A window in which no data may arrive: nothing to wait for.
     tokio::time::sleep(Duration::from_millis(500)).await;
     p.stop().await;
     assert_eq!(

@@ -117,6 +117,7 @@ fn sigkill_at_random_moments_loses_no_committed_sample() {
         let what = pick(&mut rng);
         let delay = Duration::from_millis(rng.random_range(30..1200));
         let mut gw = Gateway::start(&cfg, LOG);
+        // The moment of the disturbance is the scenario (random), not synchronisation.
         std::thread::sleep(delay);
         assert!(
             gw.child.try_wait().unwrap().is_none(),
@@ -132,6 +133,7 @@ fn sigkill_at_random_moments_loses_no_committed_sample() {
                 variant = !variant;
                 std::fs::write(&cfg, config(dir.path(), variant)).unwrap();
                 gw.signal("HUP");
+                // A kill moment during the reload (the scenario).
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
                 gw.sigkill();
                 reload_kills += 1;
@@ -140,6 +142,8 @@ fn sigkill_at_random_moments_loses_no_committed_sample() {
                 }
             }
             Disturbance::KillInShutdownCheckpoint => {
+                // SIGTERM before the handler is installed would kill, not stop.
+                gw.wait_running();
                 gw.sigterm();
                 let started =
                     gw.wait_for("final WAL checkpoint started", 1, Duration::from_secs(30));

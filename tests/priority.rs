@@ -2,6 +2,8 @@
 //! backlog in a priority-1 and a priority-10 stream, the priority-1 stream drains first, and
 //! the priority-10 stream is not starved (it drains too, without new input).
 
+mod common;
+
 use std::time::Duration;
 
 use streamgate::app::{Pipeline, StartOptions};
@@ -63,9 +65,10 @@ async fn high_priority_drains_first_and_low_priority_is_not_starved() {
         },
     )
     .unwrap();
-    while p.samples_read() < 6_000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_until_async("6,000 samples", Duration::from_secs(30), async || {
+        p.samples_read() >= 6_000
+    })
+    .await;
     p.stop_sources(Duration::from_secs(10)).await;
     let st = p.handle.status().await.unwrap();
     let (high_total, low_total) = (st[0].records, st[1].records);
@@ -77,16 +80,15 @@ async fn high_priority_drains_first_and_low_priority_is_not_starved() {
     p.start_exports();
     // Until the high stream is drained, the low one gets only what aging allows.
     let mut low_when_high_done = None;
-    for _ in 0..6_000 {
+    // Polled every 10 ms: notes what the low stream had when the high one was drained.
+    common::poll_until_async(Duration::from_secs(60), async || {
         let st = p.handle.status().await.unwrap();
         if low_when_high_done.is_none() && st[0].exports[0].backlog == 0 {
             low_when_high_done = Some(st[1].exports[0].delivered);
         }
-        if st[1].exports[0].backlog == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        st[1].exports[0].backlog == 0
+    })
+    .await;
     let low_then = low_when_high_done.expect("the high-priority stream drained");
     assert!(
         low_then * 3 < high_total,

@@ -1,6 +1,8 @@
 //! The queue against the real SQLite: acks and cursors, restarts, strategies on full, TTL,
 //! sequence numbers, and a property test against a simple in-memory model (restarts included).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -79,14 +81,15 @@ async fn put(q: &Queue, batch: AppendBatch) {
         want[r.stream] += 1;
     }
     q.appender.append(batch).await.unwrap();
-    for _ in 0..500 {
-        let now = landed(&q.handle.status().await.unwrap());
-        if now.iter().zip(&want).all(|(n, w)| n >= w) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the append was not committed within 5 s");
+    common::wait_until_async(
+        "the append committed",
+        Duration::from_secs(10),
+        async || {
+            let now = landed(&q.handle.status().await.unwrap());
+            now.iter().zip(&want).all(|(n, w)| n >= w)
+        },
+    )
+    .await;
 }
 
 fn label(p: &[u8]) -> String {
@@ -312,14 +315,12 @@ fn time_to_live_drops_old_records_and_counts_them() {
         )
         .await;
         // Maintenance runs every 50 ms here.
-        let mut st = q.handle.status().await.unwrap();
-        for _ in 0..100 {
-            if st[0].dropped_ttl > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut st = Vec::new();
+        common::poll_until_async(Duration::from_secs(10), async || {
             st = q.handle.status().await.unwrap();
-        }
+            st[0].dropped_ttl > 0
+        })
+        .await;
         assert_eq!(st[0].dropped_ttl, 5);
         assert_eq!(st[0].records, 3);
         let got = q.handle.read(E0, 1, 100, 1 << 20).await.unwrap();

@@ -61,7 +61,7 @@ fn run_expecting_failure(cfg: &std::path::Path, data: &std::path::Path, case: &s
 
 #[test]
 fn read_only_data_dir_fails_at_start_with_path_and_fix() {
-    if !common::require_root("readonly") {
+    if !common::require_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -77,8 +77,8 @@ fn read_only_data_dir_fails_at_start_with_path_and_fix() {
 
     // A queue from an earlier run, then the filesystem turned read-only.
     disk.remount("rw");
-    let mut gw = common::Gateway::start(&cfg, "warn");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut gw = common::Gateway::start(&cfg, "warn,streamgate::app=info");
+    gw.wait_running();
     gw.sigterm();
     assert!(gw.wait_exit(std::time::Duration::from_secs(30)).success());
     assert!(data.join("queue.db").exists());

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Gateway;
 
@@ -115,16 +115,28 @@ fn median_gap_ms(samples: &[&Payload]) -> i64 {
     gaps[gaps.len() / 2]
 }
 
+/// Whole lines in the files of a directory (while the gateway writes them: not decoded).
 fn count_lines(dir: &Path) -> usize {
-    exported(dir).len()
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| {
+                let text = std::fs::read(e.unwrap().path()).unwrap_or_default();
+                text.iter().filter(|b| **b == b'\n').count()
+            })
+            .sum()
+        })
+        .unwrap_or(0)
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    common::wait_until(what, Duration::from_secs(20), cond);
+}
+
+/// Bytes in the files of a directory (partial last lines included).
+fn bytes_in(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -289,7 +301,11 @@ waveform = "counter"
     gw.wait_line(mark, &["config reloaded", "stopped: parker"]);
     gw.wait_line(mark, &["stream removed from the config", "parked", "purge"]);
     let kept = parked_rows();
-    std::thread::sleep(Duration::from_millis(300));
+    // A window in which nothing may arrive: while the other stream exports 15 more samples.
+    let exported = count_lines(&dir.path().join("out"));
+    wait_for("more samples of the other stream", || {
+        count_lines(&dir.path().join("out")) >= exported + 15
+    });
     assert_eq!(
         parked_rows(),
         kept,
@@ -385,7 +401,8 @@ fn sigkill_during_reload_loses_nothing() {
         )
         .unwrap();
         let gw = Gateway::start(&cfg, "info");
-        wait_for("the gateway running", || gw.count("streamgate running") > 0);
+        gw.wait_running();
+        // The kill moments are the scenario: random, not synchronisation.
         std::thread::sleep(Duration::from_millis(delays.random_range(100..400)));
         std::fs::write(
             &cfg,
@@ -393,6 +410,7 @@ fn sigkill_during_reload_loses_nothing() {
         )
         .unwrap();
         gw.signal("HUP");
+        // A kill moment during the reload (the scenario).
         std::thread::sleep(Duration::from_millis(delays.random_range(0..40)));
         gw.signal("KILL");
         let mut gw = gw;
@@ -400,9 +418,12 @@ fn sigkill_during_reload_loses_nothing() {
     }
     // A clean run repairs what the kills cut (a partial last line in the export file).
     std::fs::write(&cfg, config(dir.path(), "20ms", true)).unwrap();
+    let out = dir.path().join("out");
+    let before = bytes_in(&out);
     let gw = Gateway::start(&cfg, "info");
-    wait_for("the gateway running", || gw.count("streamgate running") > 0);
-    std::thread::sleep(Duration::from_millis(300));
+    gw.wait_running();
+    // Its file export cuts a partial line at start, then appends whole ones.
+    wait_for("the clean run exporting", || bytes_in(&out) > before);
     gw.signal("TERM");
     let mut gw = gw;
     assert!(gw.child.wait().unwrap().success());

@@ -3,15 +3,17 @@
 //! The S7 reader against a real S7 server: python-snap7 3.x's pure-Python `snap7.server.Server`
 //! (tests/peers/s7/server.py), started per test on 127.0.0.1 on a free port.
 
+mod common;
 #[path = "peers/s7/peer.rs"]
 mod peer;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use peer::{Peer, free_port};
+use common::{free_port, poll_until_async, stop_sources_and_drain};
+use peer::Peer;
 use serde_json::Value as Json;
 use streamgate::app::{Pipeline, StartOptions};
 use streamgate::readers::s7::codec::Item;
@@ -121,41 +123,32 @@ fn flags(r: &Json) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits until `cond` holds on what was delivered (or panics after 20 s).
+/// How long a test waits for a condition before it fails.
+const T: Duration = Duration::from_secs(30);
+
+/// Waits until `cond` holds on what was delivered (or panics with the last samples).
 async fn wait_for(dir: &Path, what: &str, cond: impl Fn(&BTreeMap<String, Vec<Json>>) -> bool) {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = by_tag(&delivered(dir));
-        if cond(&got) {
-            return;
-        }
-        if Instant::now() >= until {
-            let last: Vec<String> = got
-                .iter()
-                .map(|(tag, s)| {
-                    format!(
-                        "{tag}: {}",
-                        s.last().map(|r| r.to_string()).unwrap_or_default()
-                    )
-                })
-                .collect();
-            panic!(
-                "timed out waiting for {what}; last samples:\n{}",
-                last.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if poll_until_async(T, async || cond(&by_tag(&delivered(dir)))).await {
+        return;
     }
+    let last: Vec<String> = by_tag(&delivered(dir))
+        .iter()
+        .map(|(tag, s)| {
+            format!(
+                "{tag}: {}",
+                s.last().map(|r| r.to_string()).unwrap_or_default()
+            )
+        })
+        .collect();
+    panic!(
+        "timed out after {T:?} waiting for {what}; last samples:\n{}",
+        last.join("\n")
+    );
 }
 
 /// Stops the readers, waits until the export delivered everything they read, stops the rest.
 async fn finish(mut pipeline: Pipeline) {
-    pipeline.stop_sources(Duration::from_secs(5)).await;
-    let until = Instant::now() + Duration::from_secs(20);
-    while pipeline.records_delivered() < pipeline.samples_read() {
-        assert!(Instant::now() < until, "export did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stop_sources_and_drain(&mut pipeline, T).await;
     pipeline.stop().await;
 }
 
@@ -450,7 +443,8 @@ address = "DB1.DBB514"
             && has_value(t, "near_end", &0x1234.into())
     })
     .await;
-    // Let the refused tags be retried a few times (every 200 ms): still reported once.
+    // Let the refused tags be retried a few times (every 200 ms): still reported once. A window
+    // in which something must NOT happen (a second report): nothing to wait for.
     tokio::time::sleep(Duration::from_millis(700)).await;
     finish(pipeline).await;
     let got = by_tag(&delivered(dir.path()));
@@ -515,7 +509,7 @@ address = "M0.0"
             .is_some_and(|s| s.iter().any(|r| flags(r).contains(&"Lst".to_string())))
     })
     .await;
-    // Down for a while: several failed reconnects.
+    // Down for a while (the outage of the scenario): several failed reconnects.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let two = 2i16.to_be_bytes();
     let _plc = Peer::start_with(port, &[("db", 1, 0, &two), ("mk", 0, 0, &[1])]);

@@ -6,7 +6,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const MQTT_SECRET: &str = "Mq77-S3cr3t-never-logged";
@@ -137,24 +137,18 @@ fn secrets_never_reach_logs_or_status() {
     std::fs::write(&cfg, config(dir.path())).unwrap();
     chmod(&cfg, 0o600);
     // Run with debug logs while both connections are refused again and again.
-    let child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    let mut gw = common::Gateway::start(&cfg, "debug");
+    common::wait_until(
+        "both connections refused twice",
+        Duration::from_secs(30),
+        || gw.count("mqtt broker connection failed") >= 2 && gw.count("OPC UA: ") >= 2,
+    );
     let status = streamgate(&["status"], &cfg);
     let status_json = streamgate(&["status", "--json"], &cfg);
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    gw.sigterm();
+    gw.wait_exit(Duration::from_secs(30));
+    let log = gw.log().join("\n");
+    let stdout = gw.stdout().join("\n");
     assert!(
         log.contains("broker") && log.lines().count() > 10,
         "the run logged its connection failures: {log}"
@@ -162,8 +156,8 @@ fn secrets_never_reach_logs_or_status() {
     let status_text = String::from_utf8_lossy(&status.stdout);
     assert!(status_text.contains("broker"), "{status_text}");
     for (what, text) in [
-        ("log", log.to_string()),
-        ("stdout", String::from_utf8_lossy(&out.stdout).to_string()),
+        ("log", log.clone()),
+        ("stdout", stdout.clone()),
         ("status", status_text.to_string()),
         (
             "status --json",

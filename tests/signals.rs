@@ -8,7 +8,9 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::wait_until;
 
 fn config(dir: &Path, port: u16, exports: &str) -> String {
     format!(
@@ -57,14 +59,6 @@ fn written(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn scrape(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -94,6 +88,7 @@ fn closed_stderr_does_not_stop_reload_or_shutdown() {
         config(dir.path(), port, &file_export("first", &first)),
     )
     .unwrap();
+    // Not common::Gateway: that one reads the whole log; this pipe must close after two lines.
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
         .args(["run", "--log-format", "human", "--config"])
         .arg(&cfg)
@@ -133,16 +128,13 @@ fn closed_stderr_does_not_stop_reload_or_shutdown() {
 
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("SIGTERM with a closed stderr did not stop the gateway within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(exit.code(), Some(0), "a clean stop");
+    let mut exit = None;
+    if !common::poll_until(Duration::from_secs(30), || {
+        exit = child.try_wait().unwrap();
+        exit.is_some()
+    }) {
+        let _ = child.kill();
+        panic!("SIGTERM with a closed stderr did not stop the gateway within 30 s");
+    }
+    assert_eq!(exit.unwrap().code(), Some(0), "a clean stop");
 }

@@ -1,8 +1,10 @@
 //! The unit file passes `systemd-analyze verify` with no warnings, and its exposure score is
 //! reported; `Type=notify` readiness reaches a notify socket from the real binary.
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -57,26 +59,19 @@ fn readiness_is_sent_after_start_and_stopping_at_shutdown() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .arg("run")
+    let mut cmd = common::Gateway::command();
+    cmd.arg("run")
         .current_dir(dir.path())
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .env("WATCHDOG_USEC", "400000");
+    let mut gw = common::Gateway::spawn(cmd);
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 arrives");
     let first = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(first.starts_with("READY=1"), "{first}");
     let n = sock.recv(&mut buf).expect("the watchdog is fed");
     assert_eq!(&buf[..n], b"WATCHDOG=1");
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    gw.sigterm();
     let mut saw_stopping = false;
     while let Ok(n) = sock.recv(&mut buf) {
         if &buf[..n] == b"STOPPING=1" {
@@ -85,5 +80,5 @@ fn readiness_is_sent_after_start_and_stopping_at_shutdown() {
         }
     }
     assert!(saw_stopping);
-    assert!(child.wait().unwrap().success());
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
 }

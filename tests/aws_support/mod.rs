@@ -6,10 +6,10 @@
 pub mod proxy;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Sets dummy credentials in the environment, once per test binary, before any runtime or
 /// SDK reads the environment (every test calls this first, so nothing reads concurrently).
@@ -26,13 +26,6 @@ pub fn init_env() {
     });
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
-}
-
 /// A running moto_server; killed on drop (also when the test panics).
 pub struct Moto {
     child: Child,
@@ -41,7 +34,7 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
-        let port = free_port();
+        let port = crate::common::free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -49,17 +42,12 @@ impl Moto {
             .spawn()
             .expect("moto_server not found: run tests/peers/setup.sh (pip install 'moto[server]')");
         let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = http(port, "GET", "/moto-api/data.json", b"") {
-                return moto;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let up =
+            crate::common::poll_every(Duration::from_millis(100), Duration::from_secs(30), || {
+                matches!(http(port, "GET", "/moto-api/data.json", b""), Ok((200, _)))
+            });
+        assert!(up, "moto_server did not start on port {port}");
+        moto
     }
 
     pub fn url(&self) -> String {

@@ -1,51 +1,238 @@
-//! Shared by the tests that run the real binary (crash, powerloss, diskfull, corruption, reload,
-//! metrics, security): the binary as a child process with its log captured, and the accounting
-//! of sequence numbers across the queue database and the `file` export's output.
+//! What the integration tests share (`mod common;` in every test file that needs one of these):
+//!
+//! - [`free_port`]: the one way to get a port for a peer a test starts (or a refused one).
+//! - [`Gateway`]: the real `streamgate` binary as a child process, stdout and log captured,
+//!   killed when dropped.
+//! - Waiting for a condition, never for a guessed time: [`wait_until`] / [`wait_until_async`]
+//!   poll a condition every 10 ms and panic naming what was awaited after the timeout;
+//!   [`poll_until`] / [`poll_until_async`] return false instead, for a test that asserts with
+//!   its own message. [`wait_drained`] / [`stop_sources_and_drain`]: until every export of an
+//!   in-process [`Pipeline`] has acknowledged everything queued (the queue's own status).
+//! - The accounting of sequence numbers across the queue database and the `file` export's
+//!   output ([`Ledger`], [`queued`], [`next_seq`], [`assert_all_committed_present`]).
+//! - Root-only tests: [`require_root`] and [`Tmpfs`].
+//!
+//! Timeouts are generous (10-60 s): a wait returns as soon as its condition holds, so only a
+//! failing test pays for them. A test sleeps only when the time itself is the scenario (an
+//! outage that lasts, a kill at a random moment, a window measuring a rate, a window in which
+//! something must NOT happen), and says so in a comment next to the sleep.
+//!
+//! Skipped tests: a test that cannot run here (the root-only ones when not root) calls
+//! [`skip`] (through [`require_root`]) and returns. `skip` writes
+//! `SKIP <binary>::<test>: <reason>` straight to stderr (not captured by the test harness, so
+//! it shows in a plain `cargo test` next to the test's `ok`) and appends the same line to
+//! [`SKIPS_FILE`] (`target/tmp/test-skips.txt`); `tests/run` empties that file first and lists
+//! and counts the skipped tests after the run. CI runs `tests/run` as root: nothing is skipped
+//! there. (`#[ignore]` would hide them from CI too: whether a test can run is known only when
+//! it runs.)
 #![allow(dead_code)] // each test binary uses a different part
+
+mod port;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
+use streamgate::app::Pipeline;
+use streamgate::queue::StreamStatus;
 
-/// The real `streamgate run`, killed when dropped (also on panic).
+#[allow(unused_imports)] // not every test binary starts a peer
+pub use port::free_port;
+
+/// How often the waiting helpers look at their condition.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `cond` until it holds (true) or `timeout` has passed (false).
+pub fn poll_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_every(POLL, timeout, cond)
+}
+
+/// [`poll_until`] looking every `period`.
+pub fn poll_every(period: Duration, timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(period);
+    }
+}
+
+/// Waits until `cond` holds; panics naming `what` when it does not within `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    if !poll_until(timeout, cond) {
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+/// [`poll_until`] for async tests: the condition may await (a queue status, a peer's data).
+pub async fn poll_until_async(timeout: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] for async tests.
+pub async fn wait_until_async(what: &str, timeout: Duration, cond: impl AsyncFnMut() -> bool) {
+    if !poll_until_async(timeout, cond).await {
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+/// True when every export of every stream (enabled and in the config: the others never
+/// deliver) has acknowledged everything queued.
+pub fn drained(status: &[StreamStatus]) -> bool {
+    status.iter().all(|s| {
+        s.exports
+            .iter()
+            .filter(|e| e.enabled && e.in_config)
+            .all(|e| e.backlog == 0)
+    })
+}
+
+/// Waits until the pipeline's exports have acknowledged everything queued ([`drained`]);
+/// panics with each export's backlog and last error after `timeout`.
+pub async fn wait_drained(p: &Pipeline, timeout: Duration) {
+    let mut last = Vec::new();
+    let done = poll_until_async(timeout, async || {
+        last = p.handle.status().await.expect("queue status");
+        drained(&last)
+    })
+    .await;
+    if !done {
+        let exports: Vec<String> = last
+            .iter()
+            .flat_map(|s| {
+                s.exports.iter().map(move |e| {
+                    format!(
+                        "{}/{}: backlog {}, last error {:?}",
+                        s.name, e.name, e.backlog, e.last_error
+                    )
+                })
+            })
+            .collect();
+        panic!(
+            "exports did not drain within {timeout:?}:\n{}",
+            exports.join("\n")
+        );
+    }
+}
+
+/// Stops the readers (they hand over their last samples), then [`wait_drained`].
+pub async fn stop_sources_and_drain(p: &mut Pipeline, timeout: Duration) {
+    p.stop_sources(Duration::from_secs(10)).await;
+    wait_drained(p, timeout).await;
+}
+
+/// The status `streamgate status` shows for `data_dir`, read from the queue database while
+/// the gateway runs; None while there is no database yet (or it cannot be read right now).
+pub fn status(data_dir: &Path) -> Option<streamgate::status::StatusReport> {
+    streamgate::status::read(data_dir).ok()
+}
+
+/// Lines read from a child's pipe, kept for the test.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> (Lines, JoinHandle<()>) {
+    let lines: Lines = Arc::default();
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        let mut pipe = std::io::BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match pipe.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    sink.lock()
+                        .unwrap()
+                        .push(text.trim_end_matches('\n').to_string());
+                }
+            }
+        }
+    });
+    (lines, reader)
+}
+
+/// The real `streamgate` binary, stdout and stderr (the log) captured; killed when dropped
+/// (also on panic).
 pub struct Gateway {
     pub child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Lines,
+    stdout: Lines,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
-    /// Starts `streamgate run --config cfg` with `RUST_LOG=rust_log`; stderr is captured.
+    /// `streamgate` with colours off: add arguments and environment, then [`Self::spawn`].
+    pub fn command() -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamgate"));
+        cmd.env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Starts `streamgate run --log-format human --config cfg` with `RUST_LOG=rust_log`.
     pub fn start(cfg: &Path, rust_log: &str) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-            .args(["run", "--log-format", "human", "--config"])
+        Self::start_with_format(cfg, rust_log, "human")
+    }
+
+    /// [`Self::start`] with JSON log lines.
+    pub fn start_json(cfg: &Path, rust_log: &str) -> Gateway {
+        Self::start_with_format(cfg, rust_log, "json")
+    }
+
+    fn start_with_format(cfg: &Path, rust_log: &str, format: &str) -> Gateway {
+        let mut cmd = Self::command();
+        cmd.args(["run", "--log-format", format, "--config"])
             .arg(cfg)
-            .env("RUST_LOG", rust_log)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", rust_log);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (from [`Self::command`]) with its stdout and stderr captured.
+    pub fn spawn(mut cmd: Command) -> Gateway {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start streamgate");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Gateway { child, lines }
+        let (lines, log_reader) = collect_lines(child.stderr.take().expect("piped stderr"));
+        let (stdout, out_reader) = collect_lines(child.stdout.take().expect("piped stdout"));
+        Gateway {
+            child,
+            lines,
+            stdout,
+            readers: vec![log_reader, out_reader],
+        }
     }
 
     /// Every log line so far.
     pub fn log(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
+    }
+
+    /// Every stdout line so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn count(&self, needle: &str) -> usize {
@@ -57,16 +244,12 @@ impl Gateway {
             .count()
     }
 
-    /// Waits until `n` log lines contain `needle`; false on timeout.
+    /// Waits until `n` log lines contain `needle`; false on timeout. Looks every 2 ms: a
+    /// test may act at once on the line (powerloss kills inside the checkpoint it announces).
     pub fn wait_for(&self, needle: &str, n: usize, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.count(needle) >= n {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        false
+        poll_every(Duration::from_millis(2), timeout, || {
+            self.count(needle) >= n
+        })
     }
 
     /// How many log lines there are so far (a mark for [`Self::wait_line`]).
@@ -77,21 +260,40 @@ impl Gateway {
     /// Waits for a log line after line `from` that contains every one of `words`; panics with
     /// the log after 20 s.
     pub fn wait_line(&self, from: usize, words: &[&str]) -> String {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = self.lines.lock().unwrap()[from..]
+        self.wait_line_within(from, words, Duration::from_secs(20))
+    }
+
+    /// [`Self::wait_line`] with another timeout.
+    pub fn wait_line_within(&self, from: usize, words: &[&str], timeout: Duration) -> String {
+        let find = || {
+            self.lines.lock().unwrap()[from..]
                 .iter()
                 .find(|l| words.iter().all(|w| l.contains(w)))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < end,
-                "no log line with {words:?}; log:\n{}",
-                self.log().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
+                .cloned()
+        };
+        if poll_until(timeout, || find().is_some()) {
+            return find().unwrap();
         }
+        panic!(
+            "no log line with {words:?} within {timeout:?}; log:\n{}",
+            self.log().join("\n")
+        );
+    }
+
+    /// Waits for the "streamgate running" line (the `streamgate::app` target at info level):
+    /// the queue is open, readers and exports started, the signal handlers installed (a
+    /// SIGTERM before that would kill the process instead of stopping it).
+    pub fn wait_running(&self) {
+        self.wait_line_within(0, &["streamgate running"], Duration::from_secs(30));
+    }
+
+    /// The process's resident memory, from /proc (None once it is gone).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     pub fn sigkill(&mut self) {
@@ -112,24 +314,25 @@ impl Gateway {
         assert!(ok.success());
     }
 
-    /// Waits for the process to exit (up to `timeout`, then SIGKILL and panic).
+    /// Waits for the process to exit (up to `timeout`, then SIGKILL and panic); the log is
+    /// complete when this returns.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // Let the reader thread drain the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                return s;
-            }
-            if Instant::now() > end {
-                self.sigkill();
-                panic!(
-                    "streamgate did not exit within {timeout:?}; log:\n{}",
-                    self.log().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let mut status = None;
+        if !poll_until(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        }) {
+            self.sigkill();
+            panic!(
+                "streamgate did not exit within {timeout:?}; log:\n{}",
+                self.log().join("\n")
+            );
         }
+        // The pipes close with the process: the readers end after its last lines.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        status.unwrap()
     }
 }
 
@@ -310,11 +513,6 @@ pub fn toml_path(p: &Path) -> String {
     p.display().to_string()
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A tmpfs mounted for one test, unmounted when dropped.
 pub struct Tmpfs {
     pub path: PathBuf,
@@ -365,24 +563,47 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Tests that need root (mount) call this first: skipped with a reason when not root (tests/run
-/// runs as root in CI, so there they always run); when root, a failing mount fails the test.
-pub fn require_root(test: &str) -> bool {
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Where [`skip`] notes the tests that did not run (`tests/run` prints and counts them).
+pub const SKIPS_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/test-skips.txt");
+
+/// Notes that the calling test cannot run here and why: `SKIP <binary>::<test>: <reason>` on
+/// stderr, uncaptured (visible without `--nocapture`), and in [`SKIPS_FILE`]. The test returns
+/// after this.
+pub fn skip(reason: &str) {
+    // The test harness names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let line = format!("SKIP {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
+    // Straight to the stderr file descriptor: the harness captures only `eprintln!`.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let noted = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIPS_FILE)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = noted {
+        let _ = writeln!(
+            std::io::stderr(),
+            "cannot note the skip in {SKIPS_FILE}: {e}"
+        );
+    }
+}
+
+/// Tests that need root (to mount a tmpfs) call this first and return when it is false: the
+/// test is then [`skip`]ped visibly. `tests/run` runs as root in CI, so there they always run;
+/// when root, a failing mount fails the test.
+pub fn require_root() -> bool {
     if is_root() {
         return true;
     }
-    eprintln!(
-        "SKIPPED {test}: needs root to mount a tmpfs (tests/run runs as root in CI); run `sudo -E cargo test --test {test}`"
-    );
+    skip(concat!(
+        "needs root to mount a tmpfs (CI runs tests/run as root): sudo -E cargo test --test ",
+        env!("CARGO_CRATE_NAME")
+    ));
     false
-}
-
-/// A 127.0.0.1 port that was free a moment ago (bound and released): for a listener the test
-/// starts, or as a port where connections are refused.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

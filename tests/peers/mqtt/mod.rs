@@ -3,24 +3,19 @@
 //! Every process is killed when its guard drops (also on panic).
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
-}
+use crate::common::{poll_until, wait_until};
 
 fn wait_port(port: u16, what: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("{what} listening on {port}"),
+        Duration::from_secs(10),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
 }
 
 /// A mosquitto broker; `conf` is the body of its config (listeners included).
@@ -72,10 +67,9 @@ impl Broker {
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
-            let until = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            poll_until(Duration::from_secs(10), || {
+                c.try_wait().ok().flatten().is_some()
+            });
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -161,22 +155,22 @@ impl Subscriber {
             .spawn()
             .expect("mosquitto_sub not installed: run tests/peers/setup.sh");
         self.child = Some(child);
-        // mosquitto_sub says nothing when it has subscribed: publish probes until one arrives.
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
+        // mosquitto_sub says nothing when it has subscribed: publish probes until one arrives
+        // (each given 100 ms).
+        let arrived = || {
+            std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .contains("probe")
+        };
+        wait_until("mosquitto_sub subscribed", Duration::from_secs(10), || {
             let _ = Command::new("mosquitto_pub")
                 .args(&self.conn)
                 .args(["-t", PROBE_TOPIC, "-q", "1", "-m", "probe"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            std::thread::sleep(Duration::from_millis(100));
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if text.contains("probe") {
-                break;
-            }
-            assert!(Instant::now() < until, "mosquitto_sub did not subscribe");
-        }
+            poll_until(Duration::from_millis(100), arrived)
+        });
     }
 
     /// Starts it again (after a broker restart: mosquitto_sub does not reconnect by itself).

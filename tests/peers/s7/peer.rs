@@ -14,12 +14,6 @@ pub struct Peer {
     stdout: BufReader<ChildStdout>,
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
 impl Peer {
     pub fn start(port: u16) -> Peer {
         Peer::start_with(port, &[])
