@@ -4,23 +4,16 @@
 
 #![cfg(feature = "mqtt")]
 
+mod common;
 #[path = "peers/mqtt/mod.rs"]
 mod peers;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use peers::{Broker, free_port};
+use common::free_port;
+use peers::Broker;
 use streamgate::app::{Pipeline, StartOptions};
-
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_export_publishes_again_within_seconds_of_the_brokers_return() {
@@ -70,7 +63,10 @@ name = "t"
         .clone()
         .expect("connection counters");
     let acked = || stats.acked.load(Ordering::Relaxed);
-    wait_until("first PUBACK", Duration::from_secs(30), || acked() > 0).await;
+    common::wait_until_async("first PUBACK", Duration::from_secs(30), async || {
+        acked() > 0
+    })
+    .await;
 
     broker.stop();
     // The outage itself (the scenario, not a synchronisation): a send fails (no connection
@@ -81,12 +77,14 @@ name = "t"
     assert!(failed >= 1, "sends failed during the outage: {failed}");
     let before = acked();
     broker.restart();
-    let took = wait_until(
+    let back = Instant::now();
+    common::wait_until_async(
         "a PUBACK after the restart",
         Duration::from_secs(60),
-        || acked() > before,
+        async || acked() > before,
     )
     .await;
+    let took = back.elapsed();
     println!("publishing again {took:?} after the broker's return ({failed} failed sends)");
     assert!(
         took < Duration::from_secs(5),

@@ -134,13 +134,16 @@ fn a_failing_export_is_not_waited_for() {
     let cfg = dir.path().join("gw.toml");
     std::fs::write(&cfg, config(dir.path(), exports)).unwrap();
     let mut gw = Gateway::start(&cfg, "info");
-    assert!(gw.wait_for("streamgate running", 1, Duration::from_secs(30)));
-    let start = Instant::now();
-    while backlog(&cfg).iter().all(|(_, n)| *n == 0) {
-        assert!(start.elapsed() < Duration::from_secs(30), "nothing queued");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500)); // the export's first sends fail meanwhile
+    gw.wait_running();
+    // The export is failing: its first send failed (one WARN line) and records are queued.
+    assert!(
+        gw.wait_for("export failing", 1, Duration::from_secs(30)),
+        "{}",
+        gw.log().join("\n")
+    );
+    common::wait_until("records queued", Duration::from_secs(30), || {
+        backlog(&cfg).iter().any(|(_, n)| *n > 0)
+    });
     let took = stop(&mut gw);
     assert!(
         gw.count("not waiting for failing exports at shutdown") == 1,
