@@ -10,31 +10,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn config(data: &Path) -> String {
-    format!(
-        r#"
-[gateway]
-data_dir = "{data}"
-equipment_id = "exit-test"
-
-[[streams]]
-name = "line"
-
-[[streams.exports]]
-name = "out"
-kind = "stdout"
-
-[[sources]]
-kind = "simulator"
-id = "sim"
-
-[[sources.tags]]
-name = "t"
-"#,
-        data = common::toml_path(data)
-    )
-}
-
 fn run(cfg: &Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
         .args(["run", "--config"])
@@ -63,7 +38,7 @@ fn unit_prevents_restart_on(code: i32) -> bool {
 fn a_locked_data_dir_exits_69_and_is_not_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gw.toml");
-    std::fs::write(&cfg, config(&dir.path().join("data"))).unwrap();
+    std::fs::write(&cfg, common::minimal_config(&dir.path().join("data"))).unwrap();
     let mut first = common::Gateway::start(&cfg, "info");
     assert!(
         first.wait_for("streamgate running", 1, Duration::from_secs(30)),
@@ -89,7 +64,7 @@ fn a_metrics_address_in_use_exits_69() {
     let port = taken.local_addr().unwrap().port();
     let cfg = dir.path().join("gw.toml");
     let metrics = format!("\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n");
-    let text = config(&dir.path().join("data")) + &metrics;
+    let text = common::minimal_config(&dir.path().join("data")) + &metrics;
     std::fs::write(&cfg, text).unwrap();
     let (code, stderr) = run(&cfg);
     assert_eq!(code, Some(69), "metrics address taken: {stderr}");

@@ -8,31 +8,6 @@ use std::process::Command;
 
 use common::Tmpfs;
 
-fn config(data: &std::path::Path) -> String {
-    format!(
-        r#"
-[gateway]
-data_dir = "{data}"
-equipment_id = "readonly-test"
-
-[[streams]]
-name = "line"
-
-[[streams.exports]]
-name = "out"
-kind = "stdout"
-
-[[sources]]
-kind = "simulator"
-id = "sim"
-
-[[sources.tags]]
-name = "t"
-"#,
-        data = data.display()
-    )
-}
-
 fn run_expecting_failure(cfg: &std::path::Path, data: &std::path::Path, case: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
         .args(["run", "--config"])
@@ -69,7 +44,7 @@ fn read_only_data_dir_fails_at_start_with_path_and_fix() {
         .unwrap_or_else(|e| panic!("cannot mount the filesystem for the data dir: {e}"));
     let data = disk.path.join("data");
     let cfg = dir.path().join("readonly.toml");
-    std::fs::write(&cfg, config(&data)).unwrap();
+    std::fs::write(&cfg, common::minimal_config(&data)).unwrap();
 
     // Empty and read-only: the directory cannot even be created.
     disk.remount("ro");

@@ -508,6 +508,17 @@ pub fn assert_all_committed_present(present: &BTreeMap<u64, u64>, next_seq: u64,
     }
 }
 
+/// The smallest gateway: one simulated tag into a stdout export, its queue in `data` (for
+/// tests about starting and stopping, not about data).
+pub fn minimal_config(data: &Path) -> String {
+    format!(
+        "[gateway]\ndata_dir = \"{}\"\nequipment_id = \"test\"\n\n[[streams]]\nname = \"line\"\n\n\
+         [[streams.exports]]\nname = \"out\"\nkind = \"stdout\"\n\n\
+         [[sources]]\nkind = \"simulator\"\nid = \"sim\"\n\n[[sources.tags]]\nname = \"t\"\n",
+        toml_path(data)
+    )
+}
+
 /// A per-test directory path as a string for TOML.
 pub fn toml_path(p: &Path) -> String {
     p.display().to_string()
