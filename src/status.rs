@@ -117,6 +117,27 @@ pub fn render(report: &StatusReport) -> String {
                 "  {:<24} next sequence number {}",
                 s.id, s.next_sequence_number
             );
+            let Some(h) = &s.health else { continue };
+            let _ = write!(out, "    {}", h.state.to_uppercase());
+            if let Some(since) = h.failing_since_ms {
+                let _ = write!(
+                    out,
+                    " for {} ({} failed attempts)",
+                    age(Some(since)).trim_end_matches(" ago"),
+                    h.failures
+                );
+            }
+            let _ = writeln!(
+                out,
+                ", last good reading {}, {} reconnects",
+                age(h.last_good_ms),
+                h.reconnects
+            );
+            if let Some(e) = &h.last_error
+                && h.failing_since_ms.is_some()
+            {
+                let _ = writeln!(out, "    last error: {e}");
+            }
         }
     }
     out

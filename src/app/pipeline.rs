@@ -199,7 +199,8 @@ impl Pipeline {
             queue.appender.clone(),
             stats,
         )
-        .with_clock(self.clock.clone());
+        .with_clock(self.clock.clone())
+        .with_state_cell(self.handle.source_state_cell(slot));
         let stop = self.sources_stop.child_token();
         let task = self.readers.spawn(&src.id, &src.kind, ctx, stop.clone());
         self.sources.push(RunningSource {

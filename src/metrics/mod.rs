@@ -75,6 +75,16 @@ impl Registry {
                 heartbeats: load(&s.heartbeats),
                 losses: load(&s.losses),
                 tags: s.tags.iter().map(|(n, c)| (n.clone(), load(c))).collect(),
+                state: s.state().name(),
+                failing_since_ms: match s.failing_since_ms.load(Ordering::Relaxed) {
+                    0 => None,
+                    ms => Some(ms),
+                },
+                last_error: s.last_error(),
+                last_good_ms: match s.last_good_ms.load(Ordering::Relaxed) {
+                    0 => None,
+                    ms => Some(ms),
+                },
             })
             .collect();
         let exports = p
@@ -146,6 +156,13 @@ pub struct SourceSnapshot {
     pub heartbeats: u64,
     pub losses: u64,
     pub tags: Vec<(String, u64)>,
+    /// `connecting`, `connected`, `failing`, `never connected`.
+    pub state: &'static str,
+    /// When the current failure episode began (ms since the epoch).
+    pub failing_since_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// When the source last delivered a good reading (ms since the epoch).
+    pub last_good_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default)]

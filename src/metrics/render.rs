@@ -132,6 +132,47 @@ pub fn prometheus(s: &Snapshot) -> String {
             src.losses,
         );
     }
+    o.head(
+        "streamgate_source_up",
+        "gauge",
+        "1 while the source reads from its device, 0 while it connects or fails.",
+    );
+    for src in &s.sources {
+        o.line(
+            "streamgate_source_up",
+            &[("source", &src.id)],
+            u8::from(src.state == "connected"),
+        );
+    }
+    o.head(
+        "streamgate_source_failing_seconds",
+        "gauge",
+        "How long the source has been failing to connect or read (0 while it reads).",
+    );
+    for src in &s.sources {
+        let failing = src
+            .failing_since_ms
+            .map_or(0, |t| (s.now_ms - t).max(0) / 1000);
+        o.line(
+            "streamgate_source_failing_seconds",
+            &[("source", &src.id)],
+            failing,
+        );
+    }
+    o.head(
+        "streamgate_source_last_success_timestamp_seconds",
+        "gauge",
+        "When the source last delivered a good reading (Unix time; absent: never).",
+    );
+    for src in &s.sources {
+        if let Some(t) = src.last_good_ms {
+            o.line(
+                "streamgate_source_last_success_timestamp_seconds",
+                &[("source", &src.id)],
+                t / 1000,
+            );
+        }
+    }
 
     o.head(
         "streamgate_queue_records",
@@ -314,6 +355,21 @@ pub fn prometheus(s: &Snapshot) -> String {
 /// or the clock is known to be wrong.
 pub fn health(s: &Snapshot, degraded_after: Duration) -> (bool, String) {
     let mut problems: Vec<String> = Vec::new();
+    for src in &s.sources {
+        if let Some(since) = src.failing_since_ms {
+            let failing = Duration::from_millis((s.now_ms - since).max(0) as u64);
+            if failing > degraded_after {
+                problems.push(format!(
+                    "source {} has been {} for {} s (limit {} s): {}",
+                    src.id,
+                    src.state,
+                    failing.as_secs(),
+                    degraded_after.as_secs(),
+                    src.last_error.as_deref().unwrap_or("unknown error")
+                ));
+            }
+        }
+    }
     for e in &s.exports {
         if let Some(since) = e.failing_since_ms {
             let failing = Duration::from_millis((s.now_ms - since).max(0) as u64);
@@ -357,6 +413,10 @@ mod tests {
                 heartbeats: 2,
                 losses: 1,
                 tags: vec![("temp\"1".into(), 20), ("speed".into(), 10)],
+                state: "failing",
+                failing_since_ms: Some(10_000),
+                last_error: Some("no response within 1s".into()),
+                last_good_ms: Some(5_000),
             }],
             exports: vec![ExportSnapshot {
                 key: "line/cloud".into(),
@@ -416,6 +476,9 @@ mod tests {
             "streamgate_tag_samples_total{source=\"filler\",tag=\"speed\"} 10",
             "streamgate_source_reconnects_total{source=\"filler\"} 1",
             "streamgate_log_write_errors_total 2",
+            "streamgate_source_up{source=\"filler\"} 0",
+            "streamgate_source_failing_seconds{source=\"filler\"} 90",
+            "streamgate_source_last_success_timestamp_seconds{source=\"filler\"} 5",
             "streamgate_queue_records{stream=\"line\"} 5",
             "streamgate_queue_bytes{stream=\"line\"} 500",
             "streamgate_dropped_total{stream=\"line\",reason=\"full\"} 7",
@@ -450,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn health_degrades_after_the_limit_and_names_the_export() {
+    fn health_degrades_after_the_limit_and_names_the_export_or_source() {
         let s = snapshot();
         let (ok, body) = health(&s, Duration::from_secs(120));
         assert!(ok, "failing 60 s < 120 s: {body}");
@@ -462,5 +525,18 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("connection refused"), "{body}");
+        // The source has failed for 90 s: named once the limit is below that.
+        assert!(
+            body.contains(
+                "source filler has been failing for 90 s (limit 30 s): no response within 1s"
+            ),
+            "{body}"
+        );
+        let (ok, body) = health(&s, Duration::from_secs(75));
+        assert!(!ok, "source failing 90 s > 75 s: {body}");
+        assert!(
+            body.contains("source filler") && !body.contains("export line/cloud"),
+            "{body}"
+        );
     }
 }

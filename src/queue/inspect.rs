@@ -60,6 +60,25 @@ pub struct ExportReport {
 pub struct SourceReport {
     pub id: String,
     pub next_sequence_number: i64,
+    /// How the source was doing at the last status write (none: it never ran since this
+    /// field exists, or it is no longer configured and ran before).
+    pub health: Option<SourceHealth>,
+}
+
+/// A source's health as its reader last wrote it (see `readers::normalise`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SourceHealth {
+    /// `connecting`, `connected`, `failing` or `never connected`.
+    pub state: String,
+    /// When the current failure episode began (ms since the epoch).
+    pub failing_since_ms: Option<i64>,
+    /// Failed connects or reads in the current episode.
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// When it last delivered a good reading (ms since the epoch).
+    pub last_good_ms: Option<i64>,
+    /// Connections lost since the gateway started.
+    pub reconnects: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,12 +238,22 @@ pub fn read(data_dir: &Path) -> Result<StatusReport, InspectError> {
             exports,
         });
     }
-    let mut sstmt = conn.prepare("SELECT id, next_seq FROM sources ORDER BY id")?;
+    // Databases written before sources had a health line have no such column.
+    let state = if conn.prepare("SELECT state FROM sources LIMIT 0").is_ok() {
+        "state"
+    } else {
+        "NULL"
+    };
+    let mut sstmt = conn.prepare(&format!(
+        "SELECT id, next_seq, {state} FROM sources ORDER BY id"
+    ))?;
     let sources = sstmt
         .query_map([], |r| {
+            let health: Option<String> = r.get(2)?;
             Ok(SourceReport {
                 id: r.get(0)?,
                 next_sequence_number: r.get(1)?,
+                health: health.and_then(|h| serde_json::from_str(&h).ok()),
             })
         })?
         .collect::<Result<_, _>>()?;

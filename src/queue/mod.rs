@@ -301,6 +301,7 @@ pub struct QueueHandle {
     tails: Vec<watch::Receiver<i64>>,
     starts: Vec<Vec<i64>>,
     states: Vec<Vec<StateCell>>,
+    source_states: Vec<StateCell>,
     priorities: Vec<u8>,
 }
 
@@ -309,6 +310,11 @@ impl QueueHandle {
     /// (see [`Queue::failure`]); the app then shuts down in order.
     pub fn failed(&self) -> CancellationToken {
         self.failed.clone()
+    }
+
+    /// Where the reader of the source in `slot` writes its health line.
+    pub fn source_state_cell(&self, slot: usize) -> StateCell {
+        self.source_states.get(slot).cloned().unwrap_or_default()
     }
 
     /// Where export `id`'s driver writes its state line.
@@ -533,6 +539,7 @@ impl Queue {
         let source_next_seq = store.source_next_seq();
         let starts = store.export_starts();
         let states = store.state_cells();
+        let source_states = store.source_state_cells();
         let (tail_tx, tails): (Vec<_>, Vec<_>) =
             store.tails().into_iter().map(watch::channel).unzip();
         let (app_tx, app_rx) = mpsc::channel(APPEND_CHANNEL_BATCHES);
@@ -569,6 +576,7 @@ impl Queue {
                 tails,
                 starts,
                 states,
+                source_states,
                 priorities,
             },
             appender: Appender { tx: app_tx },

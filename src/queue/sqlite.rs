@@ -133,6 +133,8 @@ pub struct Store {
     streams: Vec<StreamState>,
     source_seq: Vec<(String, u64)>,
     sources_dirty: Vec<bool>,
+    /// Each source's health line (JSON), written by its reader, persisted with the status.
+    source_states: Vec<StateCell>,
     synchronous_full: Option<bool>,
     /// Since when (ms) the disk is full, written with the status for `streamgate status`.
     pub disk_full_since_ms: Option<i64>,
@@ -171,6 +173,10 @@ impl Store {
                 "ALTER TABLE streams ADD COLUMN dropped_disk_full INTEGER NOT NULL DEFAULT 0",
             )?;
         }
+        // Databases written before sources had a health line.
+        if conn.prepare("SELECT state FROM sources LIMIT 0").is_err() {
+            conn.execute_batch("ALTER TABLE sources ADD COLUMN state TEXT")?;
+        }
         // Databases written before acknowledgements above the prefix were persisted.
         if conn
             .prepare("SELECT acked_ranges FROM exports LIMIT 0")
@@ -202,6 +208,7 @@ impl Store {
             streams,
             source_seq,
             sources_dirty: vec![false; n],
+            source_states: (0..n).map(|_| StateCell::default()).collect(),
             synchronous_full: Some(true),
             disk_full_since_ms: None,
         })
@@ -345,12 +352,14 @@ impl Store {
                 Err(e) => {
                     let _ = self.conn.execute_batch("ROLLBACK");
                     (self.streams, self.source_seq, self.sources_dirty) = saved;
+                    self.source_states.truncate(self.source_seq.len());
                     Err(e.into())
                 }
             },
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 (self.streams, self.source_seq, self.sources_dirty) = saved;
+                self.source_states.truncate(self.source_seq.len());
                 Err(e)
             }
         }
@@ -427,6 +436,7 @@ impl Store {
                     self.source_seq
                         .push((id.clone(), next.unwrap_or(1).max(1) as u64));
                     self.sources_dirty.push(false);
+                    self.source_states.push(StateCell::default());
                     self.source_seq.len() - 1
                 }
             };
@@ -441,6 +451,11 @@ impl Store {
     }
 
     /// The first unacknowledged id of every export, by stream and export slot.
+    /// Where each source's reader writes its health line, by source slot.
+    pub fn source_state_cells(&self) -> Vec<StateCell> {
+        self.source_states.clone()
+    }
+
     /// Where each export's driver writes its state line.
     pub fn state_cells(&self) -> Vec<Vec<StateCell>> {
         self.streams
@@ -620,6 +635,9 @@ impl Store {
                 self.write_status(s)?;
             }
         }
+        if maintain {
+            self.write_source_states()?;
+        }
         self.conn.execute_batch("COMMIT")?;
         for st in &mut self.streams {
             for e in &mut st.exports {
@@ -796,6 +814,21 @@ impl Store {
             total = st.dropped_ttl,
             "records older than time_to_live dropped before export; they show downstream as sequence gaps"
         );
+        Ok(())
+    }
+
+    fn write_source_states(&self) -> Result<(), QueueError> {
+        for ((id, next), cell) in self.source_seq.iter().zip(&self.source_states) {
+            let Some(state) = cell.lock().ok().and_then(|c| c.clone()) else {
+                continue;
+            };
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO sources(id, next_seq, state) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET state = ?3",
+                )?
+                .execute(params![id, *next as i64, state])?;
+        }
         Ok(())
     }
 

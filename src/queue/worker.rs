@@ -400,6 +400,7 @@ impl Worker {
             tails: self.tail_tx.iter().map(|t| t.subscribe()).collect(),
             starts: self.store.export_starts(),
             states: self.store.state_cells(),
+            source_states: self.store.source_state_cells(),
             priorities: self.priorities.clone(),
         };
         let _ = reply.send(Ok(Reconfigured {

@@ -295,11 +295,64 @@ pub struct SourceStats {
     pub heartbeats: AtomicU64,
     /// Connections lost (each one is followed by a reconnect with backoff).
     pub losses: AtomicU64,
+    /// The source's health: [`SourceState`] as a number.
+    pub state: std::sync::atomic::AtomicU8,
+    /// When the current failure episode began (ms since the epoch; 0 while healthy).
+    pub failing_since_ms: std::sync::atomic::AtomicI64,
+    /// Failed connects or reads in the current episode.
+    pub failures: AtomicU64,
+    /// When the source last delivered a good (`Ok`) reading (ms since the epoch; 0: never).
+    pub last_good_ms: std::sync::atomic::AtomicI64,
+    /// The last failure, as the reader logged it.
+    pub last_error: std::sync::Mutex<Option<String>>,
     /// Samples per tag, in the source's tag order (empty when made with `default()`).
     pub tags: Box<[(String, AtomicU64)]>,
 }
 
+/// Where a source stands, for `status`, the metrics and `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SourceState {
+    /// Started, no answer yet.
+    Connecting = 0,
+    /// Reading.
+    Connected = 1,
+    /// Was reading; now failing (reconnecting with backoff).
+    Failing = 2,
+    /// Has never answered since the start.
+    NeverConnected = 3,
+}
+
+impl SourceState {
+    pub fn from_u8(v: u8) -> SourceState {
+        match v {
+            1 => SourceState::Connected,
+            2 => SourceState::Failing,
+            3 => SourceState::NeverConnected,
+            _ => SourceState::Connecting,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceState::Connecting => "connecting",
+            SourceState::Connected => "connected",
+            SourceState::Failing => "failing",
+            SourceState::NeverConnected => "never connected",
+        }
+    }
+}
+
 impl SourceStats {
+    pub fn state(&self) -> SourceState {
+        SourceState::from_u8(self.state.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The last failure, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
     /// Counters with one per-tag counter for each of `names`.
     pub fn with_tags<'a>(names: impl IntoIterator<Item = &'a str>) -> SourceStats {
         SourceStats {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Sample, SourceStats, WATERMARK_TAG};
+use super::{Sample, SourceState, SourceStats, WATERMARK_TAG};
 use crate::clock::Clock;
 use crate::payload::{Flags, Meta, PAYLOAD_VERSION, Payload, Quality, Value};
-use crate::queue::{AppendBatch, Appender, NewRecord, QueueError};
+use crate::queue::{AppendBatch, Appender, NewRecord, QueueError, StateCell};
 
 struct TagState {
     name: String,
@@ -37,6 +37,14 @@ pub struct SourceContext {
     stats: Arc<SourceStats>,
     /// The gateway clock's verdict (samples get `Ats` while it is known wrong).
     clock: Clock,
+    /// Whether the source ever answered since the start.
+    ever_connected: bool,
+    /// The never-connected `Bad` samples went out.
+    never_connected_sent: bool,
+    /// Where the queue picks up this source's state line for `status`.
+    state_cell: Option<StateCell>,
+    /// When the state was last written (it is refreshed at most once a second).
+    state_written: Option<Instant>,
 }
 
 /// How many records a context buffers before it appends them on its own.
@@ -82,7 +90,17 @@ impl SourceContext {
             heartbeat,
             stats,
             clock: Clock::default(),
+            ever_connected: false,
+            never_connected_sent: false,
+            state_cell: None,
+            state_written: None,
         }
+    }
+
+    /// Writes the source's state line into `cell`, which the queue persists for `status`.
+    pub fn with_state_cell(mut self, cell: StateCell) -> SourceContext {
+        self.state_cell = Some(cell);
+        self
     }
 
     /// Judges samples against the gateway's clock (the app's; a fresh one never says wrong).
@@ -123,6 +141,14 @@ impl SourceContext {
         }
         tag.last = Some((sample.value.clone(), sample.timestamp_ms));
         let (stream, index) = (tag.stream, sample.tag);
+        if !sample.flags.contains(Flags::SYN) {
+            self.reading();
+            if sample.quality == Quality::Ok {
+                self.stats
+                    .last_good_ms
+                    .store(crate::time::now_ms(), Ordering::Relaxed);
+            }
+        }
         self.append(stream, Some(index), sample);
         self.stats.samples.fetch_add(1, Ordering::Relaxed);
         if let Some((_, n)) = self.stats.tags.get(index) {
@@ -138,6 +164,109 @@ impl SourceContext {
 
     /// The source (re)connected: the next sample of every tag carries `Fst`.
     pub fn connected(&mut self) {
+        self.first_again();
+    }
+
+    /// The device answered (a sample that is not synthetic): the source is reading, and a
+    /// failure episode ends (one INFO line saying how long it lasted).
+    fn reading(&mut self) {
+        let stats = &self.stats;
+        if stats.state() == SourceState::Connected {
+            return;
+        }
+        let since = stats.failing_since_ms.swap(0, Ordering::Relaxed);
+        let failures = stats.failures.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            tracing::info!(
+                source = %self.id,
+                failed_attempts = failures,
+                failing_for = ?Duration::from_millis((crate::time::now_ms() - since).max(0) as u64),
+                "source reading again"
+            );
+        }
+        stats
+            .state
+            .store(SourceState::Connected as u8, Ordering::Relaxed);
+        self.ever_connected = true;
+        self.write_state();
+    }
+
+    /// A connect or read failed (the reader retries with its backoff). Returns true when this
+    /// starts a failure episode: the reader then logs one WARN line saying what failed, and
+    /// the repeats at DEBUG (the episode's end is logged here, at the first answer). A source
+    /// that never answered since the start sends one `Bad` sample per tag, flagged `Syn`, with
+    /// the error as value, so the consumers see it too. A source that was reading also calls
+    /// [`SourceContext::lost`].
+    pub fn failed(&mut self, error: &dyn std::fmt::Display, timestamp_ms: i64) -> bool {
+        let text = error.to_string();
+        let stats = self.stats.clone();
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = stats.last_error.lock() {
+            *last = Some(text.clone());
+        }
+        let starts = stats
+            .failing_since_ms
+            .compare_exchange(
+                0,
+                crate::time::now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        let state = if self.ever_connected {
+            SourceState::Failing
+        } else {
+            SourceState::NeverConnected
+        };
+        stats.state.store(state as u8, Ordering::Relaxed);
+        if !self.ever_connected && !self.never_connected_sent {
+            self.never_connected_sent = true;
+            // Not a first reading (`Fst`): the first real value of each tag still is.
+            for t in &mut self.tags {
+                t.seen = true;
+            }
+            for i in 0..self.tags.len() {
+                self.push(Sample {
+                    tag: i,
+                    value: Value::Text(text.clone()),
+                    quality: Quality::Bad,
+                    timestamp_ms,
+                    flags: Flags::SYN,
+                });
+            }
+            self.first_again();
+        }
+        self.write_state();
+        starts
+    }
+
+    /// The source's health as `status` shows it (JSON, written where the queue persists it:
+    /// see `queue::inspect::SourceHealth`).
+    fn write_state(&mut self) {
+        self.state_written = Some(Instant::now());
+        let Some(cell) = &self.state_cell else { return };
+        let stats = &self.stats;
+        let health = serde_json::json!({
+            "state": stats.state().name(),
+            "failing_since_ms": match stats.failing_since_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(ms),
+            },
+            "failures": stats.failures.load(Ordering::Relaxed),
+            "last_error": stats.last_error(),
+            "last_good_ms": match stats.last_good_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(ms),
+            },
+            "reconnects": stats.losses.load(Ordering::Relaxed),
+        });
+        if let Ok(mut c) = cell.lock() {
+            *c = Some(health.to_string());
+        }
+    }
+
+    /// The next sample of every tag carries `Fst`.
+    fn first_again(&mut self) {
         for t in &mut self.tags {
             t.seen = false;
         }
@@ -164,7 +293,7 @@ impl SourceContext {
                 flags: Flags::LST | Flags::SYN,
             });
         }
-        self.connected();
+        self.first_again();
     }
 
     /// When the next heartbeat is due, if heartbeats are on.
@@ -248,6 +377,13 @@ impl SourceContext {
 
     /// Appends what is pending; waits when the queue is behind (backpressure).
     pub async fn flush(&mut self) -> Result<(), QueueError> {
+        if self.state_cell.is_some()
+            && self
+                .state_written
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.write_state();
+        }
         if self.pending.is_empty() {
             return Ok(());
         }

@@ -349,8 +349,16 @@ impl ModbusReader {
                         if let ReadError::Down { until: line_until } = error {
                             until = until.max(line_until);
                         }
-                        if !outage_logged || !matches!(error, ReadError::Down { .. }) {
-                            tracing::warn!(line = %self.line.key(), unit_id = self.config.unit_id, error = %error, retry_in = ?until.saturating_duration_since(Instant::now()), "device unreachable; tags sent as Bad/Lst, reconnecting with backoff");
+                        // One WARN per outage (the context tracks the episode; `status`,
+                        // /health and the metrics show it meanwhile), the repeats at DEBUG.
+                        // Sources sharing a line that is backing off report the line's error.
+                        if !matches!(error, ReadError::Down { .. }) || !outage_logged {
+                            let retry_in = until.saturating_duration_since(Instant::now());
+                            if ctx.failed(&error, crate::time::now_ms()) {
+                                tracing::warn!(line = %self.line.key(), unit_id = self.config.unit_id, error = %error, retry_in = ?retry_in, "device unreachable; tags sent as Bad/Lst, reconnecting with backoff");
+                            } else {
+                                tracing::debug!(line = %self.line.key(), unit_id = self.config.unit_id, error = %error, retry_in = ?retry_in, "device still unreachable");
+                            }
                             outage_logged = true;
                         }
                         for g in &mut self.groups {

@@ -113,7 +113,14 @@ impl OpcuaReader {
                 Err(OpcuaError::Queue) => return,
                 Err(e) => {
                     let delay = backoff.fail(rand::random::<f64>());
-                    tracing::warn!(endpoint = %self.config.endpoint, retry_in = ?delay, "OPC UA: {e}");
+                    if ctx.failed(&e, crate::time::now_ms()) {
+                        tracing::warn!(endpoint = %self.config.endpoint, retry_in = ?delay, "OPC UA: {e}");
+                    } else {
+                        tracing::debug!(endpoint = %self.config.endpoint, retry_in = ?delay, "OPC UA (again): {e}");
+                    }
+                    if ctx.flush().await.is_err() {
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,

@@ -118,7 +118,14 @@ impl S7Reader {
                 Ok(client) => client,
                 Err(e) => {
                     let wait = backoff.fail(rand::rng().random());
-                    tracing::warn!(%endpoint, error = %e, retry_in = ?wait, "cannot connect to the PLC");
+                    if ctx.failed(&e, crate::time::now_ms()) {
+                        tracing::warn!(%endpoint, error = %e, retry_in = ?wait, "cannot connect to the PLC");
+                    } else {
+                        tracing::debug!(%endpoint, error = %e, retry_in = ?wait, "cannot connect to the PLC (again)");
+                    }
+                    if ctx.flush().await.is_err() {
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,
                         _ = shutdown.cancelled() => break,
@@ -165,7 +172,11 @@ impl S7Reader {
                 }
                 if let Err(e) = outcome {
                     let wait = backoff.fail(rand::rng().random());
-                    tracing::warn!(%endpoint, error = %e, retry_in = ?wait, "connection to the PLC lost");
+                    if ctx.failed(&e, crate::time::now_ms()) {
+                        tracing::warn!(%endpoint, error = %e, retry_in = ?wait, "connection to the PLC lost");
+                    } else {
+                        tracing::debug!(%endpoint, error = %e, retry_in = ?wait, "connection to the PLC lost (again)");
+                    }
                     ctx.lost(crate::time::now_ms());
                     if ctx.flush().await.is_err() {
                         return;
