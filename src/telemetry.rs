@@ -43,11 +43,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Third-party libraries whose own log lines do not help an operator: async-opcua logs
+/// several WARN lines at every connect and ERROR lines at every stop, while the OPC UA reader
+/// says what failed and what to do. Named in `RUST_LOG` or `--log-level` (e.g.
+/// `info,opcua_client=debug`), they are shown again.
+const QUIET_LIBRARIES: &str =
+    "opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off,opcua_nodes=off";
+
 /// Installs the global subscriber (logs go to standard error). Safe to call once.
 pub fn init(format: LogFormat, level: Option<&str>) {
     let filter = match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        Some(l) if l.contains("opcua") => EnvFilter::new(l),
+        Some(l) => EnvFilter::new(format!("{l},{QUIET_LIBRARIES}")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_LIBRARIES}"))),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
