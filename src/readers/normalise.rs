@@ -141,15 +141,15 @@ impl SourceContext {
         }
         tag.last = Some((sample.value.clone(), sample.timestamp_ms));
         let (stream, index) = (tag.stream, sample.tag);
-        if !sample.flags.contains(Flags::SYN) {
+        let good = !sample.flags.contains(Flags::SYN);
+        if good {
             self.reading();
-            if sample.quality == Quality::Ok {
-                self.stats
-                    .last_good_ms
-                    .store(crate::time::now_ms(), Ordering::Relaxed);
-            }
         }
-        self.append(stream, Some(index), sample);
+        let ok = good && sample.quality == Quality::Ok;
+        let now = self.append(stream, Some(index), sample);
+        if ok {
+            self.stats.last_good_ms.store(now, Ordering::Relaxed);
+        }
         self.stats.samples.fetch_add(1, Ordering::Relaxed);
         if let Some((_, n)) = self.stats.tags.get(index) {
             n.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +331,8 @@ impl SourceContext {
     /// The one place a payload is built: numbers the sample, adds `Ats` while the gateway
     /// clock is known wrong (its time stamped or judged the sample), encodes it once and queues
     /// it for `stream`. `tag`: the tag's index, `None` for a watermark.
-    fn append(&mut self, stream: usize, tag: Option<usize>, mut sample: Sample) {
+    /// Returns the gateway time it stamped (`meta.createdAt`).
+    fn append(&mut self, stream: usize, tag: Option<usize>, mut sample: Sample) -> i64 {
         if self.clock.known_wrong() {
             sample.flags.insert(Flags::ATS);
         }
@@ -363,6 +364,7 @@ impl SourceContext {
             payload,
         });
         self.touch(stream);
+        now
     }
 
     /// Records waiting to be appended.
