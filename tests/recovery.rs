@@ -69,6 +69,19 @@ name = "t"
     .await;
 
     broker.stop();
+    // `status` shows the lost connection at once, although nothing was sent since.
+    common::wait_until_async(
+        "status says disconnected",
+        Duration::from_secs(5),
+        async || {
+            let status = p.handle.status().await.unwrap();
+            status[0].exports[0]
+                .state
+                .as_deref()
+                .is_some_and(|s| s.starts_with("disconnected from"))
+        },
+    )
+    .await;
     // The outage itself (the scenario, not a synchronisation): a send fails (no connection
     // within connect_timeout), the export pauses for its backoff (at least 15 s), and the
     // connection's reconnect backoff grows.

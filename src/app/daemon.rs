@@ -168,37 +168,36 @@ impl MetricsTask {
     }
 }
 
-/// Logs one progress line per stream every `every`: samples in and out per second, queued,
-/// dropped.
+/// Logs one progress line per stream and one per export every `every`: samples in and out
+/// per second, queued, dropped; per export what it delivered per second, its backlog and lag,
+/// and while a backlog drains (after an outage) how much is left and when it should be done.
 fn spawn_progress(handle: QueueHandle, every: Duration, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
-        let mut last: Option<Vec<(u64, u64)>> = None;
+        let mut last: Option<Vec<crate::queue::StreamStatus>> = None;
         loop {
             tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
             let Ok(status) = handle.status().await else {
                 return;
             };
-            let now: Vec<(u64, u64)> = status
-                .iter()
-                .map(|s| {
-                    (
-                        s.last_id as u64,
-                        s.exports.iter().map(|e| e.delivered).sum(),
-                    )
-                })
-                .collect();
+            let secs = every.as_secs_f64();
             for (i, s) in status.iter().enumerate() {
                 // A reload may add streams: they have no previous figures yet.
-                let (inn, out) = match last.as_ref().and_then(|p| p.get(i)) {
-                    Some(prev) => (
-                        now[i].0.saturating_sub(prev.0),
-                        now[i].1.saturating_sub(prev.1),
+                let prev = last
+                    .as_ref()
+                    .and_then(|p| p.get(i))
+                    .filter(|p| p.name == s.name);
+                let delivered = |st: &crate::queue::StreamStatus| -> u64 {
+                    st.exports.iter().map(|e| e.delivered).sum()
+                };
+                let (inn, out) = match prev {
+                    Some(p) => (
+                        (s.last_id as u64).saturating_sub(p.last_id as u64),
+                        delivered(s).saturating_sub(delivered(p)),
                     ),
                     None => (0, 0),
                 };
-                let secs = every.as_secs_f64();
                 tracing::info!(
                     stream = %s.name,
                     in_per_s = (inn as f64 / secs).round(),
@@ -209,9 +208,78 @@ fn spawn_progress(handle: QueueHandle, every: Duration, stop: CancellationToken)
                     "progress"
                 );
             }
-            last = Some(now);
+            for e in export_progress(last.as_deref(), &status, every, crate::time::now_ms()) {
+                tracing::info!(
+                    stream = %e.stream,
+                    export = %e.export,
+                    out_per_s = e.out_per_s.round(),
+                    backlog = e.backlog,
+                    lag_s = e.lag_s,
+                    "export progress"
+                );
+                if let Some(eta) = e.drain_eta_s {
+                    tracing::info!(
+                        stream = %e.stream,
+                        export = %e.export,
+                        left = e.backlog,
+                        eta_s = eta,
+                        "draining the backlog"
+                    );
+                }
+            }
+            last = Some(status);
         }
     });
+}
+
+/// One export's progress between two status snapshots.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExportProgress {
+    pub stream: String,
+    pub export: String,
+    /// Records acknowledged per second since the last report.
+    pub out_per_s: f64,
+    pub backlog: u64,
+    /// Age of the oldest record not yet acknowledged, in whole seconds (0: none).
+    pub lag_s: u64,
+    /// While the backlog shrinks: seconds until it is gone at the current pace.
+    pub drain_eta_s: Option<u64>,
+}
+
+/// The progress of every enabled, configured export: pure (two snapshots `every` apart).
+pub(crate) fn export_progress(
+    prev: Option<&[crate::queue::StreamStatus]>,
+    now: &[crate::queue::StreamStatus],
+    every: Duration,
+    now_ms: i64,
+) -> Vec<ExportProgress> {
+    let secs = every.as_secs_f64().max(0.001);
+    let mut out = Vec::new();
+    for s in now {
+        for e in s.exports.iter().filter(|e| e.enabled && e.in_config) {
+            let before = prev
+                .and_then(|p| p.iter().find(|ps| ps.name == s.name))
+                .and_then(|ps| ps.exports.iter().find(|pe| pe.name == e.name));
+            let out_per_s = before.map_or(0.0, |b| {
+                e.delivered.saturating_sub(b.delivered) as f64 / secs
+            });
+            let drain_eta_s = before.and_then(|b| {
+                let shrunk = b.backlog.checked_sub(e.backlog).filter(|d| *d > 0)?;
+                (e.backlog > 0).then(|| (e.backlog as f64 * secs / shrunk as f64).ceil() as u64)
+            });
+            out.push(ExportProgress {
+                stream: s.name.clone(),
+                export: e.name.clone(),
+                out_per_s,
+                backlog: e.backlog,
+                lag_s: e
+                    .oldest_unacked_ms
+                    .map_or(0, |t| ((now_ms - t).max(0) / 1000) as u64),
+                drain_eta_s,
+            });
+        }
+    }
+    out
 }
 
 /// Re-checks the clock every minute (NTP may fix it, or a peer may show it is off).
@@ -230,4 +298,70 @@ fn spawn_clock_checks(clock: crate::clock::Clock, stop: CancellationToken) {
 pub struct ReloadRequests {
     pub path: PathBuf,
     pub requests: tokio::sync::mpsc::Receiver<()>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{ExportStatus, StreamStatus};
+
+    fn status(delivered: u64, backlog: u64, oldest: Option<i64>) -> Vec<StreamStatus> {
+        vec![StreamStatus {
+            name: "line".into(),
+            in_config: true,
+            priority: 1,
+            records: backlog,
+            bytes: 0,
+            max_size: 0,
+            oldest_at_ms: oldest,
+            last_id: 0,
+            dropped_full: 0,
+            dropped_overwritten: 0,
+            dropped_ttl: 0,
+            dropped_disk_full: 0,
+            exports: vec![ExportStatus {
+                name: "cloud".into(),
+                enabled: true,
+                in_config: true,
+                acked_upto: 0,
+                backlog,
+                oldest_unacked_ms: oldest,
+                delivered,
+                retries: 0,
+                dead_lettered: 0,
+                last_export_ms: None,
+                last_error: None,
+                last_error_ms: None,
+                state: None,
+            }],
+        }]
+    }
+
+    #[test]
+    fn a_shrinking_backlog_reports_its_eta() {
+        let every = Duration::from_secs(10);
+        // First report: no previous figures, no rate, no drain.
+        let first = export_progress(None, &status(0, 100_000, Some(40_000)), every, 100_000);
+        assert_eq!(first[0].out_per_s, 0.0);
+        assert_eq!(first[0].lag_s, 60);
+        assert_eq!(first[0].drain_eta_s, None);
+        // 10 s later: 20,000 delivered while 5,000 came in, 85,000 left: 1,500/s net.
+        let prev = status(0, 100_000, Some(40_000));
+        let now = status(20_000, 85_000, Some(50_000));
+        let p = export_progress(Some(&prev), &now, every, 110_000);
+        assert_eq!(p[0].out_per_s, 2_000.0);
+        assert_eq!(p[0].backlog, 85_000);
+        assert_eq!(p[0].lag_s, 60);
+        assert_eq!(p[0].drain_eta_s, Some(57)); // 85,000 / 1,500 per s
+        // Growing or empty backlogs have no ETA.
+        let grew = export_progress(
+            Some(&now),
+            &status(20_000, 90_000, Some(50_000)),
+            every,
+            120_000,
+        );
+        assert_eq!(grew[0].drain_eta_s, None);
+        let done = export_progress(Some(&now), &status(105_000, 0, None), every, 120_000);
+        assert_eq!((done[0].drain_eta_s, done[0].lag_s), (None, 0));
+    }
 }

@@ -69,6 +69,9 @@ pub async fn run<E: Exporter>(exporter: E, ctx: DriverContext) {
 /// requests the destination received and failed).
 pub const UNREACHABLE_RETRY_CAP: Duration = Duration::from_secs(5);
 
+/// How often an idle export's state line is written again.
+const STATE_REFRESH: Duration = Duration::from_secs(1);
+
 /// What a send task hands back: its exporter handle and the outcomes.
 type Sent<E> = (E, Result<Vec<Outcome>, SendError>);
 
@@ -99,6 +102,9 @@ struct Driver<'a, E: Exporter> {
     /// The last failed send could not reach the destination: the pause ends early when the
     /// exporter says it is reachable again.
     unreachable: bool,
+    /// When the state line is written again even if nothing was sent (a connection lost while
+    /// the export is idle shows within a second).
+    state_due: Instant,
     rate: SendRate,
     /// Whether the adaptive rate limited the export at the last look (for one log line when
     /// throttling starts and one when it ends).
@@ -142,6 +148,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
             backoff: Backoff::new(ctx.retry.initial_backoff, ctx.retry.max_backoff),
             paused_until: None,
             unreachable: false,
+            state_due: Instant::now(),
             rate: SendRate::new(ctx.batch.max_records),
             limited: false,
             priority: ctx.queue.priority(ctx.id.stream),
@@ -259,7 +266,20 @@ impl<'a, E: Exporter> Driver<'a, E> {
         self.wait_for(until, None).await
     }
 
+    /// Writes the state line (`status`) from an idle handle's view of the destination.
+    fn refresh_state(&mut self) {
+        self.state_due = Instant::now() + STATE_REFRESH;
+        let Some(lane) = self.idle.last() else { return };
+        let state = self.state(lane.state());
+        if let Ok(mut cell) = self.ctx.queue.state_cell(self.ctx.id).lock()
+            && *cell != state
+        {
+            *cell = state;
+        }
+    }
+
     /// [`Driver::wait_until`], or until `back` resolves (the destination is reachable again).
+    /// Also wakes (as `Finished`) to refresh the state line.
     async fn wait_for(
         &mut self,
         until: Option<Instant>,
@@ -271,7 +291,12 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 back.await
             }
         };
+        let state_due = self.state_due;
         tokio::select! {
+            _ = tokio::time::sleep_until(state_due) => {
+                self.refresh_state();
+                Woke::Finished
+            }
             _ = back, if has_back => {
                 tracing::debug!("the destination is reachable again; retrying now");
                 Woke::Ready
@@ -362,6 +387,10 @@ impl<'a, E: Exporter> Driver<'a, E> {
                     Woke::Finished
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !due => Woke::Ready,
+                _ = tokio::time::sleep_until(self.state_due) => {
+                    self.refresh_state();
+                    Woke::Finished
+                }
                 _ = self.ctx.shutdown.cancelled() => Woke::Stop,
             };
             if matches!(woke, Woke::Stop) || self.closed {
@@ -493,14 +522,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
             .fetch_add(throttled as u64, Ordering::Relaxed);
         self.publish_rate();
         let error = ack.error.clone();
-        if let Some(lane) = self.idle.last() {
-            let state = self.state(lane.state());
-            if let Ok(mut cell) = ctx.queue.state_cell(ctx.id).lock()
-                && *cell != state
-            {
-                *cell = state;
-            }
-        }
+        self.refresh_state();
         if ctx.queue.ack(ack).is_err() {
             self.closed = true;
             return;
