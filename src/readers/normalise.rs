@@ -167,6 +167,16 @@ impl SourceContext {
         self.first_again();
     }
 
+    /// Whether tag `tag` sent a sample since the source last (re)connected.
+    pub fn has_sent(&self, tag: usize) -> bool {
+        self.tags.get(tag).is_some_and(|t| t.seen)
+    }
+
+    /// Whether the device answered at least once since the start.
+    pub fn ever_read(&self) -> bool {
+        self.ever_connected
+    }
+
     /// The device answered (a sample that is not synthetic): the source is reading, and a
     /// failure episode ends (one INFO line saying how long it lasted).
     fn reading(&mut self) {

@@ -55,11 +55,16 @@ struct TagRun {
     excluded_until: Option<Instant>,
     /// The exception last logged, so a failing tag is logged once, not every retry.
     exception: Option<ExceptionCode>,
+    /// A read of this tag failed at transport level (timeout, wrong answer) and was sent as
+    /// `Bad`; cleared when it reads again.
+    transport_reported: bool,
 }
 
-/// An error that ends a poll round: the connection or the device is gone.
+/// An error that ends a poll round: the connection or the device is gone, or it answered a
+/// read with something that is not an answer. `tags`: those of the read that failed.
 struct Outage {
     error: ReadError,
+    tags: Vec<usize>,
 }
 
 pub struct ModbusReader {
@@ -200,6 +205,7 @@ impl ModbusReader {
                     (Value::Text("short response".into()), Quality::Bad)
                 }
             };
+            self.tags[t].transport_reported = false;
             if let Some(code) = self.tags[t].exception.take() {
                 tracing::info!(tag = %tag.name, previous = %code, "tag reads again");
             }
@@ -280,7 +286,12 @@ impl ModbusReader {
                             Err(ReadError::Exception(code)) => {
                                 self.exception(ctx, t, code, ts, now)
                             }
-                            Err(error) => return Err(Outage { error }),
+                            Err(error) => {
+                                return Err(Outage {
+                                    error,
+                                    tags: vec![t],
+                                });
+                            }
                         }
                     }
                     self.groups[g].replan = true;
@@ -293,7 +304,12 @@ impl ModbusReader {
                         self.groups[g].replan = true;
                     }
                 }
-                Err(error) => return Err(Outage { error }),
+                Err(error) => {
+                    return Err(Outage {
+                        error,
+                        tags: read.tags.iter().map(|(t, _)| *t).collect(),
+                    });
+                }
             }
             if ctx.should_flush() && ctx.flush().await.is_err() {
                 return Ok(());
@@ -337,10 +353,32 @@ impl ModbusReader {
                         }
                         backoff.reset();
                     }
-                    Err(Outage { error }) => {
+                    Err(Outage { error, tags }) => {
+                        // The loss below sends Lst for the tags that sent since the connect.
+                        let covered: Vec<bool> =
+                            tags.iter().map(|t| connected && ctx.has_sent(*t)).collect();
                         if connected {
                             ctx.lost(crate::time::now_ms());
                             connected = false;
+                        }
+                        // Tags whose own read failed and that the loss did not cover (they
+                        // never read since the source last did): one Bad sample per episode,
+                        // saying why, so the consumers see them too. (A source that never
+                        // read at all sends its own Bad samples, see SourceContext::failed.)
+                        if ctx.ever_read() {
+                            for (t, covered) in tags.into_iter().zip(covered) {
+                                let reported =
+                                    std::mem::replace(&mut self.tags[t].transport_reported, true);
+                                if !reported && !covered {
+                                    ctx.push(Sample {
+                                        tag: t,
+                                        value: Value::Text(error.to_string()),
+                                        quality: Quality::Bad,
+                                        timestamp_ms: crate::time::now_ms(),
+                                        flags: Flags::SYN | Flags::ATS,
+                                    });
+                                }
+                            }
                         }
                         for t in &mut self.tags {
                             t.reporter.reset();
