@@ -164,7 +164,14 @@ pub async fn run(config: MqttExportConfig, shared: Arc<Shared>, stop: Cancellati
         };
         lost(&shared, &failure);
         let wait = backoff.fail(rand::random());
-        tracing::warn!(broker = %broker, error = %failure, retry_in = ?Duration::from_millis(wait.as_millis() as u64), "mqtt broker connection failed or lost; reconnecting");
+        let retry_in = Duration::from_millis(wait.as_millis() as u64);
+        // One WARN when an outage starts (the first failure after a working connection, or
+        // the first attempt), the attempts after it at DEBUG; "connected" ends it (INFO).
+        if backoff.failures() == 1 {
+            tracing::warn!(broker = %broker, error = %failure, retry_in = ?retry_in, "mqtt broker connection failed or lost; reconnecting");
+        } else {
+            tracing::debug!(broker = %broker, error = %failure, retry_in = ?retry_in, attempt = backoff.failures(), "mqtt broker still unreachable");
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
