@@ -91,20 +91,7 @@ interval = "60ms"
     let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
     let mut p =
         streamgate::app::Pipeline::start(&cfg, streamgate::app::StartOptions::default()).unwrap();
-    let samples = || -> Vec<serde_json::Value> {
-        std::fs::read_dir(&out)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|e| {
-                std::fs::read_to_string(e.path())
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect::<Vec<serde_json::Value>>()
-            })
-            .collect()
-    };
+    let samples = || common::exported_json(&out);
     common::wait_until_async(
         "Bad samples of the broken tag",
         Duration::from_secs(30),

@@ -34,19 +34,6 @@ interval = "10ms"
     )
 }
 
-/// Every exported payload below `out`, as JSON.
-fn exported(out: &Path) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir(out).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        all.extend(
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()),
-        );
-    }
-    all
-}
-
 fn backlog(cfg: &Path) -> Vec<(String, i64)> {
     let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
         .args(["status", "--json", "--config"])
@@ -93,7 +80,7 @@ fn sigterm_delivers_the_last_samples_before_exit() {
     assert!(gw.wait_for("streamgate running", 1, Duration::from_secs(30)));
     // Samples flow; some were exported already.
     let start = Instant::now();
-    while exported(&out).is_empty() {
+    while common::exported_json(&out).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "nothing exported"
@@ -101,7 +88,7 @@ fn sigterm_delivers_the_last_samples_before_exit() {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop(&mut gw);
-    let records = exported(&out);
+    let records = common::exported_json(&out);
     for tag in TAGS {
         let last = records
             .iter()

@@ -116,20 +116,7 @@ address = "40002"
     );
 
     // The export got one Bad sample per tag, flagged Syn, saying why.
-    let bad = || -> Vec<serde_json::Value> {
-        std::fs::read_dir(&out)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|e| {
-                std::fs::read_to_string(e.path())
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect::<Vec<serde_json::Value>>()
-            })
-            .collect()
-    };
+    let bad = || common::exported_json(&out);
     common::wait_until("Bad samples exported", Duration::from_secs(30), || {
         bad().len() >= 2
     });

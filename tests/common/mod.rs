@@ -508,6 +508,28 @@ pub fn assert_all_committed_present(present: &BTreeMap<u64, u64>, next_seq: u64,
     }
 }
 
+/// Every payload the `file` export wrote below `dir` so far, as JSON, file by file (lines
+/// that do not parse, such as one cut by a kill, are left out).
+pub fn exported_json(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
 /// The smallest gateway: one simulated tag into a stdout export, its queue in `data` (for
 /// tests about starting and stopping, not about data).
 pub fn minimal_config(data: &Path) -> String {
