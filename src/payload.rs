@@ -192,9 +192,9 @@ struct MetaFieldsDe<'a> {
 /// so the pattern cannot match inside a value. Any other layout (whitespace, a producer other
 /// than ours) falls back to serde. `None`: the payload lacks a field or is not JSON.
 pub fn fields(bytes: &[u8]) -> Option<Fields<'_>> {
-    fn string_at<'a>(bytes: &'a [u8], key: &str) -> Option<Cow<'a, str>> {
-        let pattern = format!("\"{key}\":\"");
-        let start = find(bytes, pattern.as_bytes())? + pattern.len();
+    /// `pattern` is `"key":"` (no allocation per call: this runs for every record sent).
+    fn string_at<'a>(bytes: &'a [u8], pattern: &[u8]) -> Option<Cow<'a, str>> {
+        let start = find(bytes, pattern)? + pattern.len();
         let mut i = start;
         let mut escaped = false;
         while i < bytes.len() {
@@ -223,10 +223,10 @@ pub fn fields(bytes: &[u8]) -> Option<Fields<'_>> {
     }
     let fast = (|| {
         Some(Fields {
-            equipment_id: string_at(bytes, "equipmentId")?,
-            tag: string_at(bytes, "tag")?,
-            quality: string_at(bytes, "quality")?,
-            source_id: string_at(bytes, "sourceId")?,
+            equipment_id: string_at(bytes, br#""equipmentId":""#)?,
+            tag: string_at(bytes, br#""tag":""#)?,
+            quality: string_at(bytes, br#""quality":""#)?,
+            source_id: string_at(bytes, br#""sourceId":""#)?,
         })
     })();
     fast.or_else(|| {

@@ -75,7 +75,7 @@ impl Registry {
                 heartbeats: load(&s.heartbeats),
                 losses: load(&s.losses),
                 tags: s.tags.iter().map(|(n, c)| (n.clone(), load(c))).collect(),
-                state: s.state().name(),
+                state: s.state(),
                 failing_since_ms: match s.failing_since_ms.load(Ordering::Relaxed) {
                     0 => None,
                     ms => Some(ms),
@@ -156,8 +156,7 @@ pub struct SourceSnapshot {
     pub heartbeats: u64,
     pub losses: u64,
     pub tags: Vec<(String, u64)>,
-    /// `connecting`, `connected`, `failing`, `never connected`.
-    pub state: &'static str,
+    pub state: crate::readers::SourceState,
     /// When the current failure episode began (ms since the epoch).
     pub failing_since_ms: Option<i64>,
     pub last_error: Option<String>,

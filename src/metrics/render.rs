@@ -141,7 +141,7 @@ pub fn prometheus(s: &Snapshot) -> String {
         o.line(
             "streamgate_source_up",
             &[("source", &src.id)],
-            u8::from(src.state == "connected"),
+            u8::from(src.state == crate::readers::SourceState::Connected),
         );
     }
     o.head(
@@ -362,7 +362,7 @@ pub fn health(s: &Snapshot, degraded_after: Duration) -> (bool, String) {
                 problems.push(format!(
                     "source {} has been {} for {} s (limit {} s): {}",
                     src.id,
-                    src.state,
+                    src.state.name(),
                     failing.as_secs(),
                     degraded_after.as_secs(),
                     src.last_error.as_deref().unwrap_or("unknown error")
@@ -413,7 +413,7 @@ mod tests {
                 heartbeats: 2,
                 losses: 1,
                 tags: vec![("temp\"1".into(), 20), ("speed".into(), 10)],
-                state: "failing",
+                state: crate::readers::SourceState::Failing,
                 failing_since_ms: Some(10_000),
                 last_error: Some("no response within 1s".into()),
                 last_good_ms: Some(5_000),

@@ -310,10 +310,11 @@ pub struct SourceStats {
 }
 
 /// Where a source stands, for `status`, the metrics and `/health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
 pub enum SourceState {
     /// Started, no answer yet.
+    #[default]
     Connecting = 0,
     /// Reading.
     Connected = 1,
