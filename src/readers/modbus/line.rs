@@ -104,6 +104,19 @@ pub enum ReadError {
     Timeout(Duration),
     #[error("transport error: {0}")]
     Transport(String),
+    /// The device answered, in a well-framed response, something that is not an answer to
+    /// the request (another register count than asked). About this read, not the connection:
+    /// the connection is kept and only the tags of this read are affected.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+}
+
+impl ReadError {
+    /// Errors about one read (the request or the device's answer to it), which leave the
+    /// connection and the other tags alone.
+    pub fn per_read(&self) -> bool {
+        matches!(self, ReadError::Exception(_) | ReadError::Malformed(_))
+    }
 }
 
 impl Line {
@@ -214,15 +227,17 @@ impl Line {
         let result = tokio::time::timeout(timeout, request).await;
         match result {
             // tokio-modbus passes an answer with another register count than asked through
-            // (it only debug-asserts): the device or a gateway mixed answers up; treat it as a
-            // transport error so the connection is dropped and no value is misread.
+            // (it only debug-asserts). The frame itself was whole (TCP: its transaction id
+            // matched; RTU: its CRC held), so the stream is still in step: keep the
+            // connection, and let the reader mark this read's tags Bad without misreading
+            // any value.
             Ok(Ok(Ok(data))) if short_or_long(&data, count) => {
-                st.ctx = None;
+                st.backoff.reset();
                 let got = match &data {
                     Data::Bits(b) => b.len(),
                     Data::Words(w) => w.len(),
                 };
-                Err(ReadError::Transport(format!(
+                Err(ReadError::Malformed(format!(
                     "device answered {got} values to a read of {count}"
                 )))
             }

@@ -6,8 +6,8 @@
 //! - [`line`] owns a connection shared by every source behind the same TCP endpoint or
 //!   serial device; requests on it are serialised.
 //! - [`ModbusReader`] polls tag groups (tags with the same interval), one coalesced read at a
-//!   time. Device exceptions are per tag (Bad, logged, the tag left out for
-//!   `exception_retry`); timeouts and transport errors are per source: every tag gets one
+//!   time. Device exceptions and malformed answers are per tag (Bad, logged, the tag left out
+//!   for `exception_retry`); timeouts and transport errors are per source: every tag gets one
 //!   Bad+`Lst` sample, the source backs off, and the first samples after reconnect carry `Fst`.
 //!
 //! Timestamps: Modbus carries no device time, so `timestamp` is the gateway's clock when the
@@ -51,13 +51,40 @@ struct Group {
 #[derive(Default)]
 struct TagRun {
     reporter: Reporter,
-    /// Left out of the reads until then, after a permanent exception.
+    /// Left out of the reads until then, after a permanent exception or a malformed answer.
     excluded_until: Option<Instant>,
-    /// The exception last logged, so a failing tag is logged once, not every retry.
-    exception: Option<ExceptionCode>,
+    /// The fault last logged, so a failing tag is logged once, not every retry.
+    fault: Option<Fault>,
     /// A read of this tag failed at transport level (timeout, wrong answer) and was sent as
     /// `Bad`; cleared when it reads again.
     transport_reported: bool,
+}
+
+/// Why the device did not serve one tag's read, while the connection held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Exception(ExceptionCode),
+    /// An answer with another register count than asked.
+    Malformed,
+}
+
+impl Fault {
+    /// The fault of a per-read error ([`ReadError::per_read`]); `None` for the others.
+    fn of(error: &ReadError) -> Option<Fault> {
+        match error {
+            ReadError::Exception(code) => Some(Fault::Exception(*code)),
+            ReadError::Malformed(_) => Some(Fault::Malformed),
+            _ => None,
+        }
+    }
+
+    /// About the request, not the device's state: retried only after `exception_retry`.
+    fn leave_out(self) -> bool {
+        match self {
+            Fault::Exception(code) => permanent(code),
+            Fault::Malformed => true,
+        }
+    }
 }
 
 /// An error that ends a poll round: the connection or the device is gone, or it answered a
@@ -82,6 +109,12 @@ fn permanent(code: ExceptionCode) -> bool {
             | ExceptionCode::IllegalDataAddress
             | ExceptionCode::IllegalDataValue
     )
+}
+
+/// A failed coalesced read worth splitting into one read per tag: the fault is about the
+/// request (a permanent exception, a malformed answer), so some of its tags may read alone.
+fn isolate(error: &ReadError) -> bool {
+    Fault::of(error).is_some_and(Fault::leave_out)
 }
 
 impl ModbusReader {
@@ -206,48 +239,60 @@ impl ModbusReader {
                 }
             };
             self.tags[t].transport_reported = false;
-            if let Some(code) = self.tags[t].exception.take() {
-                tracing::info!(tag = %tag.name, previous = %code, "tag reads again");
+            if let Some(fault) = self.tags[t].fault.take() {
+                tracing::info!(tag = %tag.name, previous = ?fault, "tag reads again");
             }
             self.emit(ctx, t, value, quality, ts, now);
         }
     }
 
-    fn exception(
+    /// A read the device rejected (exception) or answered with something that is not an
+    /// answer (malformed): about this tag, not the connection. The tag is sent `Bad` saying
+    /// why, logged once per fault, and left out for `exception_retry` when the fault is about
+    /// the request (a permanent exception, a malformed answer).
+    fn rejected(
         &mut self,
         ctx: &mut SourceContext,
         t: usize,
-        code: ExceptionCode,
+        error: &ReadError,
         ts: i64,
         now: Instant,
     ) {
         let tag = &self.config.tags[t];
         let run = &mut self.tags[t];
-        if run.exception != Some(code) {
+        let Some(fault) = Fault::of(error) else {
+            return;
+        };
+        let leave_out = fault.leave_out();
+        if run.fault != Some(fault) {
             let end = tag.address as u32 + tag.data_type.width() as u32 - 1;
-            if permanent(code) {
-                tracing::error!(
+            match fault {
+                Fault::Exception(code) if leave_out => tracing::error!(
                     tag = %tag.name, area = tag.area.name(), address = tag.address, last_address = end,
                     unit_id = self.config.unit_id, exception = %code,
                     retry_in = ?self.config.exception_retry,
                     "device rejected the read of this tag; check the register map. The tag is sent as Bad and left out until retried"
-                );
-            } else {
-                tracing::warn!(tag = %tag.name, unit_id = self.config.unit_id, exception = %code, "device could not serve the read; tag sent as Bad");
+                ),
+                Fault::Exception(code) => {
+                    tracing::warn!(tag = %tag.name, unit_id = self.config.unit_id, exception = %code, "device could not serve the read; tag sent as Bad")
+                }
+                Fault::Malformed => tracing::warn!(
+                    tag = %tag.name, area = tag.area.name(), address = tag.address, last_address = end,
+                    unit_id = self.config.unit_id, error = %error,
+                    retry_in = ?self.config.exception_retry,
+                    "device answered the read of this tag with something that is not an answer; the tag is sent as Bad and left out until retried, the other tags read on"
+                ),
             }
-            run.exception = Some(code);
+            run.fault = Some(fault);
         }
-        if permanent(code) {
+        if leave_out {
             run.excluded_until = Some(now + self.config.exception_retry);
         }
-        self.emit(
-            ctx,
-            t,
-            Value::Text(format!("exception: {code}")),
-            Quality::Bad,
-            ts,
-            now,
-        );
+        let text = match error {
+            ReadError::Exception(code) => format!("exception: {code}"),
+            other => other.to_string(),
+        };
+        self.emit(ctx, t, Value::Text(text), Quality::Bad, ts, now);
     }
 
     async fn read(&self, read: &Read) -> Result<Data, ReadError> {
@@ -271,8 +316,8 @@ impl ModbusReader {
         for read in &reads {
             match self.read(read).await {
                 Ok(data) => self.deliver(ctx, read, &data, ts, now),
-                Err(ReadError::Exception(code)) if permanent(code) && read.tags.len() > 1 => {
-                    tracing::debug!(exception = %code, address = read.address, count = read.count, "coalesced read rejected; reading its tags one by one");
+                Err(error) if isolate(&error) && read.tags.len() > 1 => {
+                    tracing::debug!(error = %error, address = read.address, count = read.count, "coalesced read failed; reading its tags one by one");
                     for &(t, _) in &read.tags {
                         let tag = &self.config.tags[t];
                         let single = Read {
@@ -283,8 +328,8 @@ impl ModbusReader {
                         };
                         match self.read(&single).await {
                             Ok(data) => self.deliver(ctx, &single, &data, ts, now),
-                            Err(ReadError::Exception(code)) => {
-                                self.exception(ctx, t, code, ts, now)
+                            Err(error) if error.per_read() => {
+                                self.rejected(ctx, t, &error, ts, now)
                             }
                             Err(error) => {
                                 return Err(Outage {
@@ -296,11 +341,11 @@ impl ModbusReader {
                     }
                     self.groups[g].replan = true;
                 }
-                Err(ReadError::Exception(code)) => {
+                Err(error) if error.per_read() => {
                     for &(t, _) in &read.tags {
-                        self.exception(ctx, t, code, ts, now);
+                        self.rejected(ctx, t, &error, ts, now);
                     }
-                    if permanent(code) {
+                    if isolate(&error) {
                         self.groups[g].replan = true;
                     }
                 }
