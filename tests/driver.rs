@@ -110,6 +110,7 @@ fn context(
         retry,
         queue: q.handle.clone(),
         bandwidth: Bandwidth::unlimited(),
+        reconnects: Default::default(),
         stats: stats.clone(),
         clock: Default::default(),
         shutdown: stop.clone(),

@@ -16,6 +16,7 @@ use crate::app::config::Config;
 use crate::clock::Clock;
 use crate::exporters::bandwidth::Bandwidth;
 use crate::exporters::driver::DriverContext;
+use crate::exporters::reconnect::Reconnects;
 use crate::exporters::stats::ExportStats;
 use crate::metrics::{Published, Registry};
 use crate::queue::{ExportId, Queue, QueueError, QueueHandle, QueueOptions, Slots, StreamSpec};
@@ -52,6 +53,8 @@ pub struct Pipeline {
     pub(super) sources_stop: CancellationToken,
     pub(super) exports_stop: CancellationToken,
     pub(super) bandwidth: Bandwidth,
+    /// Which export reconnects first after an outage (the higher-priority streams').
+    pub(super) reconnects: Reconnects,
     /// What readers share (connections of Modbus lines, the data directory).
     pub(super) readers: Readers,
     /// The gateway clock's verdict: readers flag samples by it, exporters report to it.
@@ -114,6 +117,7 @@ impl Pipeline {
             sources_stop: CancellationToken::new(),
             exports_stop: CancellationToken::new(),
             bandwidth: bandwidth_of(config),
+            reconnects: Reconnects::default(),
             readers: Readers::new(&config.gateway.data_dir),
             clock,
             source_stats: Vec::new(),
@@ -250,6 +254,7 @@ impl Pipeline {
             retry: export.retry,
             queue: self.handle.clone(),
             bandwidth: self.bandwidth.clone(),
+            reconnects: self.reconnects.clone(),
             stats,
             clock: self.clock.clone(),
             shutdown: stop.clone(),

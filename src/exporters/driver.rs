@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bandwidth::Bandwidth;
+use super::reconnect::{Reconnects, Slot};
 use super::stats::ExportStats;
 use super::throttle::SendRate;
 use super::{BatchConfig, RetryConfig};
@@ -45,11 +46,26 @@ pub struct DriverContext {
     pub retry: RetryConfig,
     pub queue: QueueHandle,
     pub bandwidth: Bandwidth,
+    /// The gateway-wide reconnect order (see [`super::reconnect`]).
+    pub reconnects: Reconnects,
     pub stats: Arc<ExportStats>,
     /// The gateway clock (exporters report the time cloud endpoints tell them).
     pub clock: crate::clock::Clock,
     /// Cancelled at shutdown: finish the sends in progress, then stop.
     pub shutdown: CancellationToken,
+}
+
+impl DriverContext {
+    /// A number unique per export of the pipeline (for the bandwidth and reconnect order).
+    pub fn export_key(&self) -> u64 {
+        ((self.id.stream as u64) << 32) | self.id.export as u64
+    }
+
+    /// This export's place in the reconnect order.
+    pub fn reconnect_slot(&self) -> Slot {
+        self.reconnects
+            .slot(self.export_key(), self.queue.priority(self.id.stream))
+    }
 }
 
 /// Runs one export until shutdown.
@@ -58,6 +74,7 @@ pub async fn run<E: Exporter>(exporter: E, ctx: DriverContext) {
         tracing::info_span!("export", stream = %ctx.stream, name = %ctx.name, kind = ctx.kind);
     let mut driver = Driver::new(exporter, &ctx);
     tracing::Instrument::instrument(driver.drive(), span.clone()).await;
+    driver.reconnect.up();
     for mut lane in driver.idle {
         tracing::Instrument::instrument(lane.close(), span.clone()).await;
     }
@@ -111,6 +128,11 @@ struct Driver<'a, E: Exporter> {
     limited: bool,
     priority: u8,
     export_key: u64,
+    /// The order in which exports reconnect after an outage (used here for exporters that
+    /// connect when they send; the others report from their own connection task).
+    reconnect: Slot,
+    /// The exporter reconnects in a task of its own ([`Exporter::connects_in_background`]).
+    background: bool,
     /// The queue is gone: stop.
     closed: bool,
 }
@@ -127,6 +149,7 @@ enum Woke {
 
 impl<'a, E: Exporter> Driver<'a, E> {
     fn new(first: E, ctx: &'a DriverContext) -> Driver<'a, E> {
+        let background = first.connects_in_background();
         let mut idle = Vec::with_capacity(ctx.batch.max_in_flight);
         while idle.len() + 1 < ctx.batch.max_in_flight.max(1) {
             match first.another() {
@@ -152,7 +175,9 @@ impl<'a, E: Exporter> Driver<'a, E> {
             rate: SendRate::new(ctx.batch.max_records),
             limited: false,
             priority: ctx.queue.priority(ctx.id.stream),
-            export_key: ((ctx.id.stream as u64) << 32) | ctx.id.export as u64,
+            export_key: ctx.export_key(),
+            reconnect: ctx.reconnect_slot(),
+            background,
             closed: false,
         }
     }
@@ -218,6 +243,16 @@ impl<'a, E: Exporter> Driver<'a, E> {
                 }
             }
             self.paused_until = None;
+            if self.unreachable && !self.background {
+                // Exports of higher-priority streams that are down try first.
+                tokio::select! {
+                    _ = self.reconnect.turn() => {}
+                    _ = self.ctx.shutdown.cancelled() => {
+                        self.retry.extend(batch);
+                        break;
+                    }
+                }
+            }
             tokio::select! {
                 _ = self.ctx.bandwidth.acquire(self.export_key, self.priority, bytes as u64) => {}
                 _ = self.ctx.shutdown.cancelled() => break,
@@ -497,6 +532,9 @@ impl<'a, E: Exporter> Driver<'a, E> {
             }
             Err(e) => {
                 self.unreachable = e.is_unreachable();
+                if self.unreachable && !self.background {
+                    self.reconnect.failed();
+                }
                 let throttled_call = e.is_throttled();
                 ack.error = Some(e.message().to_string());
                 resend = batch.len();
@@ -540,6 +578,9 @@ impl<'a, E: Exporter> Driver<'a, E> {
             }
             self.backoff.reset();
             self.unreachable = false;
+            if !self.background {
+                self.reconnect.up();
+            }
             if resend > 0 {
                 if let Ok(mut last) = ctx.stats.last_error.lock() {
                     last.clone_from(&error);

@@ -10,6 +10,7 @@ pub mod file;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod rate;
+pub mod reconnect;
 pub mod stats;
 pub mod stdout;
 pub mod template;
@@ -121,6 +122,13 @@ pub trait Exporter: Send + 'static {
     /// default it never resolves (the backoff decides).
     fn reachable(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         Box::pin(std::future::pending())
+    }
+
+    /// Whether the exporter keeps its connection in a task of its own (MQTT), which then
+    /// takes part in the reconnect order ([`reconnect`]) itself; by default a send is the
+    /// connect attempt and the driver does.
+    fn connects_in_background(&self) -> bool {
+        false
     }
 
     /// Another handle on the same destination (shared client and counters), for one more send
@@ -261,7 +269,9 @@ pub fn spawn(kind: &ExportKind, ctx: driver::DriverContext) -> tokio::task::Join
         #[cfg(feature = "mqtt")]
         ExportKind::Mqtt(m) => {
             let connection = ctx.stats.connection.clone().unwrap_or_default();
-            let exporter = span.in_scope(|| mqtt::MqttExporter::new((**m).clone(), connection));
+            let slot = ctx.reconnect_slot();
+            let exporter =
+                span.in_scope(|| mqtt::MqttExporter::new((**m).clone(), connection, slot));
             tokio::spawn(driver::run(exporter, ctx))
         }
     }

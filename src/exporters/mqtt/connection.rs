@@ -24,6 +24,7 @@ use super::config::{MqttExportConfig, Secret, TlsConfig};
 use super::inflight::{InFlight, Tag};
 use crate::backoff::Backoff;
 use crate::exporters::rate::RateLimit;
+use crate::exporters::reconnect::Slot;
 use crate::exporters::stats::ConnectionStats;
 
 /// How one message of the current send ended.
@@ -142,10 +143,23 @@ impl Shared {
 }
 
 /// Runs until `stop` is cancelled.
-pub async fn run(config: MqttExportConfig, shared: Arc<Shared>, stop: CancellationToken) {
+/// After a failure, a reconnect waits for its turn in the reconnect order (the exports of
+/// higher-priority streams try first).
+pub async fn run(
+    config: MqttExportConfig,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    reconnect: Slot,
+) {
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
     let broker = format!("{}:{}", config.host, config.port);
     while !stop.is_cancelled() {
+        if backoff.failures() > 0 {
+            tokio::select! {
+                _ = reconnect.turn() => {}
+                _ = stop.cancelled() => break,
+            }
+        }
         let failure = match options(&config) {
             Err(e) => e.to_string(),
             Ok(opts) => {
@@ -156,13 +170,23 @@ pub async fn run(config: MqttExportConfig, shared: Arc<Shared>, stop: Cancellati
                 net.set_tcp_nodelay(true);
                 net.set_connection_timeout(config.connect_timeout.as_secs().max(1));
                 el.set_network_options(net);
-                match connection(&config, &shared, &stop, client, &mut el, &mut backoff).await {
+                let connected = connection(
+                    &config,
+                    &shared,
+                    &stop,
+                    client,
+                    &mut el,
+                    &mut backoff,
+                    &reconnect,
+                );
+                match connected.await {
                     Some(reason) => reason,
-                    None => return,
+                    None => break,
                 }
             }
         };
         lost(&shared, &failure);
+        reconnect.failed();
         let wait = backoff.fail(rand::random());
         let retry_in = Duration::from_millis(wait.as_millis() as u64);
         // One WARN when an outage starts (the first failure after a working connection, or
@@ -174,9 +198,10 @@ pub async fn run(config: MqttExportConfig, shared: Arc<Shared>, stop: Cancellati
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         }
     }
+    reconnect.up();
 }
 
 /// Polls one connection until it fails (returns why) or `stop` (returns `None`).
@@ -187,6 +212,7 @@ async fn connection(
     client: AsyncClient,
     el: &mut EventLoop,
     backoff: &mut Backoff,
+    reconnect: &Slot,
 ) -> Option<String> {
     let stats = &shared.stats;
     // The backoff is reset by the first packet after CONNACK (PUBACK, PINGRESP, ...), not by
@@ -226,6 +252,7 @@ async fn connection(
                 stats.connected.store(true, Ordering::Relaxed);
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 drop(st);
+                reconnect.up();
                 shared.progress.notify_waiters();
                 tracing::info!(
                     broker = %format!("{}:{}", config.host, config.port),

@@ -35,6 +35,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Exporter, Limits, Outcome, SendError};
 use crate::exporters::rate::RateLimit;
+use crate::exporters::reconnect::Slot;
 use crate::queue::Record;
 use config::{MqttExportConfig, Qos};
 use connection::{Settled, Shared, State};
@@ -64,7 +65,11 @@ pub struct MqttExporter {
 
 impl MqttExporter {
     /// Starts the connection task (needs a tokio runtime).
-    pub fn new(config: MqttExportConfig, stats: Arc<ConnectionStats>) -> MqttExporter {
+    pub fn new(
+        config: MqttExportConfig,
+        stats: Arc<ConnectionStats>,
+        reconnect: Slot,
+    ) -> MqttExporter {
         let window = config.max_in_flight as usize;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -80,7 +85,7 @@ impl MqttExporter {
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(tracing::Instrument::instrument(
-            connection::run(config.clone(), shared.clone(), stop.clone()),
+            connection::run(config.clone(), shared.clone(), stop.clone(), reconnect),
             tracing::Span::current(),
         ));
         MqttExporter {
@@ -305,6 +310,10 @@ impl Exporter for MqttExporter {
             }
         }
         Ok(outcomes)
+    }
+
+    fn connects_in_background(&self) -> bool {
+        true
     }
 
     fn another(&self) -> Option<MqttExporter> {
