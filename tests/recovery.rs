@@ -1,7 +1,8 @@
 //! Prompt recovery: when the broker comes back after an outage long enough to grow every
 //! backoff, the MQTT export publishes again within seconds of the broker's return, not after
 //! a backoff grown towards `max_backoff` (60 s); and the exports of the higher-priority
-//! stream reconnect first. A real mosquitto, stopped and restarted.
+//! stream reconnect first; and while the backlog of the outage drains, the progress log says
+//! how much is left and when it should be done. A real mosquitto, stopped and restarted.
 
 #![cfg(feature = "mqtt")]
 
@@ -205,6 +206,195 @@ name = "t"
     assert!(
         at("crit") < at("bulk"),
         "the priority-1 export reconnects first: {after}"
+    );
+    p.stop().await;
+}
+
+/// The real binary, an MQTT export whose broker is down for its first seconds while a
+/// simulator produces 100 samples/s, then a broker that takes at most 160 messages/s from it
+/// (`publish_rate`): the backlog drains over several seconds, and every second the log says
+/// `draining the backlog` with what is left and the ETA at the last second's pace, until the
+/// export progress line says the backlog is 0.
+#[test]
+fn a_draining_backlog_is_reported_with_what_is_left_and_an_eta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = tmp.path().join("gw.toml");
+    let tags: String = (0..10)
+        .map(|i| format!("\n[[sources.tags]]\nname = \"t{i}\"\n"))
+        .collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+data_dir = "{data}"
+equipment_id = "drain"
+report_interval = "1s"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+name = "broker"
+kind = "mqtt"
+host = "127.0.0.1"
+port = {port}
+client_id = "drain"
+topic = "line/{{tag}}"
+tls = false
+connect_timeout = "1s"
+publish_rate = 160
+
+[[sources]]
+kind = "simulator"
+id = "sim"
+interval = "100ms"
+{tags}"#,
+            data = common::toml_path(&tmp.path().join("data")),
+        ),
+    )
+    .unwrap();
+    let gw = common::Gateway::start_json(&cfg, "info");
+    gw.wait_running();
+    // The outage (the scenario): about 400 samples queue up while no broker listens.
+    std::thread::sleep(Duration::from_secs(4));
+    let mark = gw.log_len();
+    let _broker = Broker::start(
+        &tmp.path().join("broker"),
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true"),
+        &[port],
+    );
+    gw.wait_line_within(mark, &["draining the backlog"], Duration::from_secs(30));
+    gw.wait_line_within(
+        mark,
+        &["export progress", "\"backlog\":0"],
+        Duration::from_secs(60),
+    );
+    let fields = |line: &String| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("a JSON log line ({e}): {line}"));
+        v["fields"].clone()
+    };
+    // Each report: `export progress` with the backlog, then, while it shrank since the last
+    // report (1 s before) and is not gone, `draining the backlog` with what is left and the
+    // ETA at that pace: ceil(left / shrink per second).
+    let log: Vec<serde_json::Value> = gw.log()[mark..]
+        .iter()
+        .map(fields)
+        .filter(|f| f["export"] == "broker")
+        .collect();
+    let mut checked = 0;
+    let mut previous: Option<u64> = None;
+    for (i, f) in log.iter().enumerate() {
+        if f["message"] != "export progress" {
+            continue;
+        }
+        let backlog = f["backlog"].as_u64().expect("backlog");
+        let next = log
+            .get(i + 1)
+            .filter(|n| n["message"] == "draining the backlog");
+        match previous {
+            Some(before) if backlog < before && backlog > 0 => {
+                let drain = next.unwrap_or_else(|| panic!("a drain line after {f}: {log:?}"));
+                assert_eq!(drain["left"], backlog, "{drain}");
+                assert_eq!(
+                    drain["eta_s"].as_u64(),
+                    Some(backlog.div_ceil(before - backlog)),
+                    "{backlog} left, {} drained in the last second: {drain}",
+                    before - backlog
+                );
+                checked += 1;
+            }
+            _ => assert!(
+                next.is_none(),
+                "no drain line when the backlog did not shrink: {log:?}"
+            ),
+        }
+        previous = Some(backlog);
+    }
+    assert!(
+        checked >= 2,
+        "the drain was reported at least twice: {log:?}"
+    );
+    println!("{checked} drain lines checked");
+}
+
+/// An idle export (nothing to send: no source runs) still shows a lost connection in
+/// `status` within seconds: its state line is refreshed every second, not only after a send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_exports_state_follows_its_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = Broker::start(
+        &tmp.path().join("broker"),
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true"),
+        &[port],
+    );
+    let text = format!(
+        r#"
+[gateway]
+data_dir = "{data}"
+equipment_id = "idle"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+name = "broker"
+kind = "mqtt"
+host = "127.0.0.1"
+port = {port}
+client_id = "idle"
+topic = "line/{{tag}}"
+tls = false
+connect_timeout = "1s"
+# Keep-alive beyond the test: the loss is seen by the connection itself (a closed socket).
+keep_alive = "60s"
+
+[[sources]]
+kind = "simulator"
+id = "sim"
+
+[[sources.tags]]
+name = "t"
+"#,
+        data = tmp.path().join("data").display()
+    );
+    let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let options = StartOptions {
+        sources: false,
+        exports: true,
+    };
+    let p = Pipeline::start(&cfg, options).unwrap();
+    let state = async || {
+        let status = p.handle.status().await.unwrap();
+        status[0].exports[0].state.clone().unwrap_or_default()
+    };
+    common::wait_until_async(
+        "status says connected",
+        Duration::from_secs(30),
+        async || state().await.starts_with("connected"),
+    )
+    .await;
+    broker.stop();
+    common::wait_until_async(
+        "status says disconnected",
+        Duration::from_secs(5),
+        async || state().await.starts_with("disconnected from"),
+    )
+    .await;
+    broker.restart();
+    common::wait_until_async(
+        "status says connected again",
+        Duration::from_secs(10),
+        async || state().await.starts_with("connected"),
+    )
+    .await;
+    let sends = p.export_stats[0].1.sends.load(Ordering::Relaxed);
+    assert_eq!(
+        sends, 0,
+        "nothing was sent: the state came from the idle refresh"
     );
     p.stop().await;
 }
