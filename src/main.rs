@@ -52,10 +52,10 @@ const EXIT_CONFIG: u8 = streamgate::app::daemon::exit::CONFIG;
 )]
 struct Cli {
     /// Log level or filter (overrides RUST_LOG), e.g. "debug" or "info,streamgate=trace".
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = streamgate::telemetry::check_log_filter)]
     log_level: Option<String>,
-    /// Log format: human or json (overrides gateway.log_format).
-    #[arg(long, global = true)]
+    /// Log format (overrides gateway.log_format).
+    #[arg(long, global = true, value_parser = ["human", "json"])]
     log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -79,6 +79,10 @@ enum Command {
         /// Fail when the config file holds secrets and is readable by every user.
         #[arg(long)]
         strict_permissions: bool,
+        /// Do not check that the files the config names (certificates, keys) can be read:
+        /// for validating on another machine than the gateway.
+        #[arg(long)]
+        no_file_checks: bool,
     },
     /// Show what is queued per stream and how each export is doing (without --config: the demo's).
     Status {
@@ -159,7 +163,11 @@ fn load_or_demo(path: Option<&std::path::Path>) -> Result<config::Config, ExitCo
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
-    match config::load(path) {
+    load_checked(path, true)
+}
+
+fn load_checked(path: &std::path::Path, check_files: bool) -> Result<config::Config, ExitCode> {
+    match config::load_checked(path, check_files) {
         Ok(c) => Ok(c),
         Err(e @ LoadError::Invalid { .. }) => {
             say!("{e}");
@@ -177,8 +185,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate {
             config,
             strict_permissions,
+            no_file_checks,
         } => {
-            let c = match load(config) {
+            let c = match load_checked(config, !no_file_checks) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -188,6 +197,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
                 say!("warning: {exposed}");
+            }
+            for w in &c.warnings {
+                say!("warning: {w}");
             }
             let exports: usize = c.streams.iter().map(|s| s.exports.len()).sum();
             out!(

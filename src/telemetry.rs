@@ -51,6 +51,32 @@ const QUIET_LIBRARIES: &str =
     "opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off,opcua_nodes=off";
 
 /// Installs the global subscriber (logs go to standard error). Safe to call once.
+/// The levels a log filter names.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `--log-level` value: a level, or a filter whose every directive names a level
+/// (`info,streamgate=debug`). A bare word that is no level would be taken for a module name
+/// and silence everything else, so it is refused.
+pub fn check_log_filter(filter: &str) -> Result<String, String> {
+    let levels = LEVELS.join(", ");
+    if filter.trim().is_empty() {
+        return Err(format!("empty; use one of {levels}"));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            _ => directive,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "\"{level}\" is not a log level; use one of {levels}, or a filter such as \"info,streamgate=debug\""
+            ));
+        }
+    }
+    EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    Ok(filter.to_string())
+}
+
 pub fn init(format: LogFormat, level: Option<&str>) {
     let filter = match level {
         Some(l) if l.contains("opcua") => EnvFilter::new(l),
@@ -84,4 +110,23 @@ pub fn rss() -> Option<(u64, u64)> {
         Some(kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filters_must_name_levels() {
+        for ok in ["debug", "INFO", "info,streamgate=trace", "warn,opcua=off"] {
+            assert_eq!(check_log_filter(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in ["chatty", "", "info,streamgate=loud", "info,"] {
+            let e = check_log_filter(bad).unwrap_err();
+            assert!(
+                e.contains("trace, debug, info, warn, error, off"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

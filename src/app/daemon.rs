@@ -31,6 +31,9 @@ pub async fn run(
         }
     };
     spawn_clock_checks(pipeline.clock().clone(), shutdown.clone());
+    for w in &config.warnings {
+        tracing::warn!(key = %w.path, line = w.line, "config: {}", w.message);
+    }
     tracing::info!(
         data_dir = %config.gateway.data_dir.display(),
         streams = config.streams.len(),

@@ -38,8 +38,29 @@ pub fn line_at(source: &str, offset: usize) -> usize {
 /// The line of the deepest part of `path` that exists in the document.
 pub fn line_of(source: &str, path: &str) -> Option<usize> {
     let doc = DeTable::parse(source).ok()?;
+    line_in(source, &DeValue::Table(doc.get_ref().clone()), path)
+}
+
+/// Sets the line of every error that has a path and no line yet (the document parsed once).
+pub fn add_lines(source: &str, errors: &mut [super::ConfigError]) {
+    if errors.iter().all(|e| e.line.is_some() || e.path.is_empty()) {
+        return;
+    }
+    let Ok(doc) = DeTable::parse(source) else {
+        return;
+    };
+    let root = DeValue::Table(doc.get_ref().clone());
+    for e in errors
+        .iter_mut()
+        .filter(|e| e.line.is_none() && !e.path.is_empty())
+    {
+        e.line = line_in(source, &root, &e.path);
+    }
+}
+
+fn line_in(source: &str, root: &DeValue, path: &str) -> Option<usize> {
     let mut span = None;
-    let mut value: &DeValue = &DeValue::Table(doc.get_ref().clone());
+    let mut value = root;
     for step in steps(path) {
         let next = match (&step, value) {
             (Step::Key(k), DeValue::Table(t)) => t

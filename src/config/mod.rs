@@ -4,6 +4,7 @@
 //! validates its own keys with [`Errors`]; `app::config` assembles the whole file.
 
 pub mod locate;
+pub mod table;
 pub mod units;
 
 use std::fmt;

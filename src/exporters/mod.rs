@@ -20,8 +20,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::config::Errors;
 use crate::queue::Record;
 
@@ -177,8 +175,7 @@ pub struct Limits {
 }
 
 /// The kind-specific keys of `[[streams.exports]]`, selected by `kind`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum RawExportKind {
     #[cfg(feature = "kinesis")]
     Kinesis(aws::RawAwsExport),
@@ -203,6 +200,41 @@ pub enum ExportKind {
 }
 
 impl RawExportKind {
+    /// The kinds this build has, as written in `kind = "..."`.
+    pub fn kinds() -> Vec<&'static str> {
+        [
+            ("kinesis", cfg!(feature = "kinesis")),
+            ("firehose", cfg!(feature = "firehose")),
+            ("file", true),
+            ("stdout", true),
+            ("mqtt", cfg!(feature = "mqtt")),
+        ]
+        .into_iter()
+        .filter_map(|(kind, built)| built.then_some(kind))
+        .collect()
+    }
+
+    /// Reads the kind's own keys (`keys`, the table at `path` without the common ones).
+    /// `None`: no such kind in this build; `Some(None)`: the keys had errors (recorded).
+    pub fn read(
+        kind: &str,
+        keys: toml::Value,
+        path: &str,
+        r: &mut crate::config::table::TableReader,
+    ) -> Option<Option<RawExportKind>> {
+        Some(match kind {
+            #[cfg(feature = "kinesis")]
+            "kinesis" => r.read(keys, path).map(RawExportKind::Kinesis),
+            #[cfg(feature = "firehose")]
+            "firehose" => r.read(keys, path).map(RawExportKind::Firehose),
+            "file" => r.read(keys, path).map(RawExportKind::File),
+            "stdout" => r.read(keys, path).map(RawExportKind::Stdout),
+            #[cfg(feature = "mqtt")]
+            "mqtt" => r.read(keys, path).map(|m| RawExportKind::Mqtt(Box::new(m))),
+            _ => return None,
+        })
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             #[cfg(feature = "kinesis")]
@@ -277,6 +309,34 @@ pub fn spawn(kind: &ExportKind, ctx: driver::DriverContext) -> tokio::task::Join
     }
 }
 
+/// Checks what no export can check alone: two MQTT exports with the same `client_id` on one
+/// broker (the broker keeps one connection per client id and drops the other: they would take
+/// turns, reconnecting all the time).
+pub fn check_together(exports: &[(String, &ExportKind)], errs: &mut crate::config::Errors) {
+    #[cfg(feature = "mqtt")]
+    {
+        let mut seen: std::collections::HashMap<(&str, u16, &str), &str> = Default::default();
+        for (path, kind) in exports {
+            let ExportKind::Mqtt(m) = kind else { continue };
+            let key = (m.host.as_str(), m.port, m.client_id.as_str());
+            match seen.get(&key) {
+                Some(first) => errs.push(
+                    format!("{path}.client_id"),
+                    format!(
+                        "client_id \"{}\" is also used by {first} on {}:{}; a broker keeps one connection per client id and drops the other, so the two would keep reconnecting: give each export its own",
+                        m.client_id, m.host, m.port
+                    ),
+                ),
+                None => {
+                    seen.insert(key, path.as_str());
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "mqtt"))]
+    let _ = (exports, errs);
+}
+
 impl ExportKind {
     /// Everything the export was started with, for the reload diff: equal text means equal
     /// settings (the derived `Debug` is complete and has no maps; secrets are hashed).
@@ -302,6 +362,30 @@ impl ExportKind {
         stats::ExportStats {
             connection,
             ..Default::default()
+        }
+    }
+
+    /// The files this export reads (key, path), which must exist when it starts.
+    pub fn files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        match self {
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(m) => {
+                let Some(tls) = &m.tls else { return Vec::new() };
+                let mut files: Vec<(&'static str, &std::path::Path)> = Vec::new();
+                if let Some(ca) = &tls.ca_file {
+                    files.push(("ca_file", ca));
+                }
+                if let Some((cert, key)) = &tls.client_auth {
+                    files.extend([
+                        ("client_cert", cert.as_path()),
+                        ("client_key", key.as_path()),
+                    ]);
+                }
+                files
+            }
+            #[cfg(any(feature = "kinesis", feature = "firehose"))]
+            ExportKind::Aws(a) => a.ca_file.iter().map(|f| ("ca_file", f.as_path())).collect(),
+            _ => Vec::new(),
         }
     }
 

@@ -15,7 +15,6 @@ pub mod simulator;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
-use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -26,8 +25,7 @@ use crate::payload::{Flags, Quality, Value};
 pub use normalise::SourceContext;
 
 /// The kind-specific keys of `[[sources]]`, selected by `kind`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum RawSourceKind {
     Simulator(simulator::RawSimulator),
     #[cfg(feature = "s7")]
@@ -55,6 +53,44 @@ pub enum SourceKind {
 }
 
 impl RawSourceKind {
+    /// The kinds this build has, as written in `kind = "..."`.
+    pub fn kinds() -> Vec<&'static str> {
+        [
+            ("simulator", true),
+            ("s7", cfg!(feature = "s7")),
+            ("modbus_tcp", cfg!(feature = "modbus")),
+            ("modbus_rtu", cfg!(feature = "modbus")),
+            ("opcua", cfg!(feature = "opcua")),
+        ]
+        .into_iter()
+        .filter_map(|(kind, built)| built.then_some(kind))
+        .collect()
+    }
+
+    /// Reads the kind's own keys (`keys`, the table at `path` without the common ones).
+    /// `None`: no such kind in this build; `Some(None)`: the keys had errors (recorded).
+    pub fn read(
+        kind: &str,
+        keys: toml::Value,
+        path: &str,
+        r: &mut crate::config::table::TableReader,
+    ) -> Option<Option<RawSourceKind>> {
+        Some(match kind {
+            "simulator" => r.read(keys, path).map(RawSourceKind::Simulator),
+            #[cfg(feature = "s7")]
+            "s7" => r.read(keys, path).map(|s| RawSourceKind::S7(Box::new(s))),
+            #[cfg(feature = "modbus")]
+            "modbus_tcp" => r.read(keys, path).map(RawSourceKind::ModbusTcp),
+            #[cfg(feature = "modbus")]
+            "modbus_rtu" => r.read(keys, path).map(RawSourceKind::ModbusRtu),
+            #[cfg(feature = "opcua")]
+            "opcua" => r
+                .read(keys, path)
+                .map(|o| RawSourceKind::Opcua(Box::new(o))),
+            _ => return None,
+        })
+    }
+
     pub fn validate(&self, path: &str, streams: &StreamNames, errs: &mut Errors) -> SourceKind {
         match self {
             RawSourceKind::Simulator(s) => SourceKind::Simulator(s.validate(path, streams, errs)),
@@ -230,6 +266,35 @@ impl SourceKind {
             #[cfg(feature = "modbus")]
             SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => Some(m.transport.key()),
             _ => None,
+        }
+    }
+
+    /// The stream of each tag that names its own (`None`: the source's).
+    pub fn tag_streams(&self) -> Vec<Option<usize>> {
+        match self {
+            SourceKind::Simulator(s) => s.tags.iter().map(|t| t.stream).collect(),
+            #[cfg(feature = "s7")]
+            SourceKind::S7(s) => s.tags.iter().map(|t| t.stream).collect(),
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                m.tags.iter().map(|t| t.stream).collect()
+            }
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(o) => o.tags.iter().map(|t| t.stream).collect(),
+        }
+    }
+
+    /// The files this source reads (key, path), which must exist when it starts.
+    pub fn files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        match self {
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(ua) => match &ua.identity {
+                opcua::config::Identity::Certificate { cert, key } => {
+                    vec![("user_certificate", cert), ("user_private_key", key)]
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
         }
     }
 

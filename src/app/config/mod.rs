@@ -9,6 +9,7 @@
 //! Nothing is started before a config has validated; `streamgate validate` runs only these steps.
 
 pub mod raw;
+mod sections;
 mod validate;
 
 use std::fmt;
@@ -19,6 +20,7 @@ pub use crate::config::ConfigError;
 pub use validate::validate;
 
 use crate::config::locate;
+use crate::config::table::TableReader;
 
 use crate::exporters::{BatchConfig, ExportKind, RetryConfig};
 use crate::metrics::MetricsConfig;
@@ -49,87 +51,113 @@ fn list(errors: &[ConfigError]) -> String {
         .join("\n")
 }
 
-/// Reads, parses and validates a configuration file.
+/// The largest configuration file read: a config is a few kB to a few MB (10,000 tags); a
+/// bigger file is refused before it is read, so a mistake (a log or a database given as the
+/// config) cannot exhaust a small gateway's memory in `ExecStartPre`.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// Reads, parses and validates a configuration file, and checks that the files it names
+/// (certificates, keys) can be read.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    load_checked(path, true)
+}
+
+/// [`load`]; `check_files: false` skips the check of the files the config names (validating
+/// on another machine than the gateway).
+pub fn load_checked(path: &Path, check_files: bool) -> Result<Config, LoadError> {
+    let read_error = |source| LoadError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    parse(&text).map_err(|errors| LoadError::Invalid {
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(&file, MAX_CONFIG_BYTES + 1),
+        &mut text,
+    )
+    .map_err(read_error)?;
+    let invalid = |errors| LoadError::Invalid {
         path: path.to_owned(),
         errors,
-    })
-}
-
-/// Parses and validates configuration text.
-pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let raw: raw::RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span();
-            let mut path = span
-                .clone()
-                .and_then(|s| locate::path_at(text, s))
-                .unwrap_or_default();
-            let mut line = span.map(|s| locate::line_at(text, s.start));
-            // "unknown field `x`": point at the key itself.
-            if let Some(field) = e
-                .message()
-                .strip_prefix("unknown field `")
-                .and_then(|m| m.split('`').next())
-            {
-                let full = if path.is_empty() {
-                    field.to_string()
-                } else {
-                    format!("{path}.{field}")
-                };
-                if let Some(l) = locate::line_of(text, &full) {
-                    path = full;
-                    line = Some(l);
-                }
-            }
-            let message = with_common_keys(&path, e.message().trim().replace('\n', " "))
-                .replace("expected i64", "expected an integer")
-                .replace("expected f64", "expected a number")
-                .replace("expected a string", "expected a string in quotes");
-            return Err(vec![ConfigError {
-                path,
-                message,
-                line,
-            }]);
-        }
     };
-    validate(&raw).map_err(|mut errors| {
-        for e in &mut errors {
-            if e.line.is_none() && !e.path.is_empty() {
-                e.line = locate::line_of(text, &e.path);
-            }
-        }
-        errors
-    })
-}
-
-/// Keys every export / source has besides its kind's own (serde lists only the kind's keys
-/// in an "unknown field" error, since the common ones are parsed first).
-const COMMON_EXPORT_KEYS: &str = "`kind`, `name`, `batch_size`, `batch_interval`, `batch_bytes`, `disabled`, `initial_backoff`, `max_backoff`";
-const COMMON_SOURCE_KEYS: &str = "`kind`, `id`, `equipment_id`, `stream`, `heartbeat_interval`";
-
-fn with_common_keys(path: &str, message: String) -> String {
-    let parts: Vec<&str> = path.split('.').collect();
-    let common = match parts.as_slice() {
-        [s, e, _] if s.starts_with("streams[") && e.starts_with("exports[") => COMMON_EXPORT_KEYS,
-        [s, _] if s.starts_with("sources[") => COMMON_SOURCE_KEYS,
-        _ => return message,
-    };
-    if !message.starts_with("unknown field") {
-        return message;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(invalid(vec![ConfigError {
+            path: String::new(),
+            message: format!(
+                "the file is larger than {} MiB, the most a configuration may be; is it the right file?",
+                MAX_CONFIG_BYTES >> 20
+            ),
+            line: None,
+        }]));
     }
-    match message.split_once("expected one of ") {
-        Some((head, rest)) => format!("{head}expected one of {common}, {rest}"),
-        None => match message.split_once("expected ") {
-            Some((head, rest)) => format!("{head}expected one of {common}, {rest}"),
-            None => message,
-        },
+    let config = parse(&text).map_err(invalid)?;
+    if check_files {
+        let mut errors = config.unreadable_files();
+        if !errors.is_empty() {
+            locate::add_lines(&text, &mut errors);
+            return Err(invalid(errors));
+        }
+    }
+    Ok(config)
+}
+
+/// Parses and validates configuration text: every error of the file in one run, each at its
+/// key path and line, in the order of the file.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let doc: toml::Table = match toml::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => return Err(vec![syntax_error(text, &e)]),
+    };
+    let mut reader = TableReader::default();
+    let raw = sections::read(doc, &mut reader);
+    let mut errors = std::mem::take(&mut reader.errors);
+    let config = if reader.incomplete {
+        None
+    } else {
+        match validate(&raw) {
+            Ok(config) => Some(config),
+            Err(more) => {
+                // A key taken out for its type is now missing: validation would report the
+                // same mistake again, less precisely.
+                let repeats = |e: &ConfigError| {
+                    reader.removed.iter().any(|r| {
+                        e.path == *r
+                            || e.path
+                                .strip_prefix(r.as_str())
+                                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+                    })
+                };
+                errors.extend(more.into_iter().filter(|e| !repeats(e)));
+                None
+            }
+        }
+    };
+    match config {
+        Some(mut config) if errors.is_empty() => {
+            config.warnings = config.check_warnings();
+            locate::add_lines(text, &mut config.warnings);
+            Ok(config)
+        }
+        _ => {
+            locate::add_lines(text, &mut errors);
+            // In the order of the file (stable: errors of one key keep their order).
+            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+            Err(errors)
+        }
+    }
+}
+
+/// A TOML syntax error: where it is, in the words of the parser.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let span = e.span();
+    let path = span
+        .clone()
+        .and_then(|s| locate::path_at(text, s))
+        .unwrap_or_default();
+    ConfigError {
+        path,
+        message: crate::config::table::plain(e.message()),
+        line: span.map(|s| locate::line_at(text, s.start)),
     }
 }
 
@@ -140,11 +168,98 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     pub sources: Vec<SourceConfig>,
     pub metrics: MetricsConfig,
+    /// Valid but likely mistakes (see [`Config::check_warnings`]), with their lines: shown by
+    /// `validate` and logged at start.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
     pub fn stream_index(&self, name: &str) -> Option<usize> {
         self.streams.iter().position(|s| s.name == name)
+    }
+
+    /// What is valid but likely a mistake: a stream that sources feed but no enabled export
+    /// drains (it fills up to `max_size`, then drops by `strategy_on_full`), and a stream that
+    /// no source feeds (its exports never send anything).
+    pub fn check_warnings(&self) -> Vec<ConfigError> {
+        let mut fed = vec![false; self.streams.len()];
+        for s in &self.sources {
+            let tags = s.kind.tag_streams();
+            if tags.is_empty() || tags.iter().any(Option::is_none) {
+                fed[s.stream] = true;
+            }
+            for t in tags.into_iter().flatten() {
+                fed[t] = true;
+            }
+        }
+        let mut warnings = Vec::new();
+        for (i, (stream, fed)) in self.streams.iter().zip(fed).enumerate() {
+            let drained = stream.exports.iter().any(|e| !e.disabled);
+            let message = match (fed, drained) {
+                (true, false) => format!(
+                    "stream \"{}\" has sources but no enabled export: its samples stay queued until it holds max_size ({} MiB), then {}",
+                    stream.name,
+                    stream.max_size >> 20,
+                    match stream.strategy_on_full {
+                        StrategyOnFull::RejectNew =>
+                            "new samples are dropped (strategy_on_full = \"reject_new\")",
+                        StrategyOnFull::OverwriteOldest =>
+                            "the oldest are overwritten (strategy_on_full = \"overwrite_oldest\")",
+                    }
+                ),
+                (false, _) => format!(
+                    "no source sends to stream \"{}\"; set `stream = \"{}\"` on a source or a tag, or remove the stream",
+                    stream.name, stream.name
+                ),
+                (true, true) => continue,
+            };
+            warnings.push(ConfigError {
+                path: format!("streams[{i}]"),
+                message,
+                line: None,
+            });
+        }
+        warnings
+    }
+
+    /// The files the config names (certificates, keys) with their key paths.
+    pub fn files(&self) -> Vec<(String, PathBuf)> {
+        let mut files = Vec::new();
+        for (s, stream) in self.streams.iter().enumerate() {
+            for (e, export) in stream.exports.iter().enumerate() {
+                for (key, file) in export.kind.files() {
+                    files.push((format!("streams[{s}].exports[{e}].{key}"), file.to_owned()));
+                }
+            }
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            for (key, file) in source.kind.files() {
+                files.push((format!("sources[{i}].{key}"), file.to_owned()));
+            }
+        }
+        files
+    }
+
+    /// An error for every file the config names that cannot be read (by this user, now).
+    pub fn unreadable_files(&self) -> Vec<ConfigError> {
+        self.files()
+            .into_iter()
+            .filter_map(|(path, file)| {
+                let problem = match std::fs::File::open(&file) {
+                    Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => "is a directory".to_string(),
+                    Ok(_) => return None,
+                    Err(e) => e.to_string(),
+                };
+                Some(ConfigError {
+                    path,
+                    message: format!(
+                        "cannot read {}: {problem} (run `streamgate validate --no-file-checks` to validate on another machine)",
+                        file.display()
+                    ),
+                    line: None,
+                })
+            })
+            .collect()
     }
 
     /// Key paths of the secrets written into the file itself (not taken from the environment

@@ -32,16 +32,27 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
         }
         streams.push(stream(&path, s, &mut errs));
     }
+    let exports: Vec<(String, &crate::exporters::ExportKind)> = streams
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s): (usize, &StreamConfig)| {
+            s.exports
+                .iter()
+                .enumerate()
+                .map(move |(j, e)| (format!("streams[{i}].exports[{j}]"), &e.kind))
+        })
+        .collect();
+    crate::exporters::check_together(&exports, &mut errs);
 
     let stream_names = StreamNames::new(raw.streams.iter().map(|s| s.name.clone()));
     let mut ids = HashSet::new();
     let mut sources = Vec::new();
     for (i, s) in raw.sources.iter().enumerate() {
         let path = format!("sources[{i}]");
-        if !ids.insert(s.id.as_str()) {
+        if !ids.insert(s.common.id.as_str()) {
             errs.push(
                 format!("{path}.id"),
-                format!("source \"{}\" is defined twice", s.id),
+                format!("source \"{}\" is defined twice", s.common.id),
             );
         }
         if let Some(src) = source(&path, s, &stream_names, &gateway, &mut errs) {
@@ -62,6 +73,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
             streams,
             sources,
             metrics,
+            warnings: Vec::new(),
         })
     } else {
         Err(errs.into_vec())
@@ -214,32 +226,33 @@ fn stream(path: &str, s: &RawStream, errs: &mut Errors) -> StreamConfig {
 fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
     let limits = e.kind.limits();
     let name = e
+        .common
         .name
         .clone()
         .unwrap_or_else(|| e.kind.kind_name().to_string());
     errs.name(&format!("{path}.name"), &name);
     let max_records = errs.int(
         &format!("{path}.batch_size"),
-        e.batch_size,
+        e.common.batch_size,
         limits.default_batch_size as i64,
         1,
         limits.max_batch_size as i64,
     ) as usize;
     let max_bytes = errs.size(
         &format!("{path}.batch_bytes"),
-        e.batch_bytes.as_deref(),
+        e.common.batch_bytes.as_deref(),
         limits.max_batch_bytes,
         1024,
         limits.max_batch_bytes,
     ) as usize;
     let interval = errs.duration(
         &format!("{path}.batch_interval"),
-        e.batch_interval.as_deref(),
+        e.common.batch_interval.as_deref(),
         limits.default_batch_interval,
         Duration::ZERO,
     );
     let max_in_flight = if limits.max_in_flight_requests <= 1 {
-        if e.max_in_flight_requests.is_some_and(|n| n != 1) {
+        if e.common.max_in_flight_requests.is_some_and(|n| n != 1) {
             errs.push(
                 format!("{path}.max_in_flight_requests"),
                 format!(
@@ -252,7 +265,7 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
     } else {
         errs.int(
             &format!("{path}.max_in_flight_requests"),
-            e.max_in_flight_requests,
+            e.common.max_in_flight_requests,
             limits.default_in_flight_requests as i64,
             1,
             limits.max_in_flight_requests as i64,
@@ -260,8 +273,8 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
     };
     let (initial_backoff, max_backoff) = errs.backoff(
         path,
-        e.initial_backoff.as_deref(),
-        e.max_backoff.as_deref(),
+        e.common.initial_backoff.as_deref(),
+        e.common.max_backoff.as_deref(),
         (Duration::from_millis(100), Duration::from_secs(60)),
         Duration::from_millis(1),
     );
@@ -274,7 +287,7 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
             interval,
             max_in_flight,
         },
-        disabled: e.disabled.unwrap_or(false),
+        disabled: e.common.disabled.unwrap_or(false),
         retry: RetryConfig {
             initial_backoff,
             max_backoff,
@@ -290,8 +303,9 @@ fn source(
     gateway: &GatewayConfig,
     errs: &mut Errors,
 ) -> Option<SourceConfig> {
-    errs.name(&format!("{path}.id"), &s.id);
+    errs.name(&format!("{path}.id"), &s.common.id);
     let equipment_id = match s
+        .common
         .equipment_id
         .clone()
         .or_else(|| gateway.equipment_id.clone())
@@ -309,7 +323,7 @@ fn source(
             String::new()
         }
     };
-    let stream = match s.stream.as_deref() {
+    let stream = match s.common.stream.as_deref() {
         Some(name) => streams.index(name).or_else(|| {
             errs.push(format!("{path}.stream"), streams.unknown(name));
             None
@@ -325,12 +339,12 @@ fn source(
     };
     let heartbeat_interval = errs.opt_duration(
         &format!("{path}.heartbeat_interval"),
-        s.heartbeat_interval.as_deref(),
+        s.common.heartbeat_interval.as_deref(),
         Duration::from_millis(10),
     );
     let kind = s.kind.validate(path, streams, errs);
     Some(SourceConfig {
-        id: s.id.clone(),
+        id: s.common.id.clone(),
         equipment_id,
         stream: stream?,
         heartbeat_interval,
