@@ -402,9 +402,9 @@ stream = "plc"
 host = "127.0.0.1"
 port = {port}
 interval = "100ms"
-timeout = "200ms"
-initial_backoff = "100ms"
-max_backoff = "3s"
+request_timeout = "200ms"
+reconnect_min = "100ms"
+reconnect_max = "3s"
 
 [[sources.tags]]
 name = "power"
@@ -488,8 +488,8 @@ port = {port}
 interval = "100ms"
 connect_timeout = "300ms"
 request_timeout = "300ms"
-initial_backoff = "100ms"
-max_backoff = "3s"
+reconnect_min = "100ms"
+reconnect_max = "3s"
 
 [[sources.tags]]
 name = "temperature"
@@ -582,7 +582,7 @@ id = "mixer"
 stream = "plc"
 endpoint = "opc.tcp://127.0.0.1:{port}"
 request_timeout = "500ms"
-reconnect_initial = "100ms"
+reconnect_min = "100ms"
 reconnect_max = "3s"
 
 [[sources.tags]]

@@ -413,7 +413,7 @@ async fn device_restart_gives_lst_then_fst() {
     let cfg = config(
         dir.path(),
         &format!(
-            "[[sources]]\nkind = \"modbus_tcp\"\nid = \"plc\"\nhost = \"127.0.0.1\"\nport = {port}\ninterval = \"50ms\"\ntimeout = \"300ms\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"400ms\"\n\n{tags}"
+            "[[sources]]\nkind = \"modbus_tcp\"\nid = \"plc\"\nhost = \"127.0.0.1\"\nport = {port}\ninterval = \"50ms\"\nrequest_timeout = \"300ms\"\nreconnect_min = \"100ms\"\nreconnect_max = \"400ms\"\n\n{tags}"
         ),
     );
     let cfg = streamgate::app::config::parse(&cfg).unwrap();

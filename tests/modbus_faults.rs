@@ -82,8 +82,8 @@ id = "plc"
 host = "127.0.0.1"
 port = {port}
 interval = "50ms"
-initial_backoff = "20ms"
-max_backoff = "100ms"
+reconnect_min = "20ms"
+reconnect_max = "100ms"
 
 [[sources.tags]]
 name = "good"
@@ -148,7 +148,7 @@ interval = "60ms"
             .iter()
             .any(|f| f == flag)
     };
-    // One Bad sample, not one per failed read: the tag is left out for `exception_retry`
+    // One Bad sample, not one per failed read: the tag is left out for `failed_tag_retry`
     // (60 s by default) after the malformed answer. Its other sample is the shutdown's Lst.
     let reads_failed = broken.iter().filter(|r| !flagged(r, "Lst")).count();
     assert_eq!(

@@ -485,8 +485,8 @@ async fn server_killed_and_restarted_gives_lst_then_fst() {
     let source = format!(
         r#"port = {port}
 interval = "50ms"
-initial_backoff = "50ms"
-max_backoff = "300ms"
+reconnect_min = "50ms"
+reconnect_max = "300ms"
 connect_timeout = "1s"
 request_timeout = "1s"
 [[sources.tags]]

@@ -73,8 +73,8 @@ id = "plc"
 host = "127.0.0.1"
 port = {device}
 interval = "100ms"
-initial_backoff = "50ms"
-max_backoff = "200ms"
+reconnect_min = "50ms"
+reconnect_max = "200ms"
 
 [[sources.tags]]
 name = "temperature"

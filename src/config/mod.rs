@@ -174,9 +174,9 @@ impl Errors {
         }
     }
 
-    /// `<path>.initial_backoff` and `<path>.max_backoff` (both at least `min`, max not below
-    /// initial), as used by every export and every reader that reconnects.
-    pub fn backoff(
+    /// The pause between retries of a failed send: `<path>.initial_backoff` doubling up to
+    /// `<path>.max_backoff` (every export).
+    pub fn retry_backoff(
         &mut self,
         path: &str,
         initial: Option<&str>,
@@ -184,12 +184,48 @@ impl Errors {
         defaults: (Duration, Duration),
         min: Duration,
     ) -> (Duration, Duration) {
-        let initial = self.duration(&format!("{path}.initial_backoff"), initial, defaults.0, min);
-        let max = self.duration(&format!("{path}.max_backoff"), max, defaults.1, min);
+        self.backoff(
+            path,
+            ("initial_backoff", "max_backoff"),
+            (initial, max),
+            defaults,
+            min,
+        )
+    }
+
+    /// The pause between reconnects to a device or broker: `<path>.reconnect_min` doubling up
+    /// to `<path>.reconnect_max` (every reader, and the MQTT export's connection).
+    pub fn reconnect_backoff(
+        &mut self,
+        path: &str,
+        min_max: (Option<&str>, Option<&str>),
+        defaults: (Duration, Duration),
+        min: Duration,
+    ) -> (Duration, Duration) {
+        self.backoff(
+            path,
+            ("reconnect_min", "reconnect_max"),
+            min_max,
+            defaults,
+            min,
+        )
+    }
+
+    /// Both ends at least `min`, the ceiling not below the start.
+    fn backoff(
+        &mut self,
+        path: &str,
+        keys: (&str, &str),
+        values: (Option<&str>, Option<&str>),
+        defaults: (Duration, Duration),
+        min: Duration,
+    ) -> (Duration, Duration) {
+        let initial = self.duration(&format!("{path}.{}", keys.0), values.0, defaults.0, min);
+        let max = self.duration(&format!("{path}.{}", keys.1), values.1, defaults.1, min);
         if max < initial {
             self.push(
-                format!("{path}.max_backoff"),
-                "must not be below initial_backoff",
+                format!("{path}.{}", keys.1),
+                format!("must not be below {}", keys.0),
             );
         }
         (initial, max)

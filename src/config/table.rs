@@ -54,9 +54,29 @@ fn named_field<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
     message.strip_prefix(prefix)?.split('`').next()
 }
 
+/// Keys renamed so that one idea has one name in every reader and export (README, *One name
+/// per idea*): the old name is refused, naming the new one.
+const RENAMED: &[(&str, &str)] = &[
+    ("timeout", "request_timeout"),
+    ("poll_interval", "interval"),
+    ("initial_backoff", "reconnect_min"),
+    ("max_backoff", "reconnect_max"),
+    ("reconnect_initial", "reconnect_min"),
+    ("exception_retry", "failed_tag_retry"),
+];
+
 /// serde's wording, made readable for people who write TOML.
 pub fn plain(message: &str) -> String {
     let message = message.trim().replace('\n', " ");
+    if let Some(old) = named_field(&message, "unknown field `")
+        && let Some((_, new)) = RENAMED
+            .iter()
+            .find(|(o, n)| *o == old && message.contains(&format!("`{n}`")))
+    {
+        return format!(
+            "unknown field `{old}`; did you mean `{new}`? (`{old}` was renamed: one name for one idea in every reader and export)"
+        );
+    }
     if let Some(number) = message
         .split_once("integer `")
         .and_then(|(_, rest)| rest.split_once("` as i128"))
@@ -242,6 +262,19 @@ mod tests {
             !r.errors
                 .iter()
                 .any(|e| e.message.starts_with("missing field"))
+        );
+    }
+
+    #[test]
+    fn renamed_keys_name_their_new_name_where_it_applies() {
+        assert_eq!(
+            plain("unknown field `timeout`, expected one of `host`, `request_timeout`"),
+            "unknown field `timeout`; did you mean `request_timeout`? (`timeout` was renamed: one name for one idea in every reader and export)"
+        );
+        // Where the new name is not a key either, the plain message stays.
+        assert_eq!(
+            plain("unknown field `timeout`, expected one of `path`"),
+            "unknown field `timeout`, expected one of `path`"
         );
     }
 

@@ -271,7 +271,7 @@ fn export(path: &str, e: &RawExport, errs: &mut Errors) -> ExportConfig {
             limits.max_in_flight_requests as i64,
         ) as usize
     };
-    let (initial_backoff, max_backoff) = errs.backoff(
+    let (initial_backoff, max_backoff) = errs.retry_backoff(
         path,
         e.common.initial_backoff.as_deref(),
         e.common.max_backoff.as_deref(),

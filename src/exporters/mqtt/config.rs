@@ -256,24 +256,15 @@ impl RawMqttExport {
         } else {
             Duration::from_millis(10)
         };
-        let reconnect_min = errs.duration(
-            &format!("{path}.reconnect_min"),
-            self.reconnect_min.as_deref(),
-            min_reconnect.max(Duration::from_millis(200)),
+        let (reconnect_min, reconnect_max) = errs.reconnect_backoff(
+            path,
+            (self.reconnect_min.as_deref(), self.reconnect_max.as_deref()),
+            (
+                min_reconnect.max(Duration::from_millis(200)),
+                Duration::from_secs(2),
+            ),
             min_reconnect,
         );
-        let reconnect_max = errs.duration(
-            &format!("{path}.reconnect_max"),
-            self.reconnect_max.as_deref(),
-            Duration::from_secs(2),
-            min_reconnect,
-        );
-        if reconnect_max < reconnect_min {
-            errs.push(
-                format!("{path}.reconnect_max"),
-                "must not be below reconnect_min",
-            );
-        }
         let packing = errs.choice(
             &format!("{path}.payload"),
             self.payload.as_deref(),

@@ -26,14 +26,14 @@ pub struct RawModbus {
     // Both
     pub unit_id: Option<i64>,
     pub interval: Option<String>,
-    pub timeout: Option<String>,
+    pub request_timeout: Option<String>,
     pub max_gap: Option<i64>,
     pub max_gap_bits: Option<i64>,
     pub max_registers: Option<i64>,
     pub max_bits: Option<i64>,
-    pub initial_backoff: Option<String>,
-    pub max_backoff: Option<String>,
-    pub exception_retry: Option<String>,
+    pub reconnect_min: Option<String>,
+    pub reconnect_max: Option<String>,
+    pub failed_tag_retry: Option<String>,
     #[serde(default)]
     pub tags: Vec<RawModbusTag>,
 }
@@ -102,13 +102,13 @@ pub enum Parity {
 pub struct ModbusConfig {
     pub transport: Transport,
     pub unit_id: u8,
-    pub timeout: Duration,
+    pub request_timeout: Duration,
     pub limits: Limits,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
     /// How long a tag that got a permanent exception (illegal address/function/value) is
     /// left out before it is tried again.
-    pub exception_retry: Duration,
+    pub failed_tag_retry: Duration,
     pub tags: Vec<ModbusTag>,
 }
 
@@ -219,9 +219,9 @@ impl RawModbus {
             Duration::from_secs(1),
             Duration::from_millis(1),
         );
-        let timeout = errs.duration(
-            &format!("{path}.timeout"),
-            self.timeout.as_deref(),
+        let request_timeout = errs.duration(
+            &format!("{path}.request_timeout"),
+            self.request_timeout.as_deref(),
             Duration::from_secs(1),
             Duration::from_millis(1),
         );
@@ -255,16 +255,15 @@ impl RawModbus {
                 MAX_BITS as i64,
             ) as u16,
         };
-        let (initial_backoff, max_backoff) = errs.backoff(
+        let (reconnect_min, reconnect_max) = errs.reconnect_backoff(
             path,
-            self.initial_backoff.as_deref(),
-            self.max_backoff.as_deref(),
+            (self.reconnect_min.as_deref(), self.reconnect_max.as_deref()),
             (Duration::from_millis(500), Duration::from_secs(30)),
             Duration::from_millis(1),
         );
-        let exception_retry = errs.duration(
-            &format!("{path}.exception_retry"),
-            self.exception_retry.as_deref(),
+        let failed_tag_retry = errs.duration(
+            &format!("{path}.failed_tag_retry"),
+            self.failed_tag_retry.as_deref(),
             Duration::from_secs(60),
             Duration::from_secs(1),
         );
@@ -280,11 +279,11 @@ impl RawModbus {
         ModbusConfig {
             transport,
             unit_id,
-            timeout,
+            request_timeout,
             limits,
-            initial_backoff,
-            max_backoff,
-            exception_retry,
+            reconnect_min,
+            reconnect_max,
+            failed_tag_retry,
             tags,
         }
     }
@@ -523,7 +522,7 @@ mod tests {
                 port: 502
             }
         );
-        assert_eq!((m.unit_id, m.timeout), (1, Duration::from_secs(1)));
+        assert_eq!((m.unit_id, m.request_timeout), (1, Duration::from_secs(1)));
         let t = &m.tags;
         assert_eq!(
             (t[0].area, t[0].address, t[0].data_type),

@@ -7,7 +7,7 @@
 //!   serial device; requests on it are serialised.
 //! - [`ModbusReader`] polls tag groups (tags with the same interval), one coalesced read at a
 //!   time. Device exceptions and malformed answers are per tag (Bad, logged, the tag left out
-//!   for `exception_retry`); timeouts and transport errors are per source: every tag gets one
+//!   for `failed_tag_retry`); timeouts and transport errors are per source: every tag gets one
 //!   Bad+`Lst` sample, the source backs off, and the first samples after reconnect carry `Fst`.
 //!
 //! Timestamps: Modbus carries no device time, so `timestamp` is the gateway's clock when the
@@ -78,7 +78,7 @@ impl Fault {
         }
     }
 
-    /// About the request, not the device's state: retried only after `exception_retry`.
+    /// About the request, not the device's state: retried only after `failed_tag_retry`.
     fn leave_out(self) -> bool {
         match self {
             Fault::Exception(code) => permanent(code),
@@ -121,8 +121,8 @@ impl ModbusReader {
     pub fn new(config: ModbusConfig, lines: &Lines) -> ModbusReader {
         let line = lines.get(
             &config.transport,
-            config.initial_backoff,
-            config.max_backoff,
+            config.reconnect_min,
+            config.reconnect_max,
         );
         let mut by_interval: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
         for (i, t) in config.tags.iter().enumerate() {
@@ -248,7 +248,7 @@ impl ModbusReader {
 
     /// A read the device rejected (exception) or answered with something that is not an
     /// answer (malformed): about this tag, not the connection. The tag is sent `Bad` saying
-    /// why, logged once per fault, and left out for `exception_retry` when the fault is about
+    /// why, logged once per fault, and left out for `failed_tag_retry` when the fault is about
     /// the request (a permanent exception, a malformed answer).
     fn rejected(
         &mut self,
@@ -270,7 +270,7 @@ impl ModbusReader {
                 Fault::Exception(code) if leave_out => tracing::error!(
                     tag = %tag.name, area = tag.area.name(), address = tag.address, last_address = end,
                     unit_id = self.config.unit_id, exception = %code,
-                    retry_in = ?self.config.exception_retry,
+                    retry_in = ?self.config.failed_tag_retry,
                     "device rejected the read of this tag; check the register map. The tag is sent as Bad and left out until retried"
                 ),
                 Fault::Exception(code) => {
@@ -279,14 +279,14 @@ impl ModbusReader {
                 Fault::Malformed => tracing::warn!(
                     tag = %tag.name, area = tag.area.name(), address = tag.address, last_address = end,
                     unit_id = self.config.unit_id, error = %error,
-                    retry_in = ?self.config.exception_retry,
+                    retry_in = ?self.config.failed_tag_retry,
                     "device answered the read of this tag with something that is not an answer; the tag is sent as Bad and left out until retried, the other tags read on"
                 ),
             }
             run.fault = Some(fault);
         }
         if leave_out {
-            run.excluded_until = Some(now + self.config.exception_retry);
+            run.excluded_until = Some(now + self.config.failed_tag_retry);
         }
         let text = match error {
             ReadError::Exception(code) => format!("exception: {code}"),
@@ -302,7 +302,7 @@ impl ModbusReader {
                 read.area,
                 read.address,
                 read.count,
-                self.config.timeout,
+                self.config.request_timeout,
             )
             .await
     }
@@ -365,7 +365,7 @@ impl ModbusReader {
 
     /// Polls until `shutdown`; then every tag gets its `Lst` sample.
     pub async fn run(mut self, mut ctx: SourceContext, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
+        let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         let mut connected = false;
         let mut outage_logged = false;
         tracing::info!(line = %self.line.key(), unit_id = self.config.unit_id, tags = self.config.tags.len(), groups = self.groups.len(), "modbus reader started");

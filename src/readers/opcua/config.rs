@@ -23,10 +23,10 @@ pub struct RawOpcua {
     pub publishing_interval: Option<String>,
     pub sampling_interval: Option<String>,
     pub queue_size: Option<i64>,
-    pub poll_interval: Option<String>,
+    pub interval: Option<String>,
     pub keep_alive_interval: Option<String>,
     pub request_timeout: Option<String>,
-    pub reconnect_initial: Option<String>,
+    pub reconnect_min: Option<String>,
     pub reconnect_max: Option<String>,
     pub max_clock_skew: Option<String>,
     #[serde(default)]
@@ -140,10 +140,10 @@ pub struct OpcuaConfig {
     pub pki_dir: Option<PathBuf>,
     pub trust_on_first_use: bool,
     pub publishing_interval: Duration,
-    pub poll_interval: Duration,
+    pub interval: Duration,
     pub keep_alive_interval: Duration,
     pub request_timeout: Duration,
-    pub reconnect_initial: Duration,
+    pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     /// None: no check of event times ahead of the gateway clock.
     pub max_clock_skew: Option<Duration>,
@@ -277,7 +277,7 @@ impl RawOpcua {
             1,
             MAX_QUEUE_SIZE,
         ) as u32;
-        let poll_interval = d(errs, "poll_interval", &self.poll_interval, 1000, 10);
+        let interval = d(errs, "interval", &self.interval, 1000, 10);
         let keep_alive_interval = d(
             errs,
             "keep_alive_interval",
@@ -286,14 +286,12 @@ impl RawOpcua {
             100,
         );
         let request_timeout = d(errs, "request_timeout", &self.request_timeout, 5000, 100);
-        let reconnect_initial = d(errs, "reconnect_initial", &self.reconnect_initial, 1000, 10);
-        let reconnect_max = d(errs, "reconnect_max", &self.reconnect_max, 30_000, 10);
-        if reconnect_max < reconnect_initial {
-            errs.push(
-                format!("{path}.reconnect_max"),
-                "must not be below reconnect_initial",
-            );
-        }
+        let (reconnect_min, reconnect_max) = errs.reconnect_backoff(
+            path,
+            (self.reconnect_min.as_deref(), self.reconnect_max.as_deref()),
+            (Duration::from_secs(1), Duration::from_secs(30)),
+            Duration::from_millis(10),
+        );
         let max_clock_skew = match errs.duration(
             &format!("{path}.max_clock_skew"),
             self.max_clock_skew.as_deref(),
@@ -360,7 +358,7 @@ impl RawOpcua {
                     if set {
                         errs.push(
                             format!("{tpath}.{key}"),
-                            "only applies to mode = \"subscribe\"; polled tags are read every poll_interval",
+                            "only applies to mode = \"subscribe\"; polled tags are read every `interval` of the source",
                         );
                     }
                 }
@@ -415,10 +413,10 @@ impl RawOpcua {
             pki_dir: self.pki_dir.as_ref().map(PathBuf::from),
             trust_on_first_use: self.trust_on_first_use.unwrap_or(false),
             publishing_interval,
-            poll_interval,
+            interval,
             keep_alive_interval,
             request_timeout,
-            reconnect_initial,
+            reconnect_min,
             reconnect_max,
             max_clock_skew,
             tags,

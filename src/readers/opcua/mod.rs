@@ -101,7 +101,7 @@ impl OpcuaReader {
     /// stop every tag that sent gets a `Bad`+`Lst`+`Syn` sample; the next values carry `Fst`.
     pub async fn run(self, mut ctx: SourceContext, shutdown: CancellationToken) {
         tracing::info!(endpoint = %self.config.endpoint, tags = self.config.tags.len(), "OPC UA reader started");
-        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         loop {
             let mut was_connected = false;
             let result = self.session(&mut ctx, &shutdown, &mut was_connected).await;
@@ -144,7 +144,7 @@ impl OpcuaReader {
             .create_sample_keypair(true)
             .trust_server_certs(trust_unknown)
             .session_retry_limit(0)
-            .session_retry_initial(c.reconnect_initial)
+            .session_retry_initial(c.reconnect_min)
             .session_retry_max(c.reconnect_max)
             .keep_alive_interval(c.keep_alive_interval)
             .max_failed_keep_alive_count(MAX_FAILED_KEEP_ALIVES)
@@ -269,7 +269,7 @@ impl OpcuaReader {
         let mut setup: Option<BoxFuture<'static, Result<Setup, OpcuaError>>> = None;
         let mut read: Option<BoxFuture<'static, Result<Vec<DataValue>, StatusCode>>> = None;
         let mut poll: Vec<(usize, ReadValueId)> = Vec::new();
-        let mut poll_tick = tokio::time::interval(c.poll_interval);
+        let mut poll_tick = tokio::time::interval(c.interval);
         poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = false;
         // The subscription of the last setup, deleted at the next.

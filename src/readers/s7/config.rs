@@ -24,8 +24,8 @@ pub struct RawS7 {
     pub request_timeout: Option<String>,
     pub max_items_per_request: Option<i64>,
     pub merge_gap: Option<i64>,
-    pub initial_backoff: Option<String>,
-    pub max_backoff: Option<String>,
+    pub reconnect_min: Option<String>,
+    pub reconnect_max: Option<String>,
     pub failed_tag_retry: Option<String>,
     #[serde(default)]
     pub tags: Vec<RawS7Tag>,
@@ -65,8 +65,8 @@ pub struct S7Config {
     pub request_timeout: Duration,
     pub max_items_per_request: usize,
     pub merge_gap: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
     /// How long a tag the PLC refused (object does not exist, ...) rests before it is tried again.
     pub failed_tag_retry: Duration,
     pub tags: Vec<S7Tag>,
@@ -184,10 +184,9 @@ impl RawS7 {
             MAX_ITEMS_PER_REQUEST,
         ) as usize;
         let merge_gap = errs.int(&format!("{path}.merge_gap"), self.merge_gap, 16, 0, 256) as u32;
-        let (initial_backoff, max_backoff) = errs.backoff(
+        let (reconnect_min, reconnect_max) = errs.reconnect_backoff(
             path,
-            self.initial_backoff.as_deref(),
-            self.max_backoff.as_deref(),
+            (self.reconnect_min.as_deref(), self.reconnect_max.as_deref()),
             (Duration::from_millis(500), Duration::from_secs(30)),
             Duration::from_millis(10),
         );
@@ -218,8 +217,8 @@ impl RawS7 {
             request_timeout,
             max_items_per_request,
             merge_gap,
-            initial_backoff,
-            max_backoff,
+            reconnect_min,
+            reconnect_max,
             failed_tag_retry,
             tags,
         }

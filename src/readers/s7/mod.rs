@@ -101,7 +101,7 @@ impl S7Reader {
     /// Runs until `shutdown`; the last round is flagged `Lst` and flushed before returning.
     pub async fn run(mut self, mut ctx: SourceContext, shutdown: CancellationToken) {
         let c = &self.config;
-        let mut backoff = Backoff::new(c.initial_backoff, c.max_backoff);
+        let mut backoff = Backoff::new(c.reconnect_min, c.reconnect_max);
         tracing::info!(
             host = %c.host, port = c.port, tags = c.tags.len(),
             remote_tsap = format_args!("0x{:04X}", c.remote_tsap),
