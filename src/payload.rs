@@ -23,7 +23,66 @@ pub enum Value {
     Text(String),
 }
 
+#[cfg(test)]
+mod value_tests {
+    use super::Value;
+
+    #[test]
+    fn a_f32_keeps_its_own_shortest_decimal() {
+        for (f, text) in [
+            (11.4f32, "11.4"),
+            (0.1, "0.1"),
+            (-1234.5, "-1234.5"),
+            (3.4028235e38, "3.4028235e+38"),
+        ] {
+            let Value::Float(x) = Value::from_f32(f) else {
+                panic!()
+            };
+            assert_eq!(serde_json::to_string(&x).unwrap(), text, "{f}");
+            assert_eq!(
+                (x as f32).to_bits(),
+                f.to_bits(),
+                "reads back as the same f32"
+            );
+        }
+        assert!(matches!(Value::from_f32(f32::NAN), Value::Float(x) if x.is_nan()));
+    }
+
+    #[test]
+    fn a_u64_is_exact_up_to_i64_max_then_the_nearest_float() {
+        assert_eq!(Value::from_u64(7), (Value::Int(7), true));
+        assert_eq!(
+            Value::from_u64(i64::MAX as u64),
+            (Value::Int(i64::MAX), true)
+        );
+        assert_eq!(
+            Value::from_u64(u64::MAX),
+            (Value::Float(u64::MAX as f64), false)
+        );
+    }
+}
+
 impl Value {
+    /// A 32-bit float as the device gave it: the f64 whose shortest decimal is the f32's own
+    /// (`11.4`, not `11.40000057220459`, the exact value of the f32 widened). The one rule of
+    /// every reader for REAL / Float / f32 values.
+    pub fn from_f32(f: f32) -> Value {
+        if !f.is_finite() {
+            return Value::Float(f64::from(f));
+        }
+        Value::Float(f.to_string().parse::<f64>().unwrap_or(f64::from(f)))
+    }
+
+    /// An unsigned 64-bit integer as the payload carries it, the one rule of every reader: an
+    /// integer (exact) up to `i64::MAX`; above, the nearest float, and `false` (not exact: the
+    /// reader sends the sample with quality `Uncertain`, never a wrapped negative number).
+    pub fn from_u64(n: u64) -> (Value, bool) {
+        match i64::try_from(n) {
+            Ok(i) => (Value::Int(i), true),
+            Err(_) => (Value::Float(n as f64), false),
+        }
+    }
+
     /// The value as a float, when it is a number.
     pub fn as_f64(&self) -> Option<f64> {
         match self {

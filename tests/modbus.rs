@@ -210,6 +210,11 @@ async fn every_type_and_byte_order_decodes_like_the_server_encodes() {
         Value::Float(u64::MAX as f64),
         Quality::Uncertain,
     ));
+    // A 32-bit float is written with its own shortest decimal (11.4), not widened to f64
+    // (11.40000057220459).
+    values.push(json!({"area": "input_register", "address": 20, "type": "f32", "order": "ABCD", "value": 11.4}));
+    tags += "[[sources.tags]]\nname = \"f32_decimal\"\naddress = \"300021\"\ntype = \"f32\"\n\n";
+    expected.push(("f32_decimal".into(), Value::Float(11.4), Quality::Ok));
     // Strings: ASCII and UTF-8, trailing NULs trimmed; byte-swapped string.
     values.push(json!({"area": "input_register", "address": 10, "type": "string", "registers": 5, "value": "Füller"}));
     tags += "[[sources.tags]]\nname = \"text\"\narea = \"input_register\"\naddress = 10\ntype = \"string\"\nregisters = 5\n\n";

@@ -214,6 +214,7 @@ async fn every_address_form_and_type_decodes() {
     plc.set("db", 1, 62, &[9]);
     plc.set("db", 1, 64, &100_000u32.to_be_bytes());
     plc.set("db", 1, 68, &250i16.to_be_bytes());
+    plc.set("db", 1, 72, &11.4f32.to_be_bytes());
     plc.set("db", 2, 0, &100i16.to_be_bytes());
     plc.set("mk", 0, 10, &[0x02]);
     plc.set("mk", 0, 20, &1000u16.to_be_bytes());
@@ -236,6 +237,8 @@ async fn every_address_form_and_type_decodes() {
         ("w4", "DB1.DBW4", Json::from(48879)),
         ("d6", "DB2.DBD6", Json::from(3_735_928_559u64)),
         ("real8", "DB1,REAL8", Json::from(12.5)),
+        // The REAL's shortest decimal, not the f32 widened (11.40000057220459).
+        ("real72", "DB1,REAL72", Json::from(11.4)),
         ("int12", "DB1,INT12", Json::from(-1234)),
         ("dint14", "DB1,DINT14", Json::from(-123_456_789)),
         ("string20", "DB1,STRING20.10", Json::from("hello")),

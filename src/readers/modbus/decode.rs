@@ -120,18 +120,15 @@ pub fn decode(ty: DataType, order: ByteOrder, regs: &[u16]) -> Option<Decoded> {
         DataType::I16 => ok(Value::Int(i16::from_be_bytes(array(&b)) as i64)),
         DataType::U32 => ok(Value::Int(u32::from_be_bytes(array(&b)) as i64)),
         DataType::I32 => ok(Value::Int(i32::from_be_bytes(array(&b)) as i64)),
-        DataType::U64 => {
-            let v = u64::from_be_bytes(array(&b));
-            match i64::try_from(v) {
-                Ok(i) => ok(Value::Int(i)),
-                Err(_) => Some(Decoded {
-                    value: Value::Float(v as f64),
-                    quality: Quality::Uncertain,
-                }),
-            }
-        }
+        DataType::U64 => match Value::from_u64(u64::from_be_bytes(array(&b))) {
+            (value, true) => ok(value),
+            (value, false) => Some(Decoded {
+                value,
+                quality: Quality::Uncertain,
+            }),
+        },
         DataType::I64 => ok(Value::Int(i64::from_be_bytes(array(&b)))),
-        DataType::F32 => ok(Value::Float(f32::from_be_bytes(array(&b)) as f64)),
+        DataType::F32 => ok(Value::from_f32(f32::from_be_bytes(array(&b)))),
         DataType::F64 => ok(Value::Float(f64::from_be_bytes(array(&b)))),
         DataType::Str(_) => {
             // Strings are byte sequences: only the byte swap within a register applies.

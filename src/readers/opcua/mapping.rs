@@ -74,9 +74,19 @@ pub fn datetime_ms(dt: &DateTime) -> i64 {
     (dt.checked_ticks() - TICKS_1601_TO_1970).div_euclid(10_000)
 }
 
+/// Whether [`value`] of `v` is only near the device's value (a UInt64 above i64::MAX).
+pub fn inexact(v: &Variant) -> bool {
+    match v {
+        Variant::UInt64(n) => i64::try_from(*n).is_err(),
+        Variant::Array(a) if a.values.len() == 1 => inexact(&a.values[0]),
+        _ => false,
+    }
+}
+
 /// A scalar Variant as a payload value:
 /// - Boolean -> bool; SByte..Int64, Byte, UInt16, UInt32 -> integer; UInt64 -> integer when it
-///   fits in i64, else its decimal text (exact); Float, Double -> number;
+///   fits in i64, else the nearest number (see [`inexact`]: the sample is `Uncertain`, the rule
+///   of every reader); Float -> the number with the Float's shortest decimal; Double -> number;
 /// - String, XmlElement -> text (null -> ""); LocalizedText -> its text (locale dropped);
 ///   QualifiedName, NodeId, ExpandedNodeId, Guid -> their standard text form;
 ///   StatusCode -> its name ("BadSensorFailure"); ByteString -> base64 text;
@@ -94,11 +104,8 @@ pub fn value(v: &Variant) -> Result<Value, Unsupported> {
         Variant::Int32(n) => Value::Int(i64::from(*n)),
         Variant::UInt32(n) => Value::Int(i64::from(*n)),
         Variant::Int64(n) => Value::Int(*n),
-        Variant::UInt64(n) => match i64::try_from(*n) {
-            Ok(i) => Value::Int(i),
-            Err(_) => Value::Text(n.to_string()),
-        },
-        Variant::Float(f) => Value::Float(f64::from(*f)),
+        Variant::UInt64(n) => Value::from_u64(*n).0,
+        Variant::Float(f) => Value::from_f32(*f),
         Variant::Double(f) => Value::Float(*f),
         Variant::String(s) => Value::Text(s.value().clone().unwrap_or_default()),
         Variant::XmlElement(s) => Value::Text(s.to_string()),
@@ -181,9 +188,11 @@ mod tests {
         assert_eq!(value(&Variant::UInt64(7)), Ok(Value::Int(7)));
         assert_eq!(
             value(&Variant::UInt64(u64::MAX)),
-            Ok(Value::Text("18446744073709551615".into()))
+            Ok(Value::Float(u64::MAX as f64))
         );
+        assert!(inexact(&Variant::UInt64(u64::MAX)) && !inexact(&Variant::UInt64(7)));
         assert_eq!(value(&Variant::Float(1.5)), Ok(Value::Float(1.5)));
+        assert_eq!(value(&Variant::Float(11.4)), Ok(Value::Float(11.4)));
         assert_eq!(value(&Variant::Double(-2.25)), Ok(Value::Float(-2.25)));
         assert_eq!(
             value(&Variant::String(UAString::from("abc"))),
@@ -309,14 +318,14 @@ mod tests {
                         Variant::UInt64(n) => prop_assert_eq!(i as u64, *n),
                         _ => {}
                     },
-                    Ok(Value::Text(t)) => {
-                        if let Variant::UInt64(n) = picked {
-                            prop_assert_eq!(t, n.to_string());
-                        }
-                    }
+                    Ok(Value::Text(_)) => prop_assert!(!matches!(picked, Variant::UInt64(_))),
                     Ok(Value::Float(f)) => match picked {
                         Variant::Double(d) => prop_assert!(f.to_bits() == d.to_bits()),
-                        Variant::Float(x) => prop_assert!(f.is_nan() == x.is_nan()),
+                        // The shortest decimal of the f32, which reads back as the same f32.
+                        Variant::Float(x) => prop_assert!(
+                            (f.is_nan() && x.is_nan()) || (f as f32).to_bits() == x.to_bits()
+                        ),
+                        Variant::UInt64(n) => prop_assert!(inexact(picked) && f == *n as f64),
                         _ => prop_assert!(false, "{picked:?} became a float"),
                     },
                     Ok(Value::Bool(_)) => prop_assert!(matches!(picked, Variant::Boolean(_))),

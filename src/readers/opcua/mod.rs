@@ -418,11 +418,11 @@ impl OpcuaReader {
         let skew = skew.filter(|_| !ctx.clock().known_wrong());
         let (timestamp_ms, flags) = mapping::timestamp(dv, now, skew);
         let mut quality = mapping::quality(dv.status);
-        let value = match dv
-            .value
-            .as_ref()
-            .map(|v| mapping::value(mapping::element(v, t.index)))
-        {
+        let element = dv.value.as_ref().map(|v| mapping::element(v, t.index));
+        if element.is_some_and(mapping::inexact) && quality == Quality::Ok {
+            quality = Quality::Uncertain;
+        }
+        let value = match element.map(mapping::value) {
             Some(Ok(v)) => v,
             other => {
                 let why = match other {

@@ -44,7 +44,7 @@ pub fn decode(data_type: DataType, bytes: &[u8]) -> Result<Value, DecodeError> {
         DataType::DWord => Value::Int(i64::from(u32::from_be_bytes(be4()))),
         DataType::DInt | DataType::Time => Value::Int(i64::from(i32::from_be_bytes(be4()))),
         DataType::TimeOfDay => Value::Int(i64::from(u32::from_be_bytes(be4()))),
-        DataType::Real => Value::Float(widen(f32::from_be_bytes(be4()))),
+        DataType::Real => Value::from_f32(f32::from_be_bytes(be4())),
         DataType::LReal => {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[..8]);
@@ -60,14 +60,6 @@ pub fn decode(data_type: DataType, bytes: &[u8]) -> Result<Value, DecodeError> {
         DataType::Date => Value::Text(date_text(be2())),
         DataType::DateAndTime => Value::Text(date_and_time(&bytes[..8])?),
     })
-}
-
-/// f32 -> f64 through the shortest decimal that round-trips the f32.
-fn widen(f: f32) -> f64 {
-    if !f.is_finite() {
-        return f64::from(f);
-    }
-    f.to_string().parse::<f64>().unwrap_or(f64::from(f))
 }
 
 fn latin1(bytes: &[u8]) -> String {
