@@ -172,3 +172,222 @@ interval = "60ms"
         );
     }
 }
+
+/// A device that answers every "read holding registers" with the value 7, after `slow_ms` for
+/// a read that starts at address 0 and at once for the others.
+async fn slow_device(slow_ms: u64) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = [0u8; 12];
+                while s.read_exact(&mut req).await.is_ok() {
+                    let (tid, unit) = ([req[0], req[1]], req[6]);
+                    let address = u16::from_be_bytes([req[8], req[9]]);
+                    let count = u16::from_be_bytes([req[10], req[11]]);
+                    if address == 0 {
+                        tokio::time::sleep(Duration::from_millis(slow_ms)).await;
+                    }
+                    let mut pdu = vec![3u8, (count * 2) as u8];
+                    for _ in 0..count {
+                        pdu.extend_from_slice(&7u16.to_be_bytes());
+                    }
+                    let mut frame = Vec::new();
+                    frame.extend_from_slice(&tid);
+                    frame.extend_from_slice(&[0, 0]);
+                    frame.extend_from_slice(&((pdu.len() + 1) as u16).to_be_bytes());
+                    frame.push(unit);
+                    frame.extend_from_slice(&pdu);
+                    if s.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Each tag is stamped when its own request went out, not when the poll round started: behind
+/// a read that takes 400 ms, the next read's samples are 400 ms later (they were stamped with
+/// the round's start, 400 ms early).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tag_is_stamped_at_its_own_request() {
+    const SLOW_MS: i64 = 400;
+    let port = slow_device(SLOW_MS as u64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let text = format!(
+        r#"
+[gateway]
+data_dir = "{data}"
+equipment_id = "line1"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+name = "file"
+kind = "file"
+path = "{out}"
+batch_interval = "50ms"
+
+[[sources]]
+kind = "modbus_tcp"
+id = "plc"
+host = "127.0.0.1"
+port = {port}
+interval = "100ms"
+request_timeout = "2s"
+
+# Far apart: two reads in one round, the slow one first.
+[[sources.tags]]
+name = "slow"
+address = "40001"
+
+[[sources.tags]]
+name = "after"
+address = "40201"
+"#,
+        data = common::toml_path(&dir.path().join("data")),
+        out = common::toml_path(&out),
+    );
+    let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut p =
+        streamgate::app::Pipeline::start(&cfg, streamgate::app::StartOptions::default()).unwrap();
+    let ok = |tag: &str| -> Vec<i64> {
+        common::exported_json(&out)
+            .iter()
+            .filter(|r| r["tag"] == tag && r["quality"] == "Ok")
+            .map(|r| r["timestamp"].as_i64().unwrap())
+            .collect()
+    };
+    common::wait_until_async("three rounds", Duration::from_secs(30), async || {
+        ok("after").len() >= 3
+    })
+    .await;
+    common::stop_sources_and_drain(&mut p, Duration::from_secs(30)).await;
+    p.stop().await;
+    let (slow, after) = (ok("slow"), ok("after"));
+    // Round by round: the second read went out after the slow answer came back.
+    for (s, a) in slow.iter().zip(&after).take(3) {
+        assert!(
+            a - s >= SLOW_MS - 20,
+            "the tag read after a {SLOW_MS} ms answer is stamped {} ms after it: {slow:?} {after:?}",
+            a - s
+        );
+    }
+}
+
+/// A device that answers every "read holding registers" with the value 7 and unit id 255,
+/// whatever unit was asked (as some TCP-native devices do).
+async fn unit_255_device() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = [0u8; 12];
+                while s.read_exact(&mut req).await.is_ok() {
+                    let tid = [req[0], req[1]];
+                    let count = u16::from_be_bytes([req[10], req[11]]);
+                    let mut pdu = vec![3u8, (count * 2) as u8];
+                    for _ in 0..count {
+                        pdu.extend_from_slice(&7u16.to_be_bytes());
+                    }
+                    let mut frame = Vec::new();
+                    frame.extend_from_slice(&tid);
+                    frame.extend_from_slice(&[0, 0]);
+                    frame.extend_from_slice(&((pdu.len() + 1) as u16).to_be_bytes());
+                    frame.push(255);
+                    frame.extend_from_slice(&pdu);
+                    if s.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `ignore_reply_unit_id = true` reads a device that answers unit 255 to a request for unit 3;
+/// without it, the same device's answers are refused (the tag is Bad, never 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_with_another_unit_id_are_taken_when_asked() {
+    let port = unit_255_device().await;
+    for ignore in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let text = format!(
+            r#"
+[gateway]
+data_dir = "{data}"
+equipment_id = "line1"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+name = "file"
+kind = "file"
+path = "{out}"
+batch_interval = "50ms"
+
+[[sources]]
+kind = "modbus_tcp"
+id = "meter"
+host = "127.0.0.1"
+port = {port}
+unit_id = 3
+interval = "50ms"
+reconnect_min = "20ms"
+reconnect_max = "100ms"
+ignore_reply_unit_id = {ignore}
+
+[[sources.tags]]
+name = "energy"
+address = "40001"
+"#,
+            data = common::toml_path(&dir.path().join("data")),
+            out = common::toml_path(&out),
+        );
+        let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut p =
+            streamgate::app::Pipeline::start(&cfg, streamgate::app::StartOptions::default())
+                .unwrap();
+        let samples = || {
+            common::exported_json(&out)
+                .into_iter()
+                .filter(|r| r["tag"] == "energy")
+                .collect::<Vec<_>>()
+        };
+        // Refused, the source never reads: one Bad sample says so (and the reason).
+        let want = if ignore { 3 } else { 1 };
+        common::wait_until_async("samples of the tag", Duration::from_secs(30), async || {
+            samples().len() >= want
+        })
+        .await;
+        common::stop_sources_and_drain(&mut p, Duration::from_secs(30)).await;
+        p.stop().await;
+        let all = samples();
+        let read = all
+            .iter()
+            .filter(|r| r["quality"] == "Ok" && r["value"] == 7)
+            .count();
+        if ignore {
+            assert!(read >= 3, "read with ignore_reply_unit_id: {all:?}");
+        } else {
+            assert_eq!(read, 0, "refused without it: {all:?}");
+            assert!(all.iter().all(|r| r["quality"] == "Bad"), "{all:?}");
+            assert!(
+                all[0]["value"]
+                    .as_str()
+                    .is_some_and(|v| v.contains("set ignore_reply_unit_id = true")),
+                "the Bad sample says what to do: {}",
+                all[0]
+            );
+        }
+    }
+}

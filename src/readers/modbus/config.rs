@@ -17,6 +17,7 @@ pub struct RawModbus {
     // TCP
     pub host: Option<String>,
     pub port: Option<i64>,
+    pub ignore_reply_unit_id: Option<bool>,
     // RTU
     pub device: Option<String>,
     pub baud: Option<i64>,
@@ -71,6 +72,8 @@ pub enum Transport {
     Tcp {
         host: String,
         port: u16,
+        /// Take replies whatever unit id they carry (devices that always answer 0 or 255).
+        ignore_reply_unit_id: bool,
     },
     Rtu {
         device: String,
@@ -85,7 +88,7 @@ impl Transport {
     /// Sources with the same key share one connection (a TCP gateway or a serial line).
     pub fn key(&self) -> String {
         match self {
-            Transport::Tcp { host, port } => format!("tcp://{host}:{port}"),
+            Transport::Tcp { host, port, .. } => format!("tcp://{host}:{port}"),
             Transport::Rtu { device, .. } => format!("rtu://{device}"),
         }
     }
@@ -158,6 +161,12 @@ impl RawModbus {
         let transport = if rtu {
             misplaced(errs, "host", self.host.is_some(), "modbus_tcp");
             misplaced(errs, "port", self.port.is_some(), "modbus_tcp");
+            misplaced(
+                errs,
+                "ignore_reply_unit_id",
+                self.ignore_reply_unit_id.is_some(),
+                "modbus_tcp",
+            );
             let device = self.device.clone().unwrap_or_default();
             if device.trim().is_empty() {
                 errs.push(
@@ -201,6 +210,7 @@ impl RawModbus {
             Transport::Tcp {
                 host,
                 port: errs.int(&format!("{path}.port"), self.port, 502, 1, 65535) as u16,
+                ignore_reply_unit_id: self.ignore_reply_unit_id.unwrap_or(false),
             }
         };
         // RTU: 1..=247 (0 is broadcast, which has no responses). TCP: 0..=255 (0 and 255 are
@@ -293,21 +303,28 @@ impl RawModbus {
 /// (key path, id, config) of every Modbus source, in config order.
 pub fn check_shared_lines(sources: &[(&str, &str, &ModbusConfig)], errs: &mut Errors) {
     for (n, (path, _, m)) in sources.iter().enumerate() {
-        let Transport::Rtu { device, .. } = &m.transport else {
-            continue;
-        };
         let first = sources[..n]
             .iter()
             .find(|(_, _, o)| o.transport.key() == m.transport.key());
-        if let Some((_, id, first)) = first
-            && first.transport != m.transport
-        {
-            errs.push(
+        let Some((_, id, first)) = first else {
+            continue;
+        };
+        if first.transport == m.transport {
+            continue;
+        }
+        match &m.transport {
+            Transport::Rtu { device, .. } => errs.push(
                 format!("{path}.baud"),
                 format!(
                     "serial device {device:?} is shared with source \"{id}\" whose baud/parity/data_bits/stop_bits differ; sources on one line must agree"
                 ),
-            );
+            ),
+            Transport::Tcp { host, port, .. } => errs.push(
+                format!("{path}.ignore_reply_unit_id"),
+                format!(
+                    "{host}:{port} is shared with source \"{id}\" (one connection), which sets ignore_reply_unit_id otherwise; sources on one connection must agree"
+                ),
+            ),
         }
     }
 }
@@ -519,7 +536,8 @@ mod tests {
             m.transport,
             Transport::Tcp {
                 host: "h".into(),
-                port: 502
+                port: 502,
+                ignore_reply_unit_id: false,
             }
         );
         assert_eq!((m.unit_id, m.request_timeout), (1, Duration::from_secs(1)));

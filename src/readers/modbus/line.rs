@@ -38,6 +38,7 @@ impl Lines {
                         ctx: None,
                         backoff: Backoff::new(initial, max),
                         retry_at: None,
+                        sent_ms: None,
                     }),
                 })
             })
@@ -70,6 +71,8 @@ struct LineState {
     ctx: Option<Context>,
     backoff: Backoff,
     retry_at: Option<Instant>,
+    /// When the last request went out.
+    sent_ms: Option<i64>,
 }
 
 /// A response: bits for coils and discrete inputs, words for registers.
@@ -126,7 +129,11 @@ impl Line {
 
     async fn connect(&self, timeout: Duration) -> Result<Context, ConnectError> {
         match &self.transport {
-            Transport::Tcp { host, port } => {
+            Transport::Tcp {
+                host,
+                port,
+                ignore_reply_unit_id,
+            } => {
                 let stream = tokio::time::timeout(
                     timeout,
                     tokio::net::TcpStream::connect((host.as_str(), *port)),
@@ -135,6 +142,11 @@ impl Line {
                 .map_err(|_| ConnectError::Timeout(timeout))??;
                 // Requests are small and answered one at a time: Nagle would only add delay.
                 let _ = stream.set_nodelay(true);
+                if *ignore_reply_unit_id {
+                    return Ok(tokio_modbus::client::tcp::attach(
+                        super::unit::SameUnit::new(stream),
+                    ));
+                }
                 Ok(tokio_modbus::client::tcp::attach(stream))
             }
             Transport::Rtu {
@@ -169,6 +181,10 @@ impl Line {
     /// Reads `count` registers or bits of `area` from `unit`, connecting first if needed.
     /// A timeout or transport error drops the connection (a late answer must not be taken
     /// for the next request's); only a failed connect backs the whole line off.
+    ///
+    /// Also returns when the request went out (gateway clock, ms): the samples' timestamp.
+    /// Taken once the line is free (not when the caller started waiting for a shared line
+    /// whose other units may be slow), so every tag is stamped at its own request.
     pub async fn read(
         &self,
         unit: u8,
@@ -176,8 +192,24 @@ impl Line {
         address: u16,
         count: u16,
         timeout: Duration,
-    ) -> Result<Data, ReadError> {
+    ) -> (i64, Result<Data, ReadError>) {
         let mut st = self.state.lock().await;
+        let result = self
+            .read_locked(&mut st, unit, area, address, count, timeout)
+            .await;
+        (st.sent_ms.unwrap_or_else(crate::time::now_ms), result)
+    }
+
+    async fn read_locked(
+        &self,
+        st: &mut LineState,
+        unit: u8,
+        area: Area,
+        address: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> Result<Data, ReadError> {
+        st.sent_ms = None;
         if st.ctx.is_none() {
             if let Some(until) = st.retry_at
                 && Instant::now() < until
@@ -200,6 +232,7 @@ impl Line {
                 }
             }
         }
+        st.sent_ms = Some(crate::time::now_ms());
         let Some(ctx) = st.ctx.as_mut() else {
             return Err(ReadError::Transport("not connected".into()));
         };
@@ -251,7 +284,7 @@ impl Line {
             }
             Ok(Err(e)) => {
                 st.ctx = None;
-                Err(ReadError::Transport(e.to_string()))
+                Err(ReadError::Transport(explain(&e, unit)))
             }
             Err(_) => {
                 st.ctx = None;
@@ -259,6 +292,24 @@ impl Line {
             }
         }
     }
+}
+
+/// The transport error's text, with what to do when the device answered another unit id.
+fn explain(e: &tokio_modbus::Error, unit: u8) -> String {
+    let text = e.to_string();
+    if let tokio_modbus::Error::Protocol(tokio_modbus::ProtocolError::HeaderMismatch {
+        message,
+        ..
+    }) = e
+        && let Some((_, response)) = message.split_once("actual/response")
+        && response.contains("unit_id: ")
+        && !response.contains(&format!("unit_id: {unit} "))
+    {
+        return format!(
+            "{text} (the device answers with another unit id than asked: if it always does, set ignore_reply_unit_id = true)"
+        );
+    }
+    text
 }
 
 /// Registers must come back exactly as many as asked; bits in whole bytes (at least as many).

@@ -11,7 +11,7 @@
 //!   Bad+`Lst` sample, the source backs off, and the first samples after reconnect carry `Fst`.
 //!
 //! Timestamps: Modbus carries no device time, so `timestamp` is the gateway's clock when the
-//! poll round started (one timestamp for all tags of a round), and every sample carries `Ats`
+//! tag's own request went out ([`line::Line::read`]), and every sample carries `Ats`
 //! as FIELD.md defines it ("the gateway replaced the device's timestamp: no device time"), the
 //! same rule as the S7 reader: consumers can tell gateway-stamped from device-stamped data.
 
@@ -20,6 +20,7 @@ pub mod config;
 pub mod decode;
 pub mod line;
 pub mod plan;
+pub mod unit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -295,7 +296,8 @@ impl ModbusReader {
         self.emit(ctx, t, Value::Text(text), Quality::Bad, ts, now);
     }
 
-    async fn read(&self, read: &Read) -> Result<Data, ReadError> {
+    /// The read's result and its timestamp (when the request went out).
+    async fn read(&self, read: &Read) -> (i64, Result<Data, ReadError>) {
         self.line
             .read(
                 self.config.unit_id,
@@ -309,12 +311,13 @@ impl ModbusReader {
 
     /// Polls one group. An exception on a coalesced read is retried tag by tag, so one bad
     /// address does not take its neighbours down.
-    async fn poll(&mut self, ctx: &mut SourceContext, g: usize, ts: i64) -> Result<(), Outage> {
+    async fn poll(&mut self, ctx: &mut SourceContext, g: usize) -> Result<(), Outage> {
         let now = Instant::now();
         self.plan_group(g, now);
         let reads = self.groups[g].reads.clone();
         for read in &reads {
-            match self.read(read).await {
+            let (ts, result) = self.read(read).await;
+            match result {
                 Ok(data) => self.deliver(ctx, read, &data, ts, now),
                 Err(error) if isolate(&error) && read.tags.len() > 1 => {
                     tracing::debug!(error = %error, address = read.address, count = read.count, "coalesced read failed; reading its tags one by one");
@@ -326,7 +329,8 @@ impl ModbusReader {
                             count: tag.data_type.width(),
                             tags: vec![(t, 0)],
                         };
-                        match self.read(&single).await {
+                        let (ts, result) = self.read(&single).await;
+                        match result {
                             Ok(data) => self.deliver(ctx, &single, &data, ts, now),
                             Err(error) if error.per_read() => {
                                 self.rejected(ctx, t, &error, ts, now)
@@ -384,9 +388,8 @@ impl ModbusReader {
                 let interval = self.groups[g].interval;
                 // No catch-up burst after a stall: the next poll is one interval from now.
                 self.groups[g].next = (self.groups[g].next + interval).max(now);
-                let ts = crate::time::now_ms();
                 let result = tokio::select! {
-                    r = self.poll(&mut ctx, g, ts) => r,
+                    r = self.poll(&mut ctx, g) => r,
                     _ = shutdown.cancelled() => break 'run,
                 };
                 match result {
