@@ -209,6 +209,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 exports,
                 c.sources.len()
             );
+            for s in &c.sources {
+                out!(
+                    "  source {} ({}): {}",
+                    s.id,
+                    s.kind.kind_name(),
+                    s.kind.summary()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Purge { config, stream } => {

@@ -168,3 +168,48 @@ fn cli_values_are_validated() {
     ]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// `validate` says what each source will do; an OPC UA source without `sampling_interval`
+/// says its tags are sampled at the publishing interval (the default is not silent).
+#[test]
+fn validate_shows_the_effective_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        r#"[gateway]
+data_dir = "/tmp/streamgate-test"
+equipment_id = "eq-1"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+kind = "stdout"
+
+[[sources]]
+kind = "opcua"
+id = "mixer"
+endpoint = "opc.tcp://192.0.2.20:4840"
+publishing_interval = "2s"
+
+[[sources.tags]]
+name = "speed"
+node = "ns=2;s=Speed"
+
+[[sources.tags]]
+name = "level"
+node = "ns=2;s=Level"
+mode = "poll"
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = validate(&path);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "  source mixer (opcua): 2 tag(s): 1 subscribed, sampled every 2.0s (sampling_interval not set: the publishing_interval), published every 2.0s; 1 polled every 1.0s\n"
+        ),
+        "{stdout}"
+    );
+}

@@ -284,6 +284,35 @@ impl SourceKind {
         }
     }
 
+    /// What the source will do, one line for `streamgate validate`.
+    pub fn summary(&self) -> String {
+        use crate::config::units::format_duration as d;
+        use std::time::Duration;
+        let polled = |intervals: Vec<Duration>| {
+            let (Some(fastest), Some(slowest)) = (intervals.iter().min(), intervals.iter().max())
+            else {
+                return "no tags".to_string();
+            };
+            let every = if fastest == slowest {
+                d(*fastest)
+            } else {
+                format!("{} to {}", d(*fastest), d(*slowest))
+            };
+            format!("{} tag(s), polled every {every}", intervals.len())
+        };
+        match self {
+            SourceKind::Simulator(s) => polled(vec![s.interval; s.tags.len()]),
+            #[cfg(feature = "s7")]
+            SourceKind::S7(s) => polled(vec![s.interval; s.tags.len()]),
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                polled(m.tags.iter().map(|t| t.interval).collect())
+            }
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(o) => o.summary(),
+        }
+    }
+
     /// The files this source reads (key, path), which must exist when it starts.
     pub fn files(&self) -> Vec<(&'static str, &std::path::Path)> {
         match self {

@@ -140,6 +140,8 @@ pub struct OpcuaConfig {
     pub pki_dir: Option<PathBuf>,
     pub trust_on_first_use: bool,
     pub publishing_interval: Duration,
+    /// Whether the source sets `sampling_interval` (otherwise it is `publishing_interval`).
+    pub sampling_interval_set: bool,
     pub interval: Duration,
     pub keep_alive_interval: Duration,
     pub request_timeout: Duration,
@@ -155,6 +157,49 @@ pub struct OpcuaConfig {
 pub const MAX_TAGS: usize = 10_000;
 /// Upper bound on a monitored item's server-side queue.
 pub const MAX_QUEUE_SIZE: i64 = 10_000;
+
+impl OpcuaConfig {
+    /// What the source will do, for `streamgate validate`: the effective sampling (saying when
+    /// it is the default, the publishing interval) and polling intervals.
+    pub fn summary(&self) -> String {
+        use crate::config::units::format_duration as d;
+        let subscribed: Vec<&OpcuaTag> =
+            self.tags.iter().filter(|t| t.mode == Mode::Subscribe).collect();
+        let polled = self.tags.len() - subscribed.len();
+        let mut parts = Vec::new();
+        if let (Some(fastest), Some(slowest)) = (
+            subscribed.iter().map(|t| t.sampling_interval).min(),
+            subscribed.iter().map(|t| t.sampling_interval).max(),
+        ) {
+            let one = |x: Duration| {
+                if x.is_zero() {
+                    "0 (every change)".to_string()
+                } else {
+                    d(x)
+                }
+            };
+            let sampled = if fastest == slowest {
+                one(fastest)
+            } else {
+                format!("{} to {}", one(fastest), one(slowest))
+            };
+            let default = if self.sampling_interval_set {
+                ""
+            } else {
+                " (sampling_interval not set: the publishing_interval)"
+            };
+            parts.push(format!(
+                "{} subscribed, sampled every {sampled}{default}, published every {}",
+                subscribed.len(),
+                d(self.publishing_interval)
+            ));
+        }
+        if polled > 0 {
+            parts.push(format!("{polled} polled every {}", d(self.interval)));
+        }
+        format!("{} tag(s): {}", self.tags.len(), parts.join("; "))
+    }
+}
 
 impl RawOpcua {
     pub fn validate(&self, path: &str, streams: &StreamNames, errs: &mut Errors) -> OpcuaConfig {
@@ -413,6 +458,7 @@ impl RawOpcua {
             pki_dir: self.pki_dir.as_ref().map(PathBuf::from),
             trust_on_first_use: self.trust_on_first_use.unwrap_or(false),
             publishing_interval,
+            sampling_interval_set: self.sampling_interval.is_some(),
             interval,
             keep_alive_interval,
             request_timeout,
