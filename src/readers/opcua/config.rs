@@ -44,7 +44,15 @@ pub struct RawOpcuaTag {
     pub queue_size: Option<i64>,
     pub deadband_absolute: Option<f64>,
     pub deadband_percent: Option<f64>,
-    pub index: Option<i64>,
+    pub index: Option<RawIndex>,
+}
+
+/// `index`: an integer (one-dimensional arrays) or text with one index per dimension ("1,1").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawIndex {
+    One(i64),
+    PerDimension(String),
 }
 
 /// The security policies offered (names as in the OPC UA profiles, as the crate reads them).
@@ -126,8 +134,9 @@ pub struct OpcuaTag {
     pub sampling_interval: Duration,
     pub queue_size: u32,
     pub deadband: Deadband,
-    /// One element of an array node (sent to the server as IndexRange).
-    pub index: Option<u32>,
+    /// One element of an array node, one index per dimension (sent to the server as
+    /// IndexRange "1,1").
+    pub index: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,8 +172,11 @@ impl OpcuaConfig {
     /// it is the default, the publishing interval) and polling intervals.
     pub fn summary(&self) -> String {
         use crate::config::units::format_duration as d;
-        let subscribed: Vec<&OpcuaTag> =
-            self.tags.iter().filter(|t| t.mode == Mode::Subscribe).collect();
+        let subscribed: Vec<&OpcuaTag> = self
+            .tags
+            .iter()
+            .filter(|t| t.mode == Mode::Subscribe)
+            .collect();
         let polled = self.tags.len() - subscribed.len();
         let mut parts = Vec::new();
         if let (Some(fastest), Some(slowest)) = (
@@ -421,14 +433,32 @@ impl RawOpcua {
                 1,
                 MAX_QUEUE_SIZE,
             ) as u32;
-            let index = t.index.map(|i| {
-                errs.int(
+            let index = t.index.as_ref().map(|i| match i {
+                RawIndex::One(i) => vec![errs.int(
                     &format!("{tpath}.index"),
-                    Some(i),
+                    Some(*i),
                     0,
                     0,
                     i64::from(u32::MAX),
-                ) as u32
+                ) as u32],
+                RawIndex::PerDimension(text) => {
+                    let parsed: Option<Vec<u32>> = text
+                        .split(',')
+                        .map(|p| p.trim().parse::<u32>().ok())
+                        .collect();
+                    match parsed {
+                        Some(v) if !v.is_empty() && v.len() <= 8 => v,
+                        _ => {
+                            errs.push(
+                                format!("{tpath}.index"),
+                                format!(
+                                    "\"{text}\" is not an element: one 0-based index per dimension, separated by commas (\"3\", \"1,1\"), at most 8; ranges (\"1:3\") are not supported, a tag is one value"
+                                ),
+                            );
+                            Vec::new()
+                        }
+                    }
+                }
             });
             node.map(|node| OpcuaTag {
                 name: t.name.clone(),

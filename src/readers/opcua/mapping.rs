@@ -59,13 +59,32 @@ impl Unsupported {
     }
 }
 
-/// The element a tag with `index` wants. Servers should apply the IndexRange themselves and
-/// send a one-element array; some (asyncua) send the whole array, so pick it here too.
-pub fn element(v: &Variant, index: Option<u32>) -> &Variant {
-    match (v, index) {
-        (Variant::Array(a), Some(i)) if a.values.len() > 1 => a.values.get(i as usize).unwrap_or(v),
-        _ => v,
+/// The element a tag with `index` wants (one index per dimension). Servers should apply the
+/// IndexRange themselves and send a one-element array; some (asyncua) send the whole array, so
+/// pick it here too: a matrix's elements are stored row after row (the last index varies
+/// fastest), as its `dimensions` say.
+pub fn element<'a>(v: &'a Variant, index: Option<&[u32]>) -> &'a Variant {
+    let (Variant::Array(a), Some(index)) = (v, index) else {
+        return v;
+    };
+    if a.values.len() <= 1 {
+        return v;
     }
+    let flat = match index {
+        [i] => Some(*i as usize),
+        _ => a.dimensions.as_deref().and_then(|dims| {
+            if dims.len() != index.len() || index.iter().zip(dims).any(|(i, d)| i >= d) {
+                return None;
+            }
+            Some(
+                index
+                    .iter()
+                    .zip(dims)
+                    .fold(0usize, |at, (i, d)| at * *d as usize + *i as usize),
+            )
+        }),
+    };
+    flat.and_then(|i| a.values.get(i)).unwrap_or(v)
 }
 
 /// ms since the Unix epoch of an OPC UA DateTime (100 ns ticks since 1601).
@@ -177,6 +196,27 @@ mod tests {
     }
 
     #[test]
+    fn an_element_of_a_matrix_is_picked_row_after_row() {
+        let mut a = Array::new(
+            VariantScalarTypeId::Int32,
+            (0..6).map(Variant::Int32).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        a.dimensions = Some(vec![2, 3]);
+        let m = Variant::from(a);
+        assert_eq!(element(&m, Some(&[1, 2])), &Variant::Int32(5));
+        assert_eq!(element(&m, Some(&[0, 1])), &Variant::Int32(1));
+        assert_eq!(
+            element(&m, Some(&[4])),
+            &Variant::Int32(4),
+            "one index: flat"
+        );
+        // Out of its dimensions, or another rank: the whole array (reported as unsupported).
+        assert_eq!(element(&m, Some(&[2, 0])), &m);
+        assert_eq!(element(&m, Some(&[0, 0, 0])), &m);
+    }
+
+    #[test]
     fn scalars_become_values() {
         assert_eq!(value(&Variant::Boolean(true)), Ok(Value::Bool(true)));
         assert_eq!(value(&Variant::SByte(-3)), Ok(Value::Int(-3)));
@@ -242,9 +282,9 @@ mod tests {
         )
         .unwrap();
         let three = Variant::from(three);
-        assert_eq!(value(element(&three, Some(1))), Ok(Value::Int(2)));
+        assert_eq!(value(element(&three, Some(&[1]))), Ok(Value::Int(2)));
         assert_eq!(
-            element(&three, Some(7)),
+            element(&three, Some(&[7])),
             &three,
             "out of range: the array, reported"
         );
@@ -308,7 +348,8 @@ mod tests {
         proptest! {
             #[test]
             fn every_variant_maps_or_is_reported(v in variant(), index in proptest::option::of(0u32..8)) {
-                let picked = element(&v, index);
+                let index = index.map(|i| vec![i]);
+                let picked = element(&v, index.as_deref());
                 match value(picked) {
                     Ok(Value::Int(i)) => match picked {
                         Variant::SByte(n) => prop_assert_eq!(i, i64::from(*n)),

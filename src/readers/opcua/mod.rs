@@ -418,7 +418,10 @@ impl OpcuaReader {
         let skew = skew.filter(|_| !ctx.clock().known_wrong());
         let (timestamp_ms, flags) = mapping::timestamp(dv, now, skew);
         let mut quality = mapping::quality(dv.status);
-        let element = dv.value.as_ref().map(|v| mapping::element(v, t.index));
+        let element = dv
+            .value
+            .as_ref()
+            .map(|v| mapping::element(v, t.index.as_deref()));
         if element.is_some_and(mapping::inexact) && quality == Quality::Ok {
             quality = Quality::Uncertain;
         }
@@ -534,7 +537,13 @@ fn read_value_id(tag: &OpcuaTag, node: NodeId) -> ReadValueId {
     ReadValueId {
         node_id: node,
         attribute_id: AttributeId::Value as u32,
-        index_range: tag.index.map(NumericRange::Index).unwrap_or_default(),
+        index_range: match tag.index.as_deref() {
+            None => NumericRange::None,
+            Some([i]) => NumericRange::Index(*i),
+            Some(many) => {
+                NumericRange::MultipleRanges(many.iter().map(|i| NumericRange::Index(*i)).collect())
+            }
+        },
         data_encoding: QualifiedName::null(),
     }
 }

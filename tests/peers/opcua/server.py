@@ -77,6 +77,9 @@ async def main():
     recipe = await line.add_variable(ua.NodeId("Line1.Recipe", idx), "Recipe", "none")
     arr = await line.add_variable(ua.NodeId("Line1.Arr", idx), "Arr", [0.0, 0.0, 0.0],
                                   ua.VariantType.Double)
+    # A 2x2 matrix (row after row): the tag with index "1,0" reads the first value of row 1.
+    matrix = await line.add_variable(ua.NodeId("Line1.Matrix", idx), "Matrix",
+                                     ua.Variant([0.0] * 4, ua.VariantType.Double, Dimensions=[2, 2]))
     bench = []
     for k in range(a.bench):
         bench.append(await line.add_variable(ua.NodeId(f"Bench.{k}", idx), f"B{k}", 0.0,
@@ -120,6 +123,9 @@ async def main():
                         f"recipe-{tick}")
             await write(arr, "arr1", ua.Variant([0.0, float(tick), 0.0], ua.VariantType.Double), 0,
                         float(tick))
+            await write(matrix, "matrix10",
+                        ua.Variant([1.0, 2.0, float(tick * 10), 4.0], ua.VariantType.Double,
+                                   Dimensions=[2, 2]), 0, float(tick * 10))
         await asyncio.Event().wait()
 
 
