@@ -213,3 +213,34 @@ mode = "poll"
         "{stdout}"
     );
 }
+
+/// `tags_file`: the tags of a Modbus, an S7 and an OPC UA source from CSV files (comma and
+/// semicolon separated, quoted cells, a comment column), after the tags of the config itself.
+#[test]
+fn tags_come_from_csv_files() {
+    let path = Path::new("tests/configs/tags/gateway.toml");
+    let (code, stdout, stderr) = validate(path);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "  source meter (modbus_tcp): 4 tag(s), polled every 1.0s\n",
+        "  source plc (s7): 3 tag(s), polled every 1.0s\n",
+        "  source mixer (opcua): 3 tag(s): 2 subscribed, sampled every 1.0s (sampling_interval not set: the publishing_interval), published every 1.0s; 1 polled every 1.0s\n",
+    ] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
+    // What the rows say reaches the tags.
+    let cfg = streamgate::app::config::load_checked(path, false).unwrap();
+    let text = format!("{:?}", cfg.sources);
+    for needle in [
+        // The config's own tag first, then the file's rows in order.
+        "name: \"inline\"",
+        "name: \"energy\", stream: None, area: HoldingRegister, address: 0, data_type: U32",
+        "name: \"run\", stream: None, area: Coil, address: 0",
+        "address_text: \"DB1,REAL2\"",
+        "name: \"cell\"",
+        "index: Some([1, 0])",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    assert!(text.find("\"inline\"") < text.find("\"energy\""));
+}

@@ -3,6 +3,7 @@
 //! and the lookup of key paths to lines. A leaf: it knows no component. Each component
 //! validates its own keys with [`Errors`]; `app::config` assembles the whole file.
 
+pub mod csv;
 pub mod locate;
 pub mod table;
 pub mod units;

@@ -22,6 +22,9 @@ pub struct TableReader {
     /// Keys taken out after an error: validation errors about them (a required value now
     /// missing) would repeat the same mistake, so they are dropped.
     pub removed: Vec<String>,
+    /// Keys whose validation errors would only follow from an error already reported (no
+    /// tags because the tags file could not be read): dropped, this key only.
+    pub quiet: Vec<String>,
     /// A table could not be read at all (a required key missing or wrongly typed): the raw
     /// config is incomplete and must not be validated further.
     pub incomplete: bool,

@@ -120,18 +120,33 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 // A key taken out for its type is now missing: validation would report the
                 // same mistake again, less precisely.
                 let repeats = |e: &ConfigError| {
-                    reader.removed.iter().any(|r| {
-                        e.path == *r
-                            || e.path
-                                .strip_prefix(r.as_str())
-                                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
-                    })
+                    reader.quiet.contains(&e.path)
+                        || reader.removed.iter().any(|r| {
+                            e.path == *r
+                                || e.path.strip_prefix(r.as_str()).is_some_and(|rest| {
+                                    rest.starts_with('.') || rest.starts_with('[')
+                                })
+                        })
                 };
                 errors.extend(more.into_iter().filter(|e| !repeats(e)));
                 None
             }
         }
     };
+    // In the order of the file: by line, then (errors on one line, as the rows of a tags
+    // file are) by the indexes of their key paths.
+    let order: Vec<Vec<usize>> = errors.iter().map(|e| indexes(&e.path)).collect();
+    // Errors about tags read from a tags_file name its row and column.
+    for e in &mut errors {
+        if let Some((path, message)) = raw
+            .tag_files
+            .iter()
+            .find_map(|f| f.place(&e.path, &e.message))
+        {
+            e.path = path;
+            e.message = message;
+        }
+    }
     match config {
         Some(mut config) if errors.is_empty() => {
             config.warnings = config.check_warnings();
@@ -140,11 +155,22 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         }
         _ => {
             locate::add_lines(text, &mut errors);
-            // In the order of the file (stable: errors of one key keep their order).
-            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-            Err(errors)
+            let mut errors: Vec<(ConfigError, Vec<usize>)> =
+                errors.into_iter().zip(order).collect();
+            errors.sort_by(|(a, ai), (b, bi)| {
+                (a.line.unwrap_or(usize::MAX), ai).cmp(&(b.line.unwrap_or(usize::MAX), bi))
+            });
+            Err(errors.into_iter().map(|(e, _)| e).collect())
         }
     }
+}
+
+/// The array indexes in a key path (`sources[1].tags[10].min` -> [1, 10]).
+fn indexes(path: &str) -> Vec<usize> {
+    path.split('[')
+        .skip(1)
+        .filter_map(|p| p.split(']').next()?.parse().ok())
+        .collect()
 }
 
 /// A TOML syntax error: where it is, in the words of the parser.

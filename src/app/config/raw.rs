@@ -24,6 +24,38 @@ pub struct RawConfig {
     pub streams: Vec<RawStream>,
     pub sources: Vec<RawSource>,
     pub metrics: Option<RawMetrics>,
+    /// Where tags came from a `tags_file`, to name its rows in errors.
+    pub tag_files: Vec<TagFile>,
+}
+
+/// The tags of one source read from its `tags_file`: `source.tags[first..]` are its rows.
+#[derive(Debug, Clone)]
+pub struct TagFile {
+    /// `sources[2]`.
+    pub source: String,
+    pub file: String,
+    pub first: usize,
+    /// The file's row of each of these tags.
+    pub rows: Vec<usize>,
+}
+
+impl TagFile {
+    /// An error about one of these tags, moved to the file's row and column (the key path
+    /// becomes the source's `tags_file`); `None` when it is about another key.
+    pub fn place(&self, path: &str, message: &str) -> Option<(String, String)> {
+        let rest = path.strip_prefix(&format!("{}.tags[", self.source))?;
+        let (index, rest) = rest.split_once(']')?;
+        let row = self
+            .rows
+            .get(index.parse::<usize>().ok()?.checked_sub(self.first)?)?;
+        let column = rest
+            .strip_prefix('.')
+            .map(|c| c.split(['.', '[']).next().unwrap_or(c));
+        Some((
+            format!("{}.tags_file", self.source),
+            crate::config::csv::at(&self.file, *row, column, message),
+        ))
+    }
 }
 
 /// `[metrics]`: the optional HTTP listener for Prometheus metrics and health.

@@ -7,6 +7,7 @@ use toml::{Table, Value};
 
 use super::raw::{
     COMMON_EXPORT_KEYS, COMMON_SOURCE_KEYS, RawConfig, RawExport, RawSource, RawStream, RawTop,
+    TagFile,
 };
 use crate::config::table::TableReader;
 use crate::exporters::RawExportKind;
@@ -30,18 +31,20 @@ pub(super) fn read(doc: Table, reader: &mut TableReader) -> RawConfig {
         .enumerate()
         .filter_map(|(i, t)| stream(t, &format!("streams[{i}]"), reader))
         .collect();
+    let mut tag_files = Vec::new();
     let sources = top
         .sources
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .filter_map(|(i, t)| source(t, &format!("sources[{i}]"), reader))
+        .filter_map(|(i, t)| source(t, &format!("sources[{i}]"), reader, &mut tag_files))
         .collect();
     RawConfig {
         gateway,
         streams,
         sources,
         metrics,
+        tag_files,
     }
 }
 
@@ -134,6 +137,50 @@ fn with_common_keys(reader: &mut TableReader, from: usize, path: &str, common: &
     }
 }
 
+/// Appends the rows of the source's `tags_file` to its `tags` (after those of the config).
+fn tags_file(
+    file: Value,
+    own: &mut Table,
+    path: &str,
+    reader: &mut TableReader,
+    tag_files: &mut Vec<TagFile>,
+) {
+    let key = format!("{path}.tags_file");
+    let Value::String(file) = file else {
+        reader.push(
+            key,
+            format!(
+                "invalid type: {}, expected a string in quotes (the path of a CSV file)",
+                file.type_str()
+            ),
+            false,
+        );
+        return;
+    };
+    let rows = match crate::config::csv::read(&file) {
+        Ok(rows) => rows,
+        Err(message) => {
+            reader.push(key, message, false);
+            reader.quiet.push(format!("{path}.tags"));
+            return;
+        }
+    };
+    let tags = own
+        .entry("tags")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(tags) = tags else {
+        // `tags` is not an array: reading the kind's keys says so.
+        return;
+    };
+    tag_files.push(TagFile {
+        source: path.to_string(),
+        file,
+        first: tags.len(),
+        rows: rows.iter().map(|(row, _)| *row).collect(),
+    });
+    tags.extend(rows.into_iter().map(|(_, t)| Value::Table(t)));
+}
+
 /// `what`: "an export" or "a source".
 fn unknown_kind(reader: &mut TableReader, path: &str, kind: &str, what: &str, known: &[&str]) {
     reader.push(
@@ -175,7 +222,12 @@ fn export(mut table: Table, path: &str, reader: &mut TableReader) -> Option<RawE
     })
 }
 
-fn source(mut table: Table, path: &str, reader: &mut TableReader) -> Option<RawSource> {
+fn source(
+    mut table: Table,
+    path: &str,
+    reader: &mut TableReader,
+    tag_files: &mut Vec<TagFile>,
+) -> Option<RawSource> {
     let kind = kind(
         &mut table,
         path,
@@ -183,7 +235,10 @@ fn source(mut table: Table, path: &str, reader: &mut TableReader) -> Option<RawS
         "of source",
         &RawSourceKind::kinds(),
     );
-    let (common, own) = split(table, COMMON_SOURCE_KEYS);
+    let (common, mut own) = split(table, COMMON_SOURCE_KEYS);
+    if let Some(file) = own.remove("tags_file") {
+        tags_file(file, &mut own, path, reader, tag_files);
+    }
     let common = reader.read(Value::Table(common), path);
     let kind = kind?;
     let from = reader.errors.len();
