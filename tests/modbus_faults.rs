@@ -1,9 +1,11 @@
-//! A Modbus device that answers one tag's read with something that is not an answer (a
-//! register count other than asked) while the other tags read fine: the failing tag reaches
-//! the export as one `Bad` sample saying why, not silence; the connection is kept, so the
-//! other tags neither flap (no `Lst`/`Fst` mid-run) nor stop, and a tag coalesced with the
-//! broken one in one request is split off and reads. A small Modbus/TCP server in the test
-//! (the real peers answer correctly by construction).
+//! Modbus devices that misbehave in ways the real peers (pymodbus) cannot be made to: a small
+//! Modbus/TCP server in the test, answering as each test says.
+//! - One tag's read answered with another register count than asked while the other tags read
+//!   fine: the failing tag reaches the export as one `Bad` sample saying why, not silence; the
+//!   connection is kept, so the other tags neither flap (no `Lst`/`Fst` mid-run) nor stop, and
+//!   a tag coalesced with the broken one in one request is split off and reads.
+//! - A slow answer: the tags of the next request are stamped when that request went out.
+//! - Replies with unit id 255: refused with a hint, read with `ignore_reply_unit_id`.
 
 #![cfg(feature = "modbus")]
 
@@ -15,10 +17,19 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Answers "read holding registers" with the value 7 in every register asked, except a read
-/// that covers register 100: that one gets one register more than asked (a malformed answer).
-/// Returns the port and the count of connections accepted.
-async fn device() -> (u16, Arc<AtomicUsize>) {
+/// How the test device answers one "read holding registers" request.
+#[derive(Clone, Copy)]
+struct Answer {
+    /// Registers sent back (the value 7 in each): the count asked, or another (malformed).
+    registers: u16,
+    /// The unit id of the reply.
+    unit: u8,
+    delay: Duration,
+}
+
+/// A Modbus/TCP device answering every request as `answer(address, count, unit)` says.
+/// Returns its port and the count of connections it accepted.
+async fn device(answer: fn(u16, u16, u8) -> Answer) -> (u16, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -30,21 +41,19 @@ async fn device() -> (u16, Arc<AtomicUsize>) {
                 let mut req = [0u8; 12];
                 while s.read_exact(&mut req).await.is_ok() {
                     let (tid, unit) = ([req[0], req[1]], req[6]);
-                    let (address, count) = (
-                        u16::from_be_bytes([req[8], req[9]]),
-                        u16::from_be_bytes([req[10], req[11]]),
-                    );
-                    let covers_100 = address <= 100 && address + count > 100;
-                    let n = if covers_100 { count + 1 } else { count };
-                    let mut pdu = vec![3u8, (n * 2) as u8];
-                    for _ in 0..n {
+                    let address = u16::from_be_bytes([req[8], req[9]]);
+                    let count = u16::from_be_bytes([req[10], req[11]]);
+                    let a = answer(address, count, unit);
+                    tokio::time::sleep(a.delay).await;
+                    let mut pdu = vec![3u8, (a.registers * 2) as u8];
+                    for _ in 0..a.registers {
                         pdu.extend_from_slice(&7u16.to_be_bytes());
                     }
                     let mut frame = Vec::new();
                     frame.extend_from_slice(&tid);
                     frame.extend_from_slice(&[0, 0]);
                     frame.extend_from_slice(&((pdu.len() + 1) as u16).to_be_bytes());
-                    frame.push(unit);
+                    frame.push(a.unit);
                     frame.extend_from_slice(&pdu);
                     if s.write_all(&frame).await.is_err() {
                         return;
@@ -56,9 +65,27 @@ async fn device() -> (u16, Arc<AtomicUsize>) {
     (port, connections)
 }
 
+/// Answers as asked, at once.
+fn correct(count: u16, unit: u8) -> Answer {
+    Answer {
+        registers: count,
+        unit,
+        delay: Duration::ZERO,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_whose_reads_fail_at_transport_level_is_sent_as_bad() {
-    let (port, connections) = device().await;
+    // A read that covers register 100 gets one register more than asked (malformed).
+    let (port, connections) = device(|address, count, unit| Answer {
+        registers: if address <= 100 && address + count > 100 {
+            count + 1
+        } else {
+            count
+        },
+        ..correct(count, unit)
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let text = format!(
@@ -173,49 +200,18 @@ interval = "60ms"
     }
 }
 
-/// A device that answers every "read holding registers" with the value 7, after `slow_ms` for
-/// a read that starts at address 0 and at once for the others.
-async fn slow_device(slow_ms: u64) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut req = [0u8; 12];
-                while s.read_exact(&mut req).await.is_ok() {
-                    let (tid, unit) = ([req[0], req[1]], req[6]);
-                    let address = u16::from_be_bytes([req[8], req[9]]);
-                    let count = u16::from_be_bytes([req[10], req[11]]);
-                    if address == 0 {
-                        tokio::time::sleep(Duration::from_millis(slow_ms)).await;
-                    }
-                    let mut pdu = vec![3u8, (count * 2) as u8];
-                    for _ in 0..count {
-                        pdu.extend_from_slice(&7u16.to_be_bytes());
-                    }
-                    let mut frame = Vec::new();
-                    frame.extend_from_slice(&tid);
-                    frame.extend_from_slice(&[0, 0]);
-                    frame.extend_from_slice(&((pdu.len() + 1) as u16).to_be_bytes());
-                    frame.push(unit);
-                    frame.extend_from_slice(&pdu);
-                    if s.write_all(&frame).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Each tag is stamped when its own request went out, not when the poll round started: behind
 /// a read that takes 400 ms, the next read's samples are 400 ms later (they were stamped with
 /// the round's start, 400 ms early).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tag_is_stamped_at_its_own_request() {
     const SLOW_MS: i64 = 400;
-    let port = slow_device(SLOW_MS as u64).await;
+    // The read that starts at address 0 is answered after SLOW_MS, the others at once.
+    let (port, _) = device(|address, count, unit| Answer {
+        delay: Duration::from_millis(if address == 0 { SLOW_MS as u64 } else { 0 }),
+        ..correct(count, unit)
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let text = format!(
@@ -280,43 +276,16 @@ address = "40201"
     }
 }
 
-/// A device that answers every "read holding registers" with the value 7 and unit id 255,
-/// whatever unit was asked (as some TCP-native devices do).
-async fn unit_255_device() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut req = [0u8; 12];
-                while s.read_exact(&mut req).await.is_ok() {
-                    let tid = [req[0], req[1]];
-                    let count = u16::from_be_bytes([req[10], req[11]]);
-                    let mut pdu = vec![3u8, (count * 2) as u8];
-                    for _ in 0..count {
-                        pdu.extend_from_slice(&7u16.to_be_bytes());
-                    }
-                    let mut frame = Vec::new();
-                    frame.extend_from_slice(&tid);
-                    frame.extend_from_slice(&[0, 0]);
-                    frame.extend_from_slice(&((pdu.len() + 1) as u16).to_be_bytes());
-                    frame.push(255);
-                    frame.extend_from_slice(&pdu);
-                    if s.write_all(&frame).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// `ignore_reply_unit_id = true` reads a device that answers unit 255 to a request for unit 3;
 /// without it, the same device's answers are refused (the tag is Bad, never 7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_with_another_unit_id_are_taken_when_asked() {
-    let port = unit_255_device().await;
+    // Every reply carries unit id 255, whatever unit was asked.
+    let (port, _) = device(|_, count, _| Answer {
+        unit: 255,
+        ..correct(count, 0)
+    })
+    .await;
     for ignore in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
