@@ -172,6 +172,9 @@ name = "arr1"
 node = "nsu=urn:streamgate:test;s=Line1.Arr"
 index = 1
 [[sources.tags]]
+name = "ftemp"
+node = "nsu=urn:streamgate:test;s=Line1.FloatTemp"
+[[sources.tags]]
 name = "matrix10"
 node = "nsu=urn:streamgate:test;s=Line1.Matrix"
 index = "1,0"
@@ -262,7 +265,7 @@ async fn subscribed_values_carry_source_timestamps_and_status() {
 
     let samples = exported(&out);
     let log = server_log(&log);
-    for tag in ["temp", "counter", "running", "recipe", "arr1", "matrix10"] {
+    for tag in ["temp", "counter", "running", "recipe", "arr1", "ftemp", "matrix10"] {
         let got: Vec<&Payload> = samples.iter().filter(|p| p.tag == tag && real(p)).collect();
         assert_matches_log(tag, &got, &log[tag]);
         assert!(

@@ -77,6 +77,9 @@ async def main():
     recipe = await line.add_variable(ua.NodeId("Line1.Recipe", idx), "Recipe", "none")
     arr = await line.add_variable(ua.NodeId("Line1.Arr", idx), "Arr", [0.0, 0.0, 0.0],
                                   ua.VariantType.Double)
+    # A 32-bit Float: the gateway sends its shortest decimal (0.3, not 0.30000001192092896).
+    ftemp = await line.add_variable(ua.NodeId("Line1.FloatTemp", idx), "FloatTemp", 0.0,
+                                    ua.VariantType.Float)
     # A 2x2 matrix (row after row): the tag with index "1,0" reads the first value of row 1.
     matrix = await line.add_variable(ua.NodeId("Line1.Matrix", idx), "Matrix",
                                      ua.Variant([0.0] * 4, ua.VariantType.Double, Dimensions=[2, 2]))
@@ -123,6 +126,8 @@ async def main():
                         f"recipe-{tick}")
             await write(arr, "arr1", ua.Variant([0.0, float(tick), 0.0], ua.VariantType.Double), 0,
                         float(tick))
+            await write(ftemp, "ftemp", ua.Variant(tick * 0.1, ua.VariantType.Float), 0,
+                        round(tick * 0.1, 1))
             await write(matrix, "matrix10",
                         ua.Variant([1.0, 2.0, float(tick * 10), 4.0], ua.VariantType.Double,
                                    Dimensions=[2, 2]), 0, float(tick * 10))
