@@ -65,6 +65,41 @@ async fn device(answer: fn(u16, u16, u8) -> Answer) -> (u16, Arc<AtomicUsize>) {
     (port, connections)
 }
 
+/// A test's directory and the file export's folder in it.
+fn dirs() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    (dir, out)
+}
+
+/// Starts a pipeline: one stream, a file export to `dir/out`, and one `modbus_tcp` source
+/// whose keys and tags are `source` (the lines after `kind`).
+fn start(dir: &tempfile::TempDir, source: &str) -> streamgate::app::Pipeline {
+    let text = format!(
+        r#"
+[gateway]
+data_dir = "{data}"
+equipment_id = "line1"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+name = "file"
+kind = "file"
+path = "{out}"
+batch_interval = "50ms"
+
+[[sources]]
+kind = "modbus_tcp"
+{source}"#,
+        data = common::toml_path(&dir.path().join("data")),
+        out = common::toml_path(&dir.path().join("out")),
+    );
+    let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    streamgate::app::Pipeline::start(&cfg, streamgate::app::StartOptions::default()).unwrap()
+}
+
 /// Answers as asked, at once.
 fn correct(count: u16, unit: u8) -> Answer {
     Answer {
@@ -86,26 +121,11 @@ async fn a_tag_whose_reads_fail_at_transport_level_is_sent_as_bad() {
         ..correct(count, unit)
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let text = format!(
-        r#"
-[gateway]
-data_dir = "{data}"
-equipment_id = "line1"
-
-[[streams]]
-name = "line"
-
-[[streams.exports]]
-name = "file"
-kind = "file"
-path = "{out}"
-batch_interval = "50ms"
-
-[[sources]]
-kind = "modbus_tcp"
-id = "plc"
+    let (dir, out) = dirs();
+    let mut p = start(
+        &dir,
+        &format!(
+            r#"id = "plc"
 host = "127.0.0.1"
 port = {port}
 interval = "50ms"
@@ -126,13 +146,9 @@ interval = "60ms"
 name = "neighbour"
 address = "40099"
 interval = "60ms"
-"#,
-        data = common::toml_path(&dir.path().join("data")),
-        out = common::toml_path(&out),
+"#
+        ),
     );
-    let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
-    let mut p =
-        streamgate::app::Pipeline::start(&cfg, streamgate::app::StartOptions::default()).unwrap();
     let samples = || common::exported_json(&out);
     common::wait_until_async(
         "Bad samples of the broken tag",
@@ -212,26 +228,11 @@ async fn each_tag_is_stamped_at_its_own_request() {
         ..correct(count, unit)
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let text = format!(
-        r#"
-[gateway]
-data_dir = "{data}"
-equipment_id = "line1"
-
-[[streams]]
-name = "line"
-
-[[streams.exports]]
-name = "file"
-kind = "file"
-path = "{out}"
-batch_interval = "50ms"
-
-[[sources]]
-kind = "modbus_tcp"
-id = "plc"
+    let (dir, out) = dirs();
+    let mut p = start(
+        &dir,
+        &format!(
+            r#"id = "plc"
 host = "127.0.0.1"
 port = {port}
 interval = "100ms"
@@ -245,13 +246,9 @@ address = "40001"
 [[sources.tags]]
 name = "after"
 address = "40201"
-"#,
-        data = common::toml_path(&dir.path().join("data")),
-        out = common::toml_path(&out),
+"#
+        ),
     );
-    let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
-    let mut p =
-        streamgate::app::Pipeline::start(&cfg, streamgate::app::StartOptions::default()).unwrap();
     let ok = |tag: &str| -> Vec<i64> {
         common::exported_json(&out)
             .iter()
@@ -287,26 +284,11 @@ async fn replies_with_another_unit_id_are_taken_when_asked() {
     })
     .await;
     for ignore in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        let text = format!(
-            r#"
-[gateway]
-data_dir = "{data}"
-equipment_id = "line1"
-
-[[streams]]
-name = "line"
-
-[[streams.exports]]
-name = "file"
-kind = "file"
-path = "{out}"
-batch_interval = "50ms"
-
-[[sources]]
-kind = "modbus_tcp"
-id = "meter"
+        let (dir, out) = dirs();
+        let mut p = start(
+            &dir,
+            &format!(
+                r#"id = "meter"
 host = "127.0.0.1"
 port = {port}
 unit_id = 3
@@ -318,14 +300,9 @@ ignore_reply_unit_id = {ignore}
 [[sources.tags]]
 name = "energy"
 address = "40001"
-"#,
-            data = common::toml_path(&dir.path().join("data")),
-            out = common::toml_path(&out),
+"#
+            ),
         );
-        let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
-        let mut p =
-            streamgate::app::Pipeline::start(&cfg, streamgate::app::StartOptions::default())
-                .unwrap();
         let samples = || {
             common::exported_json(&out)
                 .into_iter()

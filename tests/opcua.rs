@@ -265,7 +265,9 @@ async fn subscribed_values_carry_source_timestamps_and_status() {
 
     let samples = exported(&out);
     let log = server_log(&log);
-    for tag in ["temp", "counter", "running", "recipe", "arr1", "ftemp", "matrix10"] {
+    for tag in [
+        "temp", "counter", "running", "recipe", "arr1", "ftemp", "matrix10",
+    ] {
         let got: Vec<&Payload> = samples.iter().filter(|p| p.tag == tag && real(p)).collect();
         assert_matches_log(tag, &got, &log[tag]);
         assert!(
