@@ -705,3 +705,111 @@ fn illegal_address_log_names_the_tag_once() {
         assert!(line.contains(needle), "{needle} not in {line}");
     }
 }
+
+/// `streamgate read`: every tag of a source once, against pymodbus with a hole in its map
+/// (16 registers; address 100 does not exist): the JSON lines carry the value, quality,
+/// timestamp and latency of each tag, the hole's error is the device's exception as the
+/// daemon would log it, and the exit code says a read failed (69). `--tag` selects.
+#[test]
+fn read_prints_each_tag_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spec = json!({"devices": [{"id": 1, "size": 16, "values": [
+        {"area": "holding_register", "address": 0, "type": "f32", "value": 11.4},
+        {"area": "holding_register", "address": 2, "type": "u16", "value": 42}]}]});
+    let _server = tcp_server(dir.path(), port, &spec);
+    let tags = "[[sources.tags]]\nname = \"temp\"\naddress = \"40001\"\ntype = \"f32\"\n\n\
+                [[sources.tags]]\nname = \"count\"\naddress = \"40003\"\nscale = 0.5\n\n\
+                [[sources.tags]]\nname = \"hole\"\naddress = \"40101\"\n";
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            dir.path(),
+            &format!("[[sources]]\nkind = \"modbus_tcp\"\nid = \"plc\"\nhost = \"127.0.0.1\"\nport = {port}\n\n{tags}"),
+        ),
+    )
+    .unwrap();
+    let read = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+            .args(["read", "--json", "--config"])
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (
+            out.status.code(),
+            lines,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, lines, stderr) = read(&[]);
+    assert_eq!(code, Some(69), "a read failed: {stderr}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let by = |tag: &str| lines.iter().find(|l| l["tag"] == tag).unwrap().clone();
+    assert_eq!(
+        (by("temp")["value"].clone(), by("temp")["quality"].clone()),
+        (json!(11.4), json!("Ok"))
+    );
+    assert_eq!(
+        by("count")["value"],
+        json!(21.0),
+        "scaled as the daemon scales"
+    );
+    assert_eq!(by("temp")["source"], "plc");
+    assert!(by("temp")["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    assert!(by("temp")["latency_ms"].as_f64().unwrap() >= 0.0);
+    let hole = by("hole");
+    assert_eq!(
+        (hole["value"].clone(), hole["quality"].clone()),
+        (json!(null), json!("Bad"))
+    );
+    assert_eq!(
+        hole["error"], "device exception Illegal data address",
+        "{hole}"
+    );
+    // Selected tags only; all good: exit 0.
+    let (code, lines, stderr) = read(&["--tag", "count", "--count", "2", "--interval", "10ms"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(lines.len(), 2, "two rounds of one tag: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["tag"] == "count" && l["value"] == json!(21.0))
+    );
+    // A tag the config does not have.
+    let (code, _, stderr) = read(&["--tag", "nope"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no tag \"nope\""), "{stderr}");
+}
+
+/// `streamgate read` against a port that accepts but never answers ends within the request
+/// timeout, exit 69, saying so.
+#[test]
+fn read_of_a_silent_device_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            dir.path(),
+            &format!("[[sources]]\nkind = \"modbus_tcp\"\nid = \"plc\"\nhost = \"127.0.0.1\"\nport = {port}\nrequest_timeout = \"500ms\"\n\n[[sources.tags]]\nname = \"t\"\naddress = \"40001\"\n"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+        .args(["read", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{stdout}");
+    assert!(stdout.contains("no response within 500ms"), "{stdout}");
+    drop(silent);
+}

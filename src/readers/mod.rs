@@ -38,6 +38,20 @@ pub enum RawSourceKind {
     Opcua(Box<opcua::RawOpcua>),
 }
 
+/// One tag read once (`streamgate read`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TagRead {
+    pub tag: String,
+    /// `None` when the read failed (see `error`).
+    pub value: Option<crate::payload::Value>,
+    pub quality: crate::payload::Quality,
+    /// When the request went out (gateway clock, ms since the Unix epoch).
+    pub timestamp: i64,
+    pub latency_ms: f64,
+    /// The message the daemon would log for this tag's failure.
+    pub error: Option<String>,
+}
+
 /// A validated source kind with its settings.
 #[derive(Debug, Clone)]
 pub enum SourceKind {
@@ -281,6 +295,28 @@ impl SourceKind {
             }
             #[cfg(feature = "opcua")]
             SourceKind::Opcua(o) => o.tags.iter().map(|t| t.stream).collect(),
+        }
+    }
+
+    /// Reads the tags named in `names` (every tag when empty) once, on a connection of its
+    /// own, never touching a queue (`streamgate read`). `Err`: this kind cannot be read this
+    /// way yet.
+    pub async fn read_once(&self, names: &[String]) -> Result<Vec<TagRead>, String> {
+        match self {
+            #[cfg(feature = "modbus")]
+            SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
+                let idx: Vec<usize> = (0..m.tags.len())
+                    .filter(|&i| names.is_empty() || names.contains(&m.tags[i].name))
+                    .collect();
+                Ok(modbus::read_once(m, &idx).await)
+            }
+            other => {
+                let _ = names;
+                Err(format!(
+                    "`read` reads Modbus sources so far, not {}",
+                    other.kind_name()
+                ))
+            }
         }
     }
 

@@ -112,6 +112,74 @@ fn permanent(code: ExceptionCode) -> bool {
     )
 }
 
+/// The value of `tag` in a read's `data`, `offset` registers (or bits) in: decoded in its
+/// type and byte order, then scaled. `Bad` when the data is too short for it.
+fn tag_value(tag: &config::ModbusTag, data: &Data, offset: u16) -> (Value, Quality) {
+    let off = offset as usize;
+    let decoded = match (data, tag.data_type) {
+        (Data::Bits(bits), DataType::Bool) => bits.get(off).map(|b| decode::Decoded {
+            value: Value::Bool(*b),
+            quality: Quality::Ok,
+        }),
+        (Data::Words(words), ty) => words
+            .get(off..)
+            .and_then(|w| decode::decode(ty, tag.byte_order, w)),
+        _ => None,
+    };
+    match decoded {
+        Some(d) => {
+            let value = match tag.scaling {
+                Some(s) => s.apply(d.value),
+                None => d.value,
+            };
+            (value, d.quality)
+        }
+        None => (Value::Text("short response".into()), Quality::Bad),
+    }
+}
+
+/// Reads each of `tags` (indexes into `config.tags`) once, one request per tag, on a
+/// connection of its own: for commissioning (`streamgate read`), never touching a queue.
+pub async fn read_once(config: &ModbusConfig, tags: &[usize]) -> Vec<super::TagRead> {
+    let lines = Lines::default();
+    let line = lines.get(
+        &config.transport,
+        config.reconnect_min,
+        config.reconnect_max,
+    );
+    let mut out = Vec::with_capacity(tags.len());
+    for &t in tags {
+        let tag = &config.tags[t];
+        let started = std::time::Instant::now();
+        let (timestamp, result) = line
+            .read(
+                config.unit_id,
+                tag.area,
+                tag.address,
+                tag.data_type.width(),
+                config.request_timeout,
+            )
+            .await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (value, quality, error) = match result {
+            Ok(data) => {
+                let (value, quality) = tag_value(tag, &data, 0);
+                (Some(value), quality, None)
+            }
+            Err(e) => (None, Quality::Bad, Some(e.to_string())),
+        };
+        out.push(super::TagRead {
+            tag: tag.name.clone(),
+            value,
+            quality,
+            timestamp,
+            latency_ms,
+            error,
+        });
+    }
+    out
+}
+
 /// A failed coalesced read worth splitting into one read per tag: the fault is about the
 /// request (a permanent exception, a malformed answer), so some of its tags may read alone.
 fn isolate(error: &ReadError) -> bool {
@@ -215,30 +283,10 @@ impl ModbusReader {
     ) {
         for &(t, offset) in &read.tags {
             let tag = &self.config.tags[t];
-            let off = offset as usize;
-            let decoded = match (data, tag.data_type) {
-                (Data::Bits(bits), DataType::Bool) => bits.get(off).map(|b| decode::Decoded {
-                    value: Value::Bool(*b),
-                    quality: Quality::Ok,
-                }),
-                (Data::Words(words), ty) => words
-                    .get(off..)
-                    .and_then(|w| decode::decode(ty, tag.byte_order, w)),
-                _ => None,
-            };
-            let (value, quality) = match decoded {
-                Some(d) => {
-                    let value = match tag.scaling {
-                        Some(s) => s.apply(d.value),
-                        None => d.value,
-                    };
-                    (value, d.quality)
-                }
-                None => {
-                    tracing::error!(tag = %tag.name, "response too short for this tag");
-                    (Value::Text("short response".into()), Quality::Bad)
-                }
-            };
+            let (value, quality) = tag_value(tag, data, offset);
+            if quality == Quality::Bad {
+                tracing::error!(tag = %tag.name, "response too short for this tag");
+            }
             self.tags[t].transport_reported = false;
             if let Some(fault) = self.tags[t].fault.take() {
                 tracing::info!(tag = %tag.name, previous = ?fault, "tag reads again");
