@@ -35,12 +35,6 @@ pub fn line_at(source: &str, offset: usize) -> usize {
     source[..offset.min(source.len())].matches('\n').count() + 1
 }
 
-/// The line of the deepest part of `path` that exists in the document.
-pub fn line_of(source: &str, path: &str) -> Option<usize> {
-    let doc = DeTable::parse(source).ok()?;
-    line_in(source, &DeValue::Table(doc.get_ref().clone()), path)
-}
-
 /// Sets the line of every error that has a path and no line yet (the document parsed once).
 pub fn add_lines(source: &str, errors: &mut [super::ConfigError]) {
     if errors.iter().all(|e| e.line.is_some() || e.path.is_empty()) {
@@ -58,6 +52,7 @@ pub fn add_lines(source: &str, errors: &mut [super::ConfigError]) {
     }
 }
 
+/// The line of the deepest part of `path` that exists in the document.
 fn line_in(source: &str, root: &DeValue, path: &str) -> Option<usize> {
     let mut span = None;
     let mut value = root;
@@ -133,6 +128,17 @@ mod tests {
     use super::*;
 
     const DOC: &str = "[gateway]\ndata_dir = \"x\"\n\n[[streams]]\nname = \"a\"\n\n[[streams]]\nname = \"b\"\n[[streams.exports]]\nkind = \"file\"\nbatch_size = 900\n";
+
+    /// The line [`add_lines`] gives an error at `path`.
+    fn line_of(source: &str, path: &str) -> Option<usize> {
+        let mut errors = [super::super::ConfigError {
+            path: path.into(),
+            message: String::new(),
+            line: None,
+        }];
+        add_lines(source, &mut errors);
+        errors[0].line
+    }
 
     #[test]
     fn finds_lines_of_paths() {
