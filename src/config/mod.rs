@@ -4,6 +4,15 @@
 //! validates its own keys with [`Errors`]; `app::config` assembles the whole file.
 
 pub mod csv;
+
+/// The names of the kinds this build has, from (name, built) pairs (`cfg!(feature = ..)`):
+/// what `kind = "..."` accepts, and what the error for an unknown kind lists.
+pub fn built(kinds: &[(&'static str, bool)]) -> Vec<&'static str> {
+    kinds
+        .iter()
+        .filter_map(|&(kind, built)| built.then_some(kind))
+        .collect()
+}
 pub mod locate;
 pub mod table;
 pub mod units;

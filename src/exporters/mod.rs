@@ -202,16 +202,13 @@ pub enum ExportKind {
 impl RawExportKind {
     /// The kinds this build has, as written in `kind = "..."`.
     pub fn kinds() -> Vec<&'static str> {
-        [
+        crate::config::built(&[
             ("kinesis", cfg!(feature = "kinesis")),
             ("firehose", cfg!(feature = "firehose")),
             ("file", true),
             ("stdout", true),
             ("mqtt", cfg!(feature = "mqtt")),
-        ]
-        .into_iter()
-        .filter_map(|(kind, built)| built.then_some(kind))
-        .collect()
+        ])
     }
 
     /// Reads the kind's own keys (`keys`, the table at `path` without the common ones).

@@ -69,16 +69,13 @@ pub enum SourceKind {
 impl RawSourceKind {
     /// The kinds this build has, as written in `kind = "..."`.
     pub fn kinds() -> Vec<&'static str> {
-        [
+        crate::config::built(&[
             ("simulator", true),
             ("s7", cfg!(feature = "s7")),
             ("modbus_tcp", cfg!(feature = "modbus")),
             ("modbus_rtu", cfg!(feature = "modbus")),
             ("opcua", cfg!(feature = "opcua")),
-        ]
-        .into_iter()
-        .filter_map(|(kind, built)| built.then_some(kind))
-        .collect()
+        ])
     }
 
     /// Reads the kind's own keys (`keys`, the table at `path` without the common ones).
