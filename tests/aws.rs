@@ -800,7 +800,12 @@ async fn kinesis_sigkill_resends_only_what_was_in_flight() {
 
     let mut gw = common::Gateway::start(&cfg, "info");
     // Run until 3,000 records were acknowledged above the pinned one (about 6 s).
-    let acknowledged = || common::status(&data).map_or(0, |s| s.streams[0].exports[0].delivered);
+    // While the gateway starts, `status` may read a queue with no stream registered yet.
+    let acknowledged = || {
+        common::status(&data)
+            .and_then(|s| Some(s.streams.first()?.exports.first()?.delivered))
+            .unwrap_or(0)
+    };
     wait_until("3,000 records acknowledged", T, || acknowledged() >= 3_000);
     gw.sigkill();
     let before = arrived_by_seq(&k, "target").await;
