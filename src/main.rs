@@ -36,6 +36,8 @@ macro_rules! out_raw {
     }};
 }
 
+mod commission;
+
 const EXIT_CONFIG: u8 = streamgate::app::daemon::exit::CONFIG;
 
 #[derive(Parser)]
@@ -48,6 +50,10 @@ const EXIT_CONFIG: u8 = streamgate::app::daemon::exit::CONFIG;
   streamgate run --config /etc/streamgate/streamgate.toml
   streamgate validate --config /etc/streamgate/streamgate.toml
   streamgate status --config /etc/streamgate/streamgate.toml
+  streamgate read --config /etc/streamgate/streamgate.toml --tag line_speed
+  streamgate scan modbus 192.0.2.10 --unit 1 --area holding --range 0-199
+  streamgate browse opcua opc.tcp://192.0.2.20:4840 --depth 4
+  streamgate info s7 192.0.2.30 --rack 0 --slot 1 --read DB1.DBD0:REAL
   streamgate bench --seconds 10                    measure throughput, latency, memory, disk"
 )]
 struct Cli {
@@ -85,7 +91,7 @@ enum Command {
         no_file_checks: bool,
     },
     /// Read tags once from the devices of a config, without a queue or a running gateway
-    /// (commissioning). Modbus sources so far.
+    /// (commissioning).
     Read {
         #[arg(long, short)]
         config: PathBuf,
@@ -104,6 +110,21 @@ enum Command {
         /// One JSON object per tag read instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Find which addresses of a device answer, before writing a config (commissioning).
+    Scan {
+        #[command(subcommand)]
+        what: ScanWhat,
+    },
+    /// Show a server's address space with config-ready node ids (commissioning).
+    Browse {
+        #[command(subcommand)]
+        what: BrowseWhat,
+    },
+    /// Ask a device who it is and test-read addresses (commissioning).
+    Info {
+        #[command(subcommand)]
+        what: InfoWhat,
     },
     /// Show what is queued per stream and how each export is doing (without --config: the demo's).
     Status {
@@ -149,6 +170,27 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ScanWhat {
+    /// Which addresses of one area of a Modbus unit answer, and what they read as.
+    #[cfg(feature = "modbus")]
+    Modbus(commission::scan::ModbusArgs),
+}
+
+#[derive(Subcommand)]
+enum BrowseWhat {
+    /// An OPC UA server's nodes below a start node, as a tree.
+    #[cfg(feature = "opcua")]
+    Opcua(Box<commission::browse::OpcuaArgs>),
+}
+
+#[derive(Subcommand)]
+enum InfoWhat {
+    /// A Siemens S7 PLC: negotiated PDU size, module identification, test reads.
+    #[cfg(feature = "s7")]
+    S7(commission::info::S7Args),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
@@ -162,100 +204,6 @@ fn main() -> ExitCode {
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
     streamgate::config::units::parse_duration(text).map_err(|e| e.to_string())
-}
-
-/// `streamgate read`: every selected tag once per round; exit 69 when a read failed, 2 when
-/// the selection names no source or tag of the config.
-fn read_tags(
-    c: &config::Config,
-    source: Option<&str>,
-    tags: &[String],
-    count: u32,
-    interval: std::time::Duration,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let selected: Vec<&config::SourceConfig> = c
-        .sources
-        .iter()
-        .filter(|s| source.is_none_or(|id| s.id == id))
-        .collect();
-    if selected.is_empty() {
-        let ids: Vec<&str> = c.sources.iter().map(|s| s.id.as_str()).collect();
-        say!(
-            "error: no source \"{}\" in the config (sources: {})",
-            source.unwrap_or(""),
-            ids.join(", ")
-        );
-        return Ok(ExitCode::from(2));
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut failed = false;
-    let mut seen = std::collections::HashSet::new();
-    if !json {
-        out!(
-            "{:<12} {:<24} {:>16} {:<9} {:>13} {:>8}  error",
-            "source",
-            "tag",
-            "value",
-            "quality",
-            "timestamp",
-            "ms"
-        );
-    }
-    for round in 0..count.max(1) {
-        if round > 0 {
-            std::thread::sleep(interval);
-        }
-        for s in &selected {
-            let reads = match rt.block_on(s.kind.read_once(tags)) {
-                Ok(reads) => reads,
-                Err(why) => {
-                    if round == 0 {
-                        say!("note: source {}: {why}; skipped", s.id);
-                    }
-                    continue;
-                }
-            };
-            for r in reads {
-                seen.insert(r.tag.clone());
-                failed |= r.error.is_some();
-                if json {
-                    let mut v = serde_json::to_value(&r)?;
-                    v["source"] = serde_json::Value::from(s.id.as_str());
-                    out!("{v}");
-                } else {
-                    let value = r
-                        .value
-                        .as_ref()
-                        .map(|v| serde_json::to_string(v).unwrap_or_default())
-                        .unwrap_or_default();
-                    out!(
-                        "{:<12} {:<24} {:>16} {:<9} {:>13} {:>8.1}  {}",
-                        s.id,
-                        r.tag,
-                        value,
-                        format!("{:?}", r.quality),
-                        r.timestamp,
-                        r.latency_ms,
-                        r.error.as_deref().unwrap_or("")
-                    );
-                }
-            }
-        }
-        if round == 0
-            && let Some(missing) = tags.iter().find(|t| !seen.contains(*t))
-        {
-            say!("error: no tag \"{missing}\" in the selected source(s) that `read` reads");
-            return Ok(ExitCode::from(2));
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(streamgate::app::daemon::exit::UNAVAILABLE)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn log_format(cli: &Cli, configured: LogFormat) -> LogFormat {
@@ -378,8 +326,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            read_tags(&c, source.as_deref(), tag, *count, *interval, *json)
+            commission::read::tags(&c, source.as_deref(), tag, *count, *interval, *json)
         }
+        Command::Scan { what } => match what {
+            #[cfg(feature = "modbus")]
+            ScanWhat::Modbus(args) => commission::scan::modbus(args),
+        },
+        Command::Browse { what } => match what {
+            #[cfg(feature = "opcua")]
+            BrowseWhat::Opcua(args) => commission::browse::opcua(args),
+        },
+        Command::Info { what } => match what {
+            #[cfg(feature = "s7")]
+            InfoWhat::S7(args) => commission::info::s7(args),
+        },
         Command::Status { config, json } => {
             let c = match load_or_demo(config.as_deref()) {
                 Ok(c) => c,

@@ -813,3 +813,185 @@ fn read_of_a_silent_device_times_out() {
     assert!(stdout.contains("no response within 500ms"), "{stdout}");
     drop(silent);
 }
+
+/// Runs the streamgate binary with `args`; (exit code, stdout, stderr).
+fn streamgate(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `streamgate scan modbus` against pymodbus with holes in its map (10-19 and 57 of 0-99 do
+/// not exist): every address that answers is listed once with its value in the common types
+/// (exact JSON for the registers around the values the server encoded), the holes are named,
+/// and bisection needs far fewer requests than addresses (counted by the server). The `--toml`
+/// output, pasted into a config, validates and reads the same values through the daemon.
+#[test]
+fn scan_lists_what_answers_and_its_toml_reads_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spec = json!({"devices": [{"id": 3, "size": 100,
+        "holes": [{"area": "holding_register", "from": 10, "to": 19},
+                  {"area": "holding_register", "from": 57, "to": 57}],
+        "values": [
+            {"area": "holding_register", "address": 0, "type": "f32", "value": 11.4},
+            {"area": "holding_register", "address": 9, "type": "u16", "value": 1234},
+            {"area": "holding_register", "address": 30, "type": "f32", "order": "CDAB", "value": 2.5},
+            {"area": "holding_register", "address": 40, "type": "i16", "value": -5}]}]});
+    let _server = tcp_server(dir.path(), port, &spec);
+    let target = format!("127.0.0.1:{port}");
+    let (code, stdout, stderr) = streamgate(&[
+        "scan", "modbus", &target, "--unit", "3", "--area", "holding", "--range", "0-99", "--json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let addresses: Vec<u64> = lines
+        .iter()
+        .map(|l| l["address"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..100)
+        .filter(|a| !(10..=19).contains(a) && *a != 57)
+        .collect();
+    assert_eq!(addresses, expected);
+    let at = |a: u64| lines.iter().find(|l| l["address"] == a).unwrap().clone();
+    // Register 9 has no answering neighbour above it: 16-bit forms only.
+    assert_eq!(
+        at(9),
+        json!({"address": 9, "modicon": "400010", "raw": "0x04D2", "u16": 1234, "i16": 1234})
+    );
+    assert_eq!(at(40)["i16"], json!(-5));
+    assert_eq!(at(40)["u16"], json!(65531));
+    let bits = 11.4f32.to_bits();
+    assert_eq!(at(0)["f32"]["ABCD"], json!(11.4));
+    assert_eq!(at(0)["u32"]["ABCD"], json!(bits));
+    assert_eq!(at(0)["u32"]["CDAB"], json!(bits.rotate_left(16)));
+    assert_eq!(at(0)["i32"]["DCBA"], json!(bits.swap_bytes() as i32));
+    assert_eq!(at(30)["f32"]["CDAB"], json!(2.5));
+    assert!(
+        stderr.contains("89 answered, missing: 10-19, 57;"),
+        "the summary names the holes: {stderr}"
+    );
+    // The server counts the reads it answered (exceptions bypass its counter).
+    let answered = counts(dir.path())["3"]["3"];
+    // "...; 45 requests (12 answered) in 0.02 s"
+    let words: Vec<&str> = stderr
+        .rsplit_once("; ")
+        .map(|(_, tail)| tail.split_whitespace().collect())
+        .unwrap_or_default();
+    let (requests, said): (u64, u64) = match words.as_slice() {
+        [n, "requests", m, "answered)", ..] => (
+            n.parse().unwrap(),
+            m.trim_start_matches('(').parse().unwrap(),
+        ),
+        _ => panic!("no request count in {stderr}"),
+    };
+    assert_eq!(said, answered, "{stderr}");
+    // One read per address would be 100; 11 holes cost about 2 reads each.
+    assert!(
+        requests < 50,
+        "bisection, not one read per address: {stderr}"
+    );
+
+    // --toml: registers 0-9 as u16 tags, and the word-swapped float at 30 as an f32 tag.
+    let (code, u16_toml, stderr) = streamgate(&[
+        "scan", "modbus", &target, "--unit", "3", "--range", "0-9", "--toml",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, f32_toml, stderr) = streamgate(&[
+        "scan",
+        "modbus",
+        &target,
+        "--unit",
+        "3",
+        "--range",
+        "30-31",
+        "--toml",
+        "--type",
+        "f32",
+        "--byte-order",
+        "CDAB",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let f32_toml = f32_toml.replace("id = \"scan_unit3\"", "id = \"floats\"");
+    let cfg_text = config(dir.path(), &format!("{u16_toml}\n{f32_toml}"));
+    let cfg = dir.path().join("scanned.toml");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let (code, stdout, stderr) = streamgate(&["validate", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(
+        code,
+        Some(0),
+        "the pasted --toml validates: {stdout}{stderr}\n{cfg_text}"
+    );
+    let want: HashMap<String, Value> = (0..10u64)
+        .map(|a| {
+            let u = at(a)["u16"].as_i64().unwrap();
+            (format!("holding_register_{a}"), Value::Int(u))
+        })
+        .chain([("holding_register_30".to_string(), Value::Float(2.5))])
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(run_until(
+        &cfg_text,
+        dir.path(),
+        "every scanned tag",
+        |got| want.keys().all(|t| got.contains_key(t)),
+    ));
+    let got = by_tag(&delivered(dir.path()));
+    for (tag, value) in &want {
+        assert_eq!(&got[tag][0].value, value, "{tag}");
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "one tag per scanned address: {:?}",
+        got.keys()
+    );
+}
+
+/// `scan modbus` against a port that accepts but never answers: ends after the first
+/// request's timeout, exit 69, naming the unit; an area the device does not serve and a device
+/// that refuses connections end the same way, each with its reason.
+#[test]
+fn scan_of_a_silent_or_absent_device_ends_with_the_reason() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = streamgate(&[
+        "scan",
+        "modbus",
+        &format!("127.0.0.1:{port}"),
+        "--timeout",
+        "300ms",
+        "--range",
+        "0-999",
+    ]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(
+        stderr.contains("no answer from unit 1 to the first read (no response within 300ms)"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it must not try the other addresses of a silent device"
+    );
+    drop(silent);
+    let closed = free_port();
+    let (code, _, stderr) = streamgate(&["scan", "modbus", &format!("127.0.0.1:{closed}")]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to tcp://127.0.0.1"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = streamgate(&["scan", "modbus", "--range", "9-3", "127.0.0.1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ends before it starts"), "{stderr}");
+}

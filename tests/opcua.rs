@@ -633,3 +633,233 @@ async fn the_other_policies_and_sign_mode_work() {
         assert_matches_log(policy, &got, &server_log(&log)["counter"]);
     }
 }
+
+/// Runs the streamgate binary with `args`; (exit code, stdout, stderr).
+fn streamgate(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `streamgate browse opcua` below a nested folder of the asyncua peer (its namespace moved to
+/// index 5: 0 is OPC UA's, 1 the server's, 2-4 the fillers): exact JSON per node, node ids in both forms, data type, access level, the value
+/// of scalars and the length of arrays. The `--toml` output, pasted into a config, validates
+/// and the daemon reads the same values from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_lists_the_tree_and_its_toml_reads_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _peer = start_peer(
+        port,
+        &dir.path().join("server.log"),
+        &["--ticks", "0", "--extra-namespaces", "3"],
+    );
+    let endpoint = format!("opc.tcp://127.0.0.1:{port}/streamgate/");
+    let pki = dir.path().join("pki");
+    let browse = |extra: &[&str]| {
+        let mut args = vec![
+            "browse",
+            "opcua",
+            endpoint.as_str(),
+            "--node",
+            "nsu=urn:streamgate:test;s=Plant",
+            "--pki-dir",
+            pki.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        streamgate(&args)
+    };
+    let (code, stdout, stderr) = browse(&["--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let node = |path: &[&str], id: &str, class: &str| {
+        serde_json::json!({
+            "depth": path.len(),
+            "path": path,
+            "node_id": format!("ns=5;s={id}"),
+            "node_id_uri": format!("nsu=urn:streamgate:test;s={id}"),
+            // The peer names its nodes without a namespace ("Area1" is 0:Area1).
+            "browse_name": path.last().unwrap(),
+            "display_name": path.last().unwrap(),
+            "node_class": class,
+            "expandable": false,
+        })
+    };
+    let variable = |name: &str, data_type: &str, access: &str, value: serde_json::Value| {
+        let mut v = node(
+            &["Area1", "Filler", name],
+            &format!("Plant.Area1.Filler.{name}"),
+            "Variable",
+        );
+        v["data_type"] = data_type.into();
+        v["access"] = access.into();
+        if value.is_number() {
+            v["value"] = value;
+        } else {
+            v["array"] = 3.into();
+        }
+        v
+    };
+    let expected = vec![
+        node(&["Area1"], "Plant.Area1", "Object"),
+        node(&["Area1", "Filler"], "Plant.Area1.Filler", "Object"),
+        variable("Speed", "Double", "read,write", serde_json::json!(12.5)),
+        variable("Count", "UInt32", "read", serde_json::json!(7)),
+        variable("Levels", "Double", "read", serde_json::Value::Null),
+    ];
+    assert_eq!(lines, expected, "{stdout}");
+
+    // The tree: indented, the config form of each id first.
+    let (code, tree, stderr) = browse(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        tree.contains("    - Speed  [Variable]  nsu=urn:streamgate:test;s=Plant.Area1.Filler.Speed  (ns=5;s=Plant.Area1.Filler.Speed)  Double  read,write  = 12.5"),
+        "{tree}"
+    );
+
+    // --depth 1 marks what has more below.
+    let (_, shallow, _) = browse(&["--depth", "1", "--json"]);
+    let shallow: Vec<serde_json::Value> = shallow
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shallow.len(), 1);
+    assert_eq!(shallow[0]["expandable"], true);
+
+    // --toml, pasted into a config: validates, and the daemon reads the same values.
+    let (code, toml, stderr) = browse(&["--toml"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        toml.contains("# Area1.Filler.Levels (nsu=urn:streamgate:test;s=Plant.Area1.Filler.Levels) is an array of 3"),
+        "{toml}"
+    );
+    let text = format!(
+        "[gateway]\ndata_dir = \"{d}/data\"\nequipment_id = \"ua-test\"\n\n[[streams]]\nname = \"line\"\n\n\
+         [[streams.exports]]\nkind = \"file\"\npath = \"{d}/out\"\nbatch_interval = \"10ms\"\n\n{toml}",
+        d = dir.path().display()
+    );
+    let cfg_path = dir.path().join("browsed.toml");
+    std::fs::write(&cfg_path, &text).unwrap();
+    let (code, out, err) = streamgate(&["validate", "--config", cfg_path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}\n{text}");
+    let cfg = streamgate::app::config::parse(&text).unwrap();
+    let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
+    let out = dir.path().join("out");
+    wait_for(&out, "both scalars", |s| {
+        ["Area1.Filler.Speed", "Area1.Filler.Count"]
+            .iter()
+            .all(|t| {
+                s.iter()
+                    .any(|p| p.tag == *t && !p.meta.flags.contains(Flags::SYN))
+            })
+    })
+    .await;
+    p.stop().await;
+    let got = exported(&out);
+    let first = |tag: &str| got.iter().find(|p| p.tag == tag).unwrap().value.clone();
+    assert_eq!(first("Area1.Filler.Speed"), Value::Float(12.5));
+    assert_eq!(first("Area1.Filler.Count"), Value::Int(7));
+    assert!(got.iter().all(|p| p.tag != "Area1.Filler.Levels"));
+}
+
+/// `streamgate read` on an OPC UA source: one Read of the selected tags on a session of its
+/// own, the values the server holds (its writes are off), an unknown node as its status.
+#[test]
+fn read_gives_the_servers_values_and_unknown_nodes_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _peer = start_peer(
+        port,
+        &dir.path().join("server.log"),
+        &["--ticks", "0", "--extra-namespaces", "2"],
+    );
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(&cfg, config(dir.path(), port, "", TAGS)).unwrap();
+    let (code, stdout, stderr) = streamgate(&[
+        "read",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--tag",
+        "temp",
+        "--tag",
+        "recipe",
+        "--tag",
+        "arr1",
+        "--tag",
+        "missing",
+    ]);
+    assert_eq!(code, Some(69), "a read failed: {stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |tag: &str| lines.iter().find(|l| l["tag"] == tag).unwrap().clone();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(
+        (by("temp")["value"].clone(), by("temp")["quality"].clone()),
+        (serde_json::json!(0.0), serde_json::json!("Ok"))
+    );
+    assert_eq!(by("recipe")["value"], "none");
+    assert_eq!(by("arr1")["value"], serde_json::json!(0.0), "{stdout}");
+    let missing = by("missing");
+    assert_eq!(missing["value"], serde_json::Value::Null);
+    assert_eq!(missing["error"], "BadNodeIdUnknown", "{missing}");
+}
+
+/// Browse and read of a server that is not there, or that accepts and never answers: exit
+/// 69 with the reason, within the request timeout.
+#[test]
+fn browse_and_read_of_an_absent_or_silent_server_end_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let (code, _, stderr) = streamgate(&[
+        "browse",
+        "opcua",
+        &format!("opc.tcp://127.0.0.1:{closed}/"),
+        "--pki-dir",
+        dir.path().join("pki").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "GetEndpoints from opc.tcp://127.0.0.1:{closed}/ failed"
+        )),
+        "{stderr}"
+    );
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = streamgate(&[
+        "browse",
+        "opcua",
+        &format!("opc.tcp://127.0.0.1:{port}/"),
+        "--request-timeout",
+        "500ms",
+        "--pki-dir",
+        dir.path().join("pki").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("timed out after 1s"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Options are checked by the source's own rules, named as options.
+    let (code, _, stderr) = streamgate(&[
+        "browse",
+        "opcua",
+        "opc.tcp://127.0.0.1:4840/",
+        "--security-policy",
+        "Basic128",
+    ]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("--security-policy: "), "{stderr}");
+    drop(silent);
+}

@@ -599,3 +599,118 @@ async fn client_writes_and_reads_back() {
         [Ok(b"abcde".to_vec()), Ok(vec![1, 2, 3]), Err(0x0A)]
     );
 }
+
+/// Runs the streamgate binary with `args`; (exit code, stdout, stderr).
+fn streamgate(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `streamgate info s7`: the negotiated PDU size, the module identification the server gives
+/// (SZL 0x0011), test reads in the config's notation with a refused one named as the reader
+/// names it; exact JSON. A port where nothing listens ends with exit 69 and the reason.
+#[test]
+fn info_names_the_plc_and_test_reads_addresses() {
+    let port = free_port();
+    let _peer = Peer::start_with(port, &[("db", 1, 8, &12.5f32.to_be_bytes())]);
+    let (code, stdout, stderr) = streamgate(&[
+        "info",
+        "s7",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--rack",
+        "0",
+        "--slot",
+        "2",
+        "--read",
+        "DB1,REAL8",
+        "--read",
+        "DB99.DBW0",
+        "--json",
+    ]);
+    assert_eq!(code, Some(69), "a test read failed: {stderr}");
+    let mut v: Json = serde_json::from_str(&stdout).unwrap();
+    for r in v["reads"].as_array_mut().unwrap() {
+        assert!(r["latency_ms"].as_f64().unwrap() >= 0.0);
+        assert!(r["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+        r["latency_ms"] = Json::Null;
+        r["timestamp"] = Json::Null;
+    }
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "endpoint": format!("127.0.0.1:{port}"),
+            "local_tsap": "0x0100",
+            "remote_tsap": "0x0102",
+            "pdu_size": 480,
+            "identification": [
+                {"component": "module", "order_number": "6ES7 315-2EH14-0AB0", "version": "V3.3.0"}
+            ],
+            "identification_error": null,
+            "reads": [
+                {"tag": "DB1,REAL8", "value": 12.5, "quality": "Ok", "error": null,
+                 "latency_ms": null, "timestamp": null},
+                {"tag": "DB99.DBW0", "value": null, "quality": "Bad",
+                 "error": "object does not exist (0x0A)", "latency_ms": null, "timestamp": null}
+            ]
+        })
+    );
+    let (code, text, stderr) = streamgate(&[
+        "info",
+        "s7",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--read",
+        "DB1,REAL8",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(text.contains("PDU size 480 bytes"), "{text}");
+    assert!(text.contains("6ES7 315-2EH14-0AB0"), "{text}");
+
+    let closed = free_port();
+    let (code, _, stderr) = streamgate(&["info", "s7", "127.0.0.1", "--port", &closed.to_string()]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("cannot connect to 127.0.0.1"), "{stderr}");
+    let (code, _, stderr) = streamgate(&["info", "s7", "127.0.0.1", "--read", "DB1.XYZ"]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("--read: "), "{stderr}");
+}
+
+/// `streamgate read` on an S7 source: each tag once, decoded and scaled as the reader does.
+#[test]
+fn read_decodes_and_scales_as_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _peer = Peer::start_with(port, &[("db", 1, 8, &12.5f32.to_be_bytes())]);
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\ndata_dir = \"{d}/data\"\nequipment_id = \"line-1\"\n\n[[streams]]\nname = \"plc\"\n\n[[streams.exports]]\nkind = \"stdout\"\n\n\
+             [[sources]]\nkind = \"s7\"\nid = \"filler\"\nhost = \"127.0.0.1\"\nport = {port}\n\n\
+             [[sources.tags]]\nname = \"speed\"\naddress = \"DB1,REAL8\"\nscale = 2.0\n\n\
+             [[sources.tags]]\nname = \"gone\"\naddress = \"DB99.DBW0\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = streamgate(&["read", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(69), "{stderr}");
+    let lines: Vec<Json> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["tag"], "speed");
+    assert_eq!(lines[0]["value"], Json::from(25.0));
+    assert_eq!(lines[1]["error"], "object does not exist (0x0A)");
+}

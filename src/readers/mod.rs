@@ -52,6 +52,36 @@ pub struct TagRead {
     pub error: Option<String>,
 }
 
+impl TagRead {
+    pub fn good(
+        tag: &str,
+        value: crate::payload::Value,
+        quality: crate::payload::Quality,
+        timestamp: i64,
+        latency_ms: f64,
+    ) -> TagRead {
+        TagRead {
+            tag: tag.to_string(),
+            value: Some(value),
+            quality,
+            timestamp,
+            latency_ms,
+            error: None,
+        }
+    }
+
+    pub fn failed(tag: &str, timestamp: i64, latency_ms: f64, error: String) -> TagRead {
+        TagRead {
+            tag: tag.to_string(),
+            value: None,
+            quality: crate::payload::Quality::Bad,
+            timestamp,
+            latency_ms,
+            error: Some(error),
+        }
+    }
+}
+
 /// A validated source kind with its settings.
 #[derive(Debug, Clone)]
 pub enum SourceKind {
@@ -298,21 +328,35 @@ impl SourceKind {
     /// Reads the tags named in `names` (every tag when empty) once, on a connection of its
     /// own, never touching a queue (`streamgate read`). `Err`: this kind cannot be read this
     /// way yet.
-    pub async fn read_once(&self, names: &[String]) -> Result<Vec<TagRead>, String> {
+    pub async fn read_once(
+        &self,
+        source_id: &str,
+        data_dir: &std::path::Path,
+        names: &[String],
+    ) -> Result<Vec<TagRead>, String> {
+        let selected = |all: Vec<&str>| -> Vec<usize> {
+            (0..all.len())
+                .filter(|&i| names.is_empty() || names.iter().any(|n| n == all[i]))
+                .collect()
+        };
         match self {
             #[cfg(feature = "modbus")]
             SourceKind::ModbusTcp(m) | SourceKind::ModbusRtu(m) => {
-                let idx: Vec<usize> = (0..m.tags.len())
-                    .filter(|&i| names.is_empty() || names.contains(&m.tags[i].name))
-                    .collect();
+                let idx = selected(m.tags.iter().map(|t| t.name.as_str()).collect());
                 Ok(modbus::read_once(m, &idx).await)
             }
-            other => {
-                let _ = names;
-                Err(format!(
-                    "`read` reads Modbus sources so far, not {}",
-                    other.kind_name()
-                ))
+            #[cfg(feature = "s7")]
+            SourceKind::S7(c) => {
+                let idx = selected(c.tags.iter().map(|t| t.name.as_str()).collect());
+                Ok(s7::read_once(c, &idx).await)
+            }
+            #[cfg(feature = "opcua")]
+            SourceKind::Opcua(o) => {
+                let idx = selected(o.tags.iter().map(|t| t.name.as_str()).collect());
+                Ok(opcua::read_once(o, source_id, data_dir, &idx).await)
+            }
+            SourceKind::Simulator(_) => {
+                Err("a simulator has no device to read; `run` shows its samples".to_string())
             }
         }
     }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod decode;
 pub mod line;
 pub mod plan;
+pub mod scan;
 pub mod unit;
 
 use std::collections::BTreeMap;
@@ -161,20 +162,12 @@ pub async fn read_once(config: &ModbusConfig, tags: &[usize]) -> Vec<super::TagR
             )
             .await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (value, quality, error) = match result {
+        out.push(match result {
             Ok(data) => {
                 let (value, quality) = tag_value(tag, &data, 0);
-                (Some(value), quality, None)
+                super::TagRead::good(&tag.name, value, quality, timestamp, latency_ms)
             }
-            Err(e) => (None, Quality::Bad, Some(e.to_string())),
-        };
-        out.push(super::TagRead {
-            tag: tag.name.clone(),
-            value,
-            quality,
-            timestamp,
-            latency_ms,
-            error,
+            Err(e) => super::TagRead::failed(&tag.name, timestamp, latency_ms, e.to_string()),
         });
     }
     out

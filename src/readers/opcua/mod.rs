@@ -14,6 +14,7 @@
 //! Connections go through [`limit::LimitedConnector`]: a message header announcing more than
 //! `max_message_size` fails the connection before async-opcua buffers that message.
 
+pub mod browse;
 pub mod config;
 pub mod limit;
 pub mod mapping;
@@ -27,7 +28,8 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use opcua::client::{
     ANONYMOUS_USER_TOKEN_ID, ClientBuilder, ClientEndpoint, DataChangeCallback, IdentityToken,
-    MonitoredItem, Session, SessionActivity, SessionConnectMode, SessionPollResult,
+    MonitoredItem, Session, SessionActivity, SessionConnectMode, SessionEventLoop,
+    SessionPollResult,
 };
 use opcua::crypto::{CertificateStore, X509};
 use opcua::types::{
@@ -76,6 +78,31 @@ pub struct OpcuaReader {
 
 /// Serialises first-start creation of the shared client certificate between sources.
 static PKI_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A session built on the endpoint the config asks for, not yet connected.
+struct Opened {
+    session: Arc<Session>,
+    event_loop: SessionEventLoop<limit::LimitedConnector>,
+    /// The server certificate's file name in the PKI folder, to explain a refused connect.
+    server_cert_file: Option<String>,
+    /// The server certificate is trusted on this first use (`trust_on_first_use`).
+    first_use: bool,
+    marker: PathBuf,
+}
+
+/// A session for one-shot use, its event loop running in a task until [`OneShot::close`].
+pub struct OneShot {
+    pub session: Arc<Session>,
+    event_loop: tokio::task::JoinHandle<StatusCode>,
+}
+
+impl OneShot {
+    /// Closes the session on the server, bounded in time.
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.session.disconnect()).await;
+        self.event_loop.abort();
+    }
+}
 
 /// What a (re)connect set up: the polled nodes and the tags that failed.
 struct Setup {
@@ -188,13 +215,9 @@ impl OpcuaReader {
         })
     }
 
-    /// One session: connect, subscribe, pump data changes until loss, error or shutdown.
-    async fn session(
-        &self,
-        ctx: &mut SourceContext,
-        shutdown: &CancellationToken,
-        was_connected: &mut bool,
-    ) -> Result<(), OpcuaError> {
+    /// Asks the server for its endpoints and builds a session on the one the config asks for
+    /// (not connected yet: the event loop connects when it runs).
+    async fn open(&self) -> Result<Opened, OpcuaError> {
         let c = &self.config;
         let marker = self.first_use_marker();
         let first_use = c.trust_on_first_use && !marker.exists();
@@ -204,13 +227,26 @@ impl OpcuaReader {
                 .client()
                 .map_err(|e| OpcuaError::Connect(format!("client settings: {}", e.join("; "))))?
         };
-        let endpoints = tokio::select! {
-            r = tokio::time::timeout(c.request_timeout * 2, client.get_server_endpoints_from_url(limit::LimitedConnector::new(&c.endpoint))) => match r {
-                Ok(Ok(e)) => e,
-                Ok(Err(e)) => return Err(OpcuaError::Connect(format!("GetEndpoints from {} failed: {e}", c.endpoint))),
-                Err(_) => return Err(OpcuaError::Connect(format!("GetEndpoints from {} timed out after {:?}", c.endpoint, c.request_timeout * 2))),
-            },
-            _ = shutdown.cancelled() => return Ok(()),
+        let endpoints = match tokio::time::timeout(
+            c.request_timeout * 2,
+            client.get_server_endpoints_from_url(limit::LimitedConnector::new(&c.endpoint)),
+        )
+        .await
+        {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                return Err(OpcuaError::Connect(format!(
+                    "GetEndpoints from {} failed: {e}",
+                    c.endpoint
+                )));
+            }
+            Err(_) => {
+                return Err(OpcuaError::Connect(format!(
+                    "GetEndpoints from {} timed out after {:?}",
+                    c.endpoint,
+                    c.request_timeout * 2
+                )));
+            }
         };
         let mode = security_mode(c.security_mode);
         let wanted: EndpointDescription = (
@@ -263,6 +299,61 @@ impl OpcuaReader {
             .build(client.certificate_store().clone())
             .map_err(|e| OpcuaError::Connect(format!("session for {}: {e}", c.endpoint)))?;
 
+        Ok(Opened {
+            session,
+            event_loop,
+            server_cert_file,
+            first_use,
+            marker,
+        })
+    }
+
+    /// A connected session for one-shot use (commissioning), or why there is none, in the
+    /// words the reader logs.
+    pub async fn connect_once(&self) -> Result<OneShot, OpcuaError> {
+        let c = &self.config;
+        let opened = self.open().await?;
+        let session = opened.session.clone();
+        let event_loop = opened.event_loop.spawn();
+        let within = c.request_timeout * 2;
+        match tokio::time::timeout(within, session.wait_for_connection()).await {
+            Ok(true) => Ok(OneShot {
+                session,
+                event_loop,
+            }),
+            Ok(false) => Err(match event_loop.await {
+                Ok(status) => self.explain(status, opened.server_cert_file.as_deref()),
+                Err(e) => OpcuaError::Connect(format!("could not connect to {}: {e}", c.endpoint)),
+            }),
+            Err(_) => {
+                event_loop.abort();
+                Err(OpcuaError::Connect(format!(
+                    "could not connect to {} within {within:?}",
+                    c.endpoint
+                )))
+            }
+        }
+    }
+
+    /// One session: connect, subscribe, pump data changes until loss, error or shutdown.
+    async fn session(
+        &self,
+        ctx: &mut SourceContext,
+        shutdown: &CancellationToken,
+        was_connected: &mut bool,
+    ) -> Result<(), OpcuaError> {
+        let c = &self.config;
+        let opened = tokio::select! {
+            r = self.open() => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let Opened {
+            session,
+            event_loop,
+            server_cert_file,
+            first_use,
+            marker,
+        } = opened;
         let (tx, mut rx) = mpsc::unbounded_channel::<(u32, DataValue)>();
         let stream = event_loop.enter();
         tokio::pin!(stream);
@@ -417,36 +508,13 @@ impl OpcuaReader {
         // replace it by ours for looking "skewed" (samples get Ats for our clock anyway).
         let skew = skew.filter(|_| !ctx.clock().known_wrong());
         let (timestamp_ms, flags) = mapping::timestamp(dv, now, skew);
-        let mut quality = mapping::quality(dv.status);
-        let element = dv
-            .value
-            .as_ref()
-            .map(|v| mapping::element(v, t.index.as_deref()));
-        if element.is_some_and(mapping::inexact) && quality == Quality::Ok {
-            quality = Quality::Uncertain;
+        let (value, quality, unsupported) = tag_value(t, dv);
+        if let Some(why) = unsupported
+            && !reported[tag]
+        {
+            reported[tag] = true;
+            tracing::error!(tag = %t.name, node = %t.node, "OPC UA value not supported: {why}");
         }
-        let value = match element.map(mapping::value) {
-            Some(Ok(v)) => v,
-            other => {
-                let why = match other {
-                    Some(Err(u)) => u,
-                    _ => mapping::Unsupported::Empty,
-                };
-                if why != mapping::Unsupported::Empty && !reported[tag] {
-                    reported[tag] = true;
-                    tracing::error!(tag = %t.name, node = %t.node, "OPC UA value not supported: {why}");
-                }
-                if why == mapping::Unsupported::Empty {
-                    // No value (a Bad status carries none): the status name says why.
-                    Value::Text(
-                        mapping::status_name(dv.status.unwrap_or(StatusCode::Good)).to_string(),
-                    )
-                } else {
-                    quality = Quality::Bad;
-                    Value::Text(why.short())
-                }
-            }
-        };
         ctx.push(Sample {
             tag,
             value,
@@ -524,6 +592,126 @@ impl OpcuaReader {
     }
 }
 
+/// A tag's value and quality from what the server sent; the third part: a value of a type
+/// the payload cannot carry (logged once by the reader).
+fn tag_value(t: &OpcuaTag, dv: &DataValue) -> (Value, Quality, Option<mapping::Unsupported>) {
+    let mut quality = mapping::quality(dv.status);
+    let element = dv
+        .value
+        .as_ref()
+        .map(|v| mapping::element(v, t.index.as_deref()));
+    if element.is_some_and(mapping::inexact) && quality == Quality::Ok {
+        quality = Quality::Uncertain;
+    }
+    match element.map(mapping::value) {
+        Some(Ok(v)) => (v, quality, None),
+        Some(Err(why)) if why != mapping::Unsupported::Empty => {
+            (Value::Text(why.short()), Quality::Bad, Some(why))
+        }
+        // No value (a Bad status carries none): the status name says why.
+        _ => (
+            Value::Text(mapping::status_name(dv.status.unwrap_or(StatusCode::Good)).to_string()),
+            quality,
+            None,
+        ),
+    }
+}
+
+/// Reads each of `tags` (indexes into `config.tags`) once, in one Read request, on a session
+/// of its own: for commissioning (`streamgate read`), never touching a queue. The PKI folder
+/// and the trust of the server certificate are the source's (`source_id`'s).
+pub async fn read_once(
+    config: &OpcuaConfig,
+    source_id: &str,
+    data_dir: &Path,
+    tags: &[usize],
+) -> Vec<super::TagRead> {
+    let reader = OpcuaReader::new(config.clone(), source_id, data_dir);
+    let started = std::time::Instant::now();
+    let timestamp = crate::time::now_ms();
+    let failed_all = |why: String| -> Vec<super::TagRead> {
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tags.iter()
+            .map(|&t| {
+                super::TagRead::failed(&config.tags[t].name, timestamp, latency_ms, why.clone())
+            })
+            .collect()
+    };
+    let once = match reader.connect_once().await {
+        Ok(o) => o,
+        Err(e) => return failed_all(e.to_string()),
+    };
+    let session = once.session.clone();
+    let reads = async {
+        let (nodes, refused) = resolve_nodes(&session, config).await?;
+        let wanted: Vec<(usize, ReadValueId)> = nodes
+            .into_iter()
+            .filter(|(i, _)| tags.contains(i))
+            .collect();
+        let ids: Vec<ReadValueId> = wanted.iter().map(|(_, r)| r.clone()).collect();
+        let values = match tokio::time::timeout(
+            config.request_timeout,
+            session.read(&ids, TimestampsToReturn::Both, 0.0),
+        )
+        .await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(OpcuaError::Setup(format!("Read: {e}"))),
+            Err(_) => {
+                return Err(OpcuaError::Setup(format!(
+                    "Read timed out after {:?}",
+                    config.request_timeout
+                )));
+            }
+        };
+        Ok((wanted, values, refused))
+    }
+    .await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let out = match reads {
+        Err(e) => failed_all(e.to_string()),
+        Ok((wanted, values, refused)) => tags
+            .iter()
+            .map(|&t| {
+                let name = &config.tags[t].name;
+                if let Some((_, status, why)) = refused.iter().find(|(i, ..)| *i == t) {
+                    return super::TagRead::failed(
+                        name,
+                        timestamp,
+                        latency_ms,
+                        format!("{why} ({status})"),
+                    );
+                }
+                let dv = wanted
+                    .iter()
+                    .position(|(i, _)| *i == t)
+                    .and_then(|k| values.get(k));
+                let Some(dv) = dv else {
+                    return super::TagRead::failed(
+                        name,
+                        timestamp,
+                        latency_ms,
+                        "the server answered no value".to_string(),
+                    );
+                };
+                let (ts, _) = mapping::timestamp(dv, crate::time::now_ms(), None);
+                match tag_value(&config.tags[t], dv) {
+                    (v, Quality::Bad, _) => {
+                        let text = match v {
+                            Value::Text(text) => text,
+                            other => format!("{other:?}"),
+                        };
+                        super::TagRead::failed(name, ts, latency_ms, text)
+                    }
+                    (v, q, _) => super::TagRead::good(name, v, q, ts, latency_ms),
+                }
+            })
+            .collect(),
+    };
+    once.close().await;
+    out
+}
+
 fn security_mode(mode: SecurityMode) -> MessageSecurityMode {
     match mode {
         SecurityMode::None => MessageSecurityMode::None,
@@ -561,19 +749,13 @@ fn filter(deadband: Deadband) -> ExtensionObject {
     })
 }
 
-/// Resolves namespaces, creates the subscription and its monitored items; returns the
-/// polled nodes and the tags the server refused (bad node id, unknown namespace ...).
-async fn setup_items(
-    session: Arc<Session>,
-    config: Arc<OpcuaConfig>,
-    tx: mpsc::UnboundedSender<(u32, DataValue)>,
-    old_subscription: Option<u32>,
-) -> Result<Setup, OpcuaError> {
-    if let Some(old) = old_subscription {
-        // Gone with the old session, or expired: drop it (server side if still there, and the
-        // crate's local state either way).
-        let _ = session.delete_subscription(old).await;
-    }
+/// The ReadValueId of every tag whose namespace the server knows, and the tags refused for
+/// an unknown namespace (`nsu=` resolved through the server's NamespaceArray).
+#[allow(clippy::type_complexity)]
+async fn resolve_nodes(
+    session: &Session,
+    config: &OpcuaConfig,
+) -> Result<(Vec<(usize, ReadValueId)>, Vec<(usize, StatusCode, String)>), OpcuaError> {
     let mut failed = Vec::new();
     let needs_map = config
         .tags
@@ -589,8 +771,7 @@ async fn setup_items(
     } else {
         None
     };
-    let mut subscribe = Vec::new();
-    let mut poll = Vec::new();
+    let mut nodes = Vec::new();
     for (i, t) in config.tags.iter().enumerate() {
         let ns = match &t.node.namespace {
             Namespace::Index(n) => *n,
@@ -606,7 +787,29 @@ async fn setup_items(
                 }
             },
         };
-        let rv = read_value_id(t, t.node.to_node_id(ns));
+        nodes.push((i, read_value_id(t, t.node.to_node_id(ns))));
+    }
+    Ok((nodes, failed))
+}
+
+/// Resolves namespaces, creates the subscription and its monitored items; returns the
+/// polled nodes and the tags the server refused (bad node id, unknown namespace ...).
+async fn setup_items(
+    session: Arc<Session>,
+    config: Arc<OpcuaConfig>,
+    tx: mpsc::UnboundedSender<(u32, DataValue)>,
+    old_subscription: Option<u32>,
+) -> Result<Setup, OpcuaError> {
+    if let Some(old) = old_subscription {
+        // Gone with the old session, or expired: drop it (server side if still there, and the
+        // crate's local state either way).
+        let _ = session.delete_subscription(old).await;
+    }
+    let (nodes, mut failed) = resolve_nodes(&session, &config).await?;
+    let mut subscribe = Vec::new();
+    let mut poll = Vec::new();
+    for (i, rv) in nodes {
+        let t = &config.tags[i];
         match t.mode {
             Mode::Poll => poll.push((i, rv)),
             Mode::Subscribe => subscribe.push(MonitoredItemCreateRequest {

@@ -127,6 +127,14 @@ impl Client {
         Ok(results)
     }
 
+    /// Reads the system status list `id` at `index` (the first answer's records).
+    pub async fn read_szl(&mut self, id: u16, index: u16) -> Result<codec::Szl, S7Error> {
+        let pdu_ref = self.take_ref();
+        let job = codec::read_szl(pdu_ref, id, index);
+        let answer = self.exchange(&job, "read SZL").await?;
+        Ok(codec::parse_szl(&answer, pdu_ref)?)
+    }
+
     /// Writes `bytes` at one item; returns the PLC's return code (0xFF = success).
     pub async fn write(&mut self, item: &Item, bytes: &[u8]) -> Result<u8, S7Error> {
         let pdu_ref = self.take_ref();

@@ -199,6 +199,104 @@ fn job_header(pdu_ref: u16, param_len: usize, data_len: usize) -> Vec<u8> {
     out
 }
 
+/// S7 message type of user data (CPU functions such as reading the SZL).
+const ROSCTR_USERDATA: u8 = 0x07;
+
+/// A userdata request reading the system status list `id` at `index` (CPU functions,
+/// subfunction "read SZL"): what the PLC says about itself.
+pub fn read_szl(pdu_ref: u16, id: u16, index: u16) -> Vec<u8> {
+    let mut out = vec![S7_PROTOCOL_ID, ROSCTR_USERDATA, 0, 0];
+    out.extend_from_slice(&pdu_ref.to_be_bytes());
+    out.extend_from_slice(&8u16.to_be_bytes()); // parameter length
+    out.extend_from_slice(&8u16.to_be_bytes()); // data length
+    // Parameter head, length 4, request, type request + group CPU functions, read SZL, seq 0.
+    out.extend_from_slice(&[0x00, 0x01, 0x12, 0x04, 0x11, 0x44, 0x01, 0x00]);
+    // Return code (request), octet string, 4 bytes: the SZL id and index.
+    out.extend_from_slice(&[0xFF, 0x09, 0x00, 0x04]);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out
+}
+
+/// The records of an SZL answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Szl {
+    pub id: u16,
+    pub index: u16,
+    /// The records, each `record_len` bytes.
+    pub records: Vec<Vec<u8>>,
+    /// The PLC has more records than this first answer carried.
+    pub more: bool,
+}
+
+/// Parses the answer to [`read_szl`].
+pub fn parse_szl(s7: &[u8], pdu_ref: u16) -> Result<Szl, CodecError> {
+    if s7.len() < JOB_HEADER_LEN {
+        return Err(CodecError::Short("S7 header"));
+    }
+    if s7[0] != S7_PROTOCOL_ID {
+        return Err(CodecError::Unexpected {
+            what: "S7 protocol id",
+            got: s7[0],
+        });
+    }
+    if s7[1] != ROSCTR_USERDATA {
+        return Err(CodecError::Unexpected {
+            what: "S7 message type (want userdata 0x07)",
+            got: s7[1],
+        });
+    }
+    let got = u16::from_be_bytes([s7[4], s7[5]]);
+    if got != pdu_ref {
+        return Err(CodecError::Reference { want: pdu_ref, got });
+    }
+    let param_len = usize::from(u16::from_be_bytes([s7[6], s7[7]]));
+    let data_len = usize::from(u16::from_be_bytes([s7[8], s7[9]]));
+    let body = &s7[JOB_HEADER_LEN..];
+    if body.len() < param_len + data_len || param_len < 12 {
+        return Err(CodecError::Short("S7 userdata sections"));
+    }
+    let param = &body[..param_len];
+    let data = &body[param_len..param_len + data_len];
+    let (class, code) = (param[10], param[11]);
+    if class != 0 || code != 0 {
+        return Err(CodecError::Rejected(HeaderError { class, code }));
+    }
+    let more = param[9] != 0;
+    if data.len() < 4 {
+        return Err(CodecError::Short("SZL data header"));
+    }
+    if data[0] != RETURN_OK {
+        return Err(CodecError::Unexpected {
+            what: "SZL return code",
+            got: data[0],
+        });
+    }
+    let szl = &data[4..];
+    if szl.len() < 8 {
+        return Err(CodecError::Short("SZL header"));
+    }
+    let id = u16::from_be_bytes([szl[0], szl[1]]);
+    let index = u16::from_be_bytes([szl[2], szl[3]]);
+    let record_len = usize::from(u16::from_be_bytes([szl[4], szl[5]]));
+    let count = usize::from(u16::from_be_bytes([szl[6], szl[7]]));
+    let records = if record_len == 0 {
+        Vec::new()
+    } else {
+        szl[8..]
+            .chunks_exact(record_len)
+            .take(count)
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    Ok(Szl {
+        id,
+        index,
+        records,
+        more,
+    })
+}
+
 /// The setup-communication job: one job in flight each way, the PDU size we ask for.
 pub fn setup_communication(pdu_ref: u16, pdu_size: u16) -> Vec<u8> {
     let mut out = job_header(pdu_ref, 8, 0);
@@ -585,5 +683,33 @@ mod tests {
         assert_eq!(return_code_name(0x0A), "object does not exist");
         assert_eq!(return_code_name(0x05), "address out of range");
         assert_eq!(return_code_name(0x03), "access to object not allowed");
+    }
+
+    #[test]
+    fn szl_request_and_answer() {
+        let req = read_szl(7, 0x0011, 0x0000);
+        assert_eq!(req.len(), 26);
+        assert_eq!(&req[..10], &[0x32, 0x07, 0, 0, 0, 7, 0, 8, 0, 8]);
+        assert_eq!(&req[22..], &[0x00, 0x11, 0x00, 0x00]);
+        let mut answer = vec![0x32, 0x07, 0, 0, 0, 7, 0, 12, 0, 16];
+        answer.extend_from_slice(&[0, 1, 0x12, 8, 0x12, 0x84, 1, 1, 0, 0, 0, 0]);
+        answer.extend_from_slice(&[0xFF, 0x09, 0, 12]);
+        answer.extend_from_slice(&[0x00, 0x11, 0x00, 0x00, 0, 2, 0, 2, 0xAB, 0xCD, 0x12, 0x34]);
+        let szl = parse_szl(&answer, 7).unwrap();
+        assert_eq!(szl.id, 0x0011);
+        assert_eq!(szl.records, vec![vec![0xAB, 0xCD], vec![0x12, 0x34]]);
+        assert!(!szl.more);
+        answer[5] = 8;
+        assert!(matches!(
+            parse_szl(&answer, 7),
+            Err(CodecError::Reference { .. })
+        ));
+        answer[5] = 7;
+        answer[20] = 0x84;
+        answer[21] = 0x04;
+        assert!(matches!(
+            parse_szl(&answer, 7),
+            Err(CodecError::Rejected(_))
+        ));
     }
 }

@@ -70,6 +70,97 @@ struct TagState {
     reporter: Reporter,
 }
 
+impl S7Config {
+    /// Where and how the reader (and `streamgate read`) connect.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            host: self.host.clone(),
+            port: self.port,
+            local_tsap: self.local_tsap,
+            remote_tsap: self.remote_tsap,
+            pdu_size: self.pdu_size,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
+
+    /// The read of one tag alone: its bytes, from its first byte.
+    fn item(&self, t: usize) -> codec::Item {
+        let a = &self.tags[t].address;
+        codec::Item {
+            area: a.area.code(),
+            db: a.area.db_number(),
+            start: a.byte,
+            len: a.data_type.size() as u16,
+        }
+    }
+
+    /// A tag's value from its bytes, scaled as configured; `Err`: the text of its `Bad` sample.
+    fn value(&self, t: usize, bytes: &[u8]) -> Result<Value, String> {
+        let tag = &self.tags[t];
+        let v = value::decode(tag.address.data_type, bytes)
+            .map_err(|e| format!("cannot decode: {e}"))?;
+        Ok(match tag.scaling {
+            Some(s) => s.apply(v),
+            None => v,
+        })
+    }
+}
+
+/// Reads each of `tags` (indexes into `config.tags`) once, one request per tag, on a connection
+/// of its own: for commissioning (`streamgate read`), never touching a queue. A failed connect
+/// is every tag's error.
+pub async fn read_once(config: &S7Config, tags: &[usize]) -> Vec<super::TagRead> {
+    let mut out = Vec::with_capacity(tags.len());
+    let started = std::time::Instant::now();
+    let timestamp = crate::time::now_ms();
+    let mut client = match Client::connect(&config.connect_options()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            for &t in tags {
+                out.push(super::TagRead::failed(
+                    &config.tags[t].name,
+                    timestamp,
+                    latency_ms,
+                    e.to_string(),
+                ));
+            }
+            return out;
+        }
+    };
+    let mut lost: Option<String> = None;
+    for &t in tags {
+        let name = &config.tags[t].name;
+        let started = std::time::Instant::now();
+        let timestamp = crate::time::now_ms();
+        if let Some(why) = &lost {
+            out.push(super::TagRead::failed(name, timestamp, 0.0, why.clone()));
+            continue;
+        }
+        let answer = client.read(&[config.item(t)]).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let result = match answer {
+            Ok(mut items) => match items.pop() {
+                Some(Ok(bytes)) => config.value(t, &bytes),
+                Some(Err(code)) => Err(Failure::Item(code).to_string()),
+                None => Err(Failure::Item(0).to_string()),
+            },
+            Err(S7Error::Protocol(CodecError::Rejected(e))) => Err(Failure::Job(e).to_string()),
+            Err(e) => {
+                // The connection is gone: the tags after this one are not tried.
+                lost = Some(e.to_string());
+                Err(e.to_string())
+            }
+        };
+        out.push(match result {
+            Ok(v) => super::TagRead::good(name, v, Quality::Ok, timestamp, latency_ms),
+            Err(why) => super::TagRead::failed(name, timestamp, latency_ms, why),
+        });
+    }
+    out
+}
+
 pub struct S7Reader {
     config: S7Config,
     state: Vec<TagState>,
@@ -86,18 +177,6 @@ impl S7Reader {
         }
     }
 
-    fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions {
-            host: self.config.host.clone(),
-            port: self.config.port,
-            local_tsap: self.config.local_tsap,
-            remote_tsap: self.config.remote_tsap,
-            pdu_size: self.config.pdu_size,
-            connect_timeout: self.config.connect_timeout,
-            request_timeout: self.config.request_timeout,
-        }
-    }
-
     /// Runs until `shutdown`; the last round is flagged `Lst` and flushed before returning.
     pub async fn run(mut self, mut ctx: SourceContext, shutdown: CancellationToken) {
         let c = &self.config;
@@ -107,7 +186,7 @@ impl S7Reader {
             remote_tsap = format_args!("0x{:04X}", c.remote_tsap),
             "s7 reader started"
         );
-        let options = self.connect_options();
+        let options = c.connect_options();
         let endpoint = format!("{}:{}", options.host, options.port);
         'connection: while !shutdown.is_cancelled() {
             let connected = tokio::select! {
@@ -308,14 +387,10 @@ impl S7Reader {
                 let Some((_, offset)) = plan.tags[t] else {
                     continue;
                 };
-                let tag = &self.config.tags[t];
                 let from = (offset as usize).min(bytes.len());
-                match value::decode(tag.address.data_type, &bytes[from..]) {
+                match self.config.value(t, &bytes[from..]) {
                     Ok(v) => self.good(ctx, t, v, timestamp_ms, flags),
-                    Err(e) => {
-                        let text = format!("cannot decode: {e}");
-                        self.bad(ctx, t, &text, timestamp_ms, flags);
-                    }
+                    Err(text) => self.bad(ctx, t, &text, timestamp_ms, flags),
                 }
             }
         }
@@ -329,10 +404,6 @@ impl S7Reader {
         if let Some(was) = state.reported.take() {
             tracing::info!(tag = %tag.name, address = %tag.address_text, was = %was, "tag readable again");
         }
-        let v = match tag.scaling {
-            Some(s) => s.apply(v),
-            None => v,
-        };
         let now = Instant::now();
         // The last round before a stop (`Lst`) is sent whatever the deadband says.
         let flags = if flags.contains(Flags::LST) {

@@ -18,6 +18,8 @@ after each request ({"1": {"3": 2, "1": 1}}).
 A device may list "ramps": [{"area": "holding_register", "address": 5, "step": 3}]: each such
 register grows by `step` (mod 65536) on every read request of its area, through the simulator's
 action callback, so tests see values change at runtime.
+A device may list "holes": [{"area": "holding_register", "from": 10, "to": 19}] (register areas
+only, inclusive): those addresses do not exist (IllegalAddress), as on devices with a sparse map.
 Prints "READY" on stdout once it serves.
 """
 
@@ -84,7 +86,20 @@ def build(dev, counts, counts_path):
         return None
 
     bits = lambda name: [SimData(0, values=[bool(b) for b in areas[name]], datatype=DataType.BITS)]
-    regs = lambda name: [SimData(0, values=areas[name], datatype=DataType.REGISTERS)]
+    def regs(name):
+        gone = set()
+        for h in dev.get("holes", []):
+            if h["area"] == name:
+                gone.update(range(h["from"], h["to"] + 1))
+        blocks, start = [], None
+        for a in range(size + 1):
+            if a < size and a not in gone:
+                start = a if start is None else start
+            elif start is not None:
+                blocks.append(SimData(start, values=areas[name][start:a], datatype=DataType.REGISTERS))
+                start = None
+        return blocks
+
     simdata = (bits("coil"), bits("discrete_input"), regs("holding_register"), regs("input_register"))
     return SimDevice(id=dev["id"], simdata=simdata, action=action)
 

@@ -8,6 +8,11 @@ configs must resolve `nsu=`):
   s=Line1.Running Boolean  toggles every tick
   s=Line1.Recipe  String   changes every tick
   s=Line1.Arr     Double[3] the tick in element 1
+A static tree for `streamgate browse` (nothing here changes):
+  Plant (folder, s=Plant) / Area1 (folder, s=Plant.Area1) / Filler (object, s=Plant.Area1.Filler):
+    s=Plant.Area1.Filler.Speed   Double 12.5, writable
+    s=Plant.Area1.Filler.Count   UInt32 7
+    s=Plant.Area1.Filler.Levels  Double[3] [1.5, 2.5, 3.5]
 Every write carries an explicit SourceTimestamp (server clock minus 1.234 s, ms precision) so
 tests can tell it from gateway time. Each write is logged as one JSON line to --log:
   {"tag": ..., "value": ..., "source_ms": ..., "status": "Good|Uncertain|Bad"}
@@ -83,6 +88,16 @@ async def main():
     # A 2x2 matrix (row after row): the tag with index "1,0" reads the first value of row 1.
     matrix = await line.add_variable(ua.NodeId("Line1.Matrix", idx), "Matrix",
                                      ua.Variant([0.0] * 4, ua.VariantType.Double, Dimensions=[2, 2]))
+    plant = await server.nodes.objects.add_folder(ua.NodeId("Plant", idx), "Plant")
+    area = await plant.add_folder(ua.NodeId("Plant.Area1", idx), "Area1")
+    filler = await area.add_object(ua.NodeId("Plant.Area1.Filler", idx), "Filler")
+    speed = await filler.add_variable(ua.NodeId("Plant.Area1.Filler.Speed", idx), "Speed", 12.5,
+                                      ua.VariantType.Double)
+    await speed.set_writable()
+    await filler.add_variable(ua.NodeId("Plant.Area1.Filler.Count", idx), "Count", 7,
+                              ua.VariantType.UInt32)
+    await filler.add_variable(ua.NodeId("Plant.Area1.Filler.Levels", idx), "Levels",
+                              [1.5, 2.5, 3.5], ua.VariantType.Double)
     bench = []
     for k in range(a.bench):
         bench.append(await line.add_variable(ua.NodeId(f"Bench.{k}", idx), f"B{k}", 0.0,
