@@ -863,3 +863,83 @@ fn browse_and_read_of_an_absent_or_silent_server_end_with_the_reason() {
     assert!(stderr.contains("--security-policy: "), "{stderr}");
     drop(silent);
 }
+
+/// `browse opcua` on a secure server goes through the reader's trust flow: an untrusted server
+/// certificate is refused with the reader's message (the file saved in rejected/, where to move
+/// it); moved to trusted/, the same command browses. With `--config`/`--source` it takes the
+/// source's security and PKI folder.
+#[test]
+fn browse_a_secure_server_follows_the_readers_trust_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let certs = dir.path().join("server-certs");
+    let _peer = start_peer(
+        port,
+        &dir.path().join("server.log"),
+        &["--ticks", "0", "--secure", certs.to_str().unwrap()],
+    );
+    let endpoint = format!("opc.tcp://127.0.0.1:{port}/streamgate/");
+    let pki = dir.path().join("pki");
+    let args = [
+        "browse",
+        "opcua",
+        endpoint.as_str(),
+        "--security-policy",
+        "Basic256Sha256",
+        "--security-mode",
+        "SignAndEncrypt",
+        "--pki-dir",
+        pki.to_str().unwrap(),
+        "--node",
+        "nsu=urn:streamgate:test;s=Line1",
+        "--json",
+    ];
+    let (code, _, stderr) = streamgate(&args);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("is not trusted"), "{stderr}");
+    let rejected: Vec<PathBuf> = std::fs::read_dir(pki.join("rejected"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        stderr.contains(&pki.join("trusted").display().to_string()),
+        "{stderr}"
+    );
+    std::fs::rename(
+        &rejected[0],
+        pki.join("trusted").join(rejected[0].file_name().unwrap()),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = streamgate(&args);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("\"node_id_uri\":\"nsu=urn:streamgate:test;i=1001\""),
+        "{stdout}"
+    );
+    // The same from a config's source: its security settings and PKI folder (pki_dir).
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            dir.path(),
+            port,
+            "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"",
+            TAGS,
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = streamgate(&[
+        "browse",
+        "opcua",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--source",
+        "plc",
+        "--node",
+        "nsu=urn:streamgate:test;s=Line1",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("Line1.Temp"), "{stdout}");
+}

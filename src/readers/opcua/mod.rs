@@ -314,25 +314,37 @@ impl OpcuaReader {
         let c = &self.config;
         let opened = self.open().await?;
         let session = opened.session.clone();
-        let event_loop = opened.event_loop.spawn();
+        let mut event_loop = opened.event_loop.spawn();
         let within = c.request_timeout * 2;
-        match tokio::time::timeout(within, session.wait_for_connection()).await {
-            Ok(true) => Ok(OneShot {
-                session,
-                event_loop,
-            }),
-            Ok(false) => Err(match event_loop.await {
-                Ok(status) => self.explain(status, opened.server_cert_file.as_deref()),
-                Err(e) => OpcuaError::Connect(format!("could not connect to {}: {e}", c.endpoint)),
-            }),
+        // The event loop ends (with its status) when the connect fails: watch both.
+        let outcome = tokio::time::timeout(within, async {
+            tokio::select! {
+                connected = session.wait_for_connection() => Ok(connected),
+                ended = &mut event_loop => Err(ended),
+            }
+        })
+        .await;
+        let ended = match outcome {
+            Ok(Ok(true)) => {
+                return Ok(OneShot {
+                    session,
+                    event_loop,
+                });
+            }
+            Ok(Ok(false)) => event_loop.await,
+            Ok(Err(ended)) => ended,
             Err(_) => {
                 event_loop.abort();
-                Err(OpcuaError::Connect(format!(
+                return Err(OpcuaError::Connect(format!(
                     "could not connect to {} within {within:?}",
                     c.endpoint
-                )))
+                )));
             }
-        }
+        };
+        Err(match ended {
+            Ok(status) => self.explain(status, opened.server_cert_file.as_deref()),
+            Err(e) => OpcuaError::Connect(format!("could not connect to {}: {e}", c.endpoint)),
+        })
     }
 
     /// One session: connect, subscribe, pump data changes until loss, error or shutdown.
