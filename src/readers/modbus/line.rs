@@ -38,7 +38,7 @@ impl Lines {
                         ctx: None,
                         backoff: Backoff::new(initial, max),
                         retry_at: None,
-                        sent_ms: None,
+                        sent: None,
                     }),
                 })
             })
@@ -72,7 +72,25 @@ struct LineState {
     backoff: Backoff,
     retry_at: Option<Instant>,
     /// When the last request went out.
-    sent_ms: Option<i64>,
+    sent: Option<Sent>,
+}
+
+/// When a request went out: the gateway clock (the samples' timestamp) and the monotonic
+/// instant of the same moment (what report by exception measures silence with, so a re-send
+/// is `max_silence` after the last in the timestamps consumers see, whatever the latencies).
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub ms: i64,
+    pub at: Instant,
+}
+
+impl Sent {
+    pub fn now() -> Sent {
+        Sent {
+            ms: crate::time::now_ms(),
+            at: Instant::now(),
+        }
+    }
 }
 
 /// A response: bits for coils and discrete inputs, words for registers.
@@ -192,12 +210,12 @@ impl Line {
         address: u16,
         count: u16,
         timeout: Duration,
-    ) -> (i64, Result<Data, ReadError>) {
+    ) -> (Sent, Result<Data, ReadError>) {
         let mut st = self.state.lock().await;
         let result = self
             .read_locked(&mut st, unit, area, address, count, timeout)
             .await;
-        (st.sent_ms.unwrap_or_else(crate::time::now_ms), result)
+        (st.sent.unwrap_or_else(Sent::now), result)
     }
 
     async fn read_locked(
@@ -209,7 +227,7 @@ impl Line {
         count: u16,
         timeout: Duration,
     ) -> Result<Data, ReadError> {
-        st.sent_ms = None;
+        st.sent = None;
         if st.ctx.is_none() {
             if let Some(until) = st.retry_at
                 && Instant::now() < until
@@ -232,7 +250,7 @@ impl Line {
                 }
             }
         }
-        st.sent_ms = Some(crate::time::now_ms());
+        st.sent = Some(Sent::now());
         let Some(ctx) = st.ctx.as_mut() else {
             return Err(ReadError::Transport("not connected".into()));
         };

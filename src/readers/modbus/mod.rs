@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::readers::signal::Reporter;
 pub use config::{ModbusConfig, RawModbus};
 use decode::DataType;
-use line::{Data, Line, Lines, ReadError};
+use line::{Data, Line, Lines, ReadError, Sent};
 use plan::{Need, Read};
 
 use super::{Sample, SourceContext};
@@ -152,7 +152,7 @@ pub async fn read_once(config: &ModbusConfig, tags: &[usize]) -> Vec<super::TagR
     for &t in tags {
         let tag = &config.tags[t];
         let started = std::time::Instant::now();
-        let (timestamp, result) = line
+        let (sent, result) = line
             .read(
                 config.unit_id,
                 tag.area,
@@ -165,9 +165,9 @@ pub async fn read_once(config: &ModbusConfig, tags: &[usize]) -> Vec<super::TagR
         out.push(match result {
             Ok(data) => {
                 let (value, quality) = tag_value(tag, &data, 0);
-                super::TagRead::good(&tag.name, value, quality, timestamp, latency_ms)
+                super::TagRead::good(&tag.name, value, quality, sent.ms, latency_ms)
             }
-            Err(e) => super::TagRead::failed(&tag.name, timestamp, latency_ms, e.to_string()),
+            Err(e) => super::TagRead::failed(&tag.name, sent.ms, latency_ms, e.to_string()),
         });
     }
     out
@@ -247,33 +247,25 @@ impl ModbusReader {
         tag: usize,
         value: Value,
         quality: Quality,
-        ts: i64,
-        now: Instant,
+        sent: Sent,
     ) {
         let policy = self.config.tags[tag].report;
         if let Some(flags) = self.tags[tag]
             .reporter
-            .decide(&policy, &value, quality, now)
+            .decide(&policy, &value, quality, sent.at)
         {
             ctx.push(Sample {
                 tag,
                 value,
                 quality,
-                timestamp_ms: ts,
+                timestamp_ms: sent.ms,
                 flags: flags | Flags::ATS,
             });
         }
     }
 
     /// Decodes the tags a successful read served.
-    fn deliver(
-        &mut self,
-        ctx: &mut SourceContext,
-        read: &Read,
-        data: &Data,
-        ts: i64,
-        now: Instant,
-    ) {
+    fn deliver(&mut self, ctx: &mut SourceContext, read: &Read, data: &Data, sent: Sent) {
         for &(t, offset) in &read.tags {
             let tag = &self.config.tags[t];
             let (value, quality) = tag_value(tag, data, offset);
@@ -284,7 +276,7 @@ impl ModbusReader {
             if let Some(fault) = self.tags[t].fault.take() {
                 tracing::info!(tag = %tag.name, previous = ?fault, "tag reads again");
             }
-            self.emit(ctx, t, value, quality, ts, now);
+            self.emit(ctx, t, value, quality, sent);
         }
     }
 
@@ -292,14 +284,7 @@ impl ModbusReader {
     /// answer (malformed): about this tag, not the connection. The tag is sent `Bad` saying
     /// why, logged once per fault, and left out for `failed_tag_retry` when the fault is about
     /// the request (a permanent exception, a malformed answer).
-    fn rejected(
-        &mut self,
-        ctx: &mut SourceContext,
-        t: usize,
-        error: &ReadError,
-        ts: i64,
-        now: Instant,
-    ) {
+    fn rejected(&mut self, ctx: &mut SourceContext, t: usize, error: &ReadError, sent: Sent) {
         let tag = &self.config.tags[t];
         let run = &mut self.tags[t];
         let Some(fault) = Fault::of(error) else {
@@ -328,17 +313,17 @@ impl ModbusReader {
             run.fault = Some(fault);
         }
         if leave_out {
-            run.excluded_until = Some(now + self.config.failed_tag_retry);
+            run.excluded_until = Some(sent.at + self.config.failed_tag_retry);
         }
         let text = match error {
             ReadError::Exception(code) => format!("exception: {code}"),
             other => other.to_string(),
         };
-        self.emit(ctx, t, Value::Text(text), Quality::Bad, ts, now);
+        self.emit(ctx, t, Value::Text(text), Quality::Bad, sent);
     }
 
     /// The read's result and its timestamp (when the request went out).
-    async fn read(&self, read: &Read) -> (i64, Result<Data, ReadError>) {
+    async fn read(&self, read: &Read) -> (Sent, Result<Data, ReadError>) {
         self.line
             .read(
                 self.config.unit_id,
@@ -357,9 +342,9 @@ impl ModbusReader {
         self.plan_group(g, now);
         let reads = self.groups[g].reads.clone();
         for read in &reads {
-            let (ts, result) = self.read(read).await;
+            let (sent, result) = self.read(read).await;
             match result {
-                Ok(data) => self.deliver(ctx, read, &data, ts, now),
+                Ok(data) => self.deliver(ctx, read, &data, sent),
                 Err(error) if isolate(&error) && read.tags.len() > 1 => {
                     tracing::debug!(error = %error, address = read.address, count = read.count, "coalesced read failed; reading its tags one by one");
                     for &(t, _) in &read.tags {
@@ -370,12 +355,10 @@ impl ModbusReader {
                             count: tag.data_type.width(),
                             tags: vec![(t, 0)],
                         };
-                        let (ts, result) = self.read(&single).await;
+                        let (sent, result) = self.read(&single).await;
                         match result {
-                            Ok(data) => self.deliver(ctx, &single, &data, ts, now),
-                            Err(error) if error.per_read() => {
-                                self.rejected(ctx, t, &error, ts, now)
-                            }
+                            Ok(data) => self.deliver(ctx, &single, &data, sent),
+                            Err(error) if error.per_read() => self.rejected(ctx, t, &error, sent),
                             Err(error) => {
                                 return Err(Outage {
                                     error,
@@ -388,7 +371,7 @@ impl ModbusReader {
                 }
                 Err(error) if error.per_read() => {
                     for &(t, _) in &read.tags {
-                        self.rejected(ctx, t, &error, ts, now);
+                        self.rejected(ctx, t, &error, sent);
                     }
                     if isolate(&error) {
                         self.groups[g].replan = true;
