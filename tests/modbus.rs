@@ -498,15 +498,10 @@ async fn device_restart_gives_lst_then_fst() {
     }
 }
 
-/// RTU over a pseudo-terminal pair (socat): two unit ids on one serial line, two sources
-/// sharing the line without stepping on each other. (Linux pseudo-terminals reject parity
-/// and 7 data bits, so this test uses 8N2; parity is passed to the serial port the same way.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtu_two_units_share_one_serial_line() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let gw: PathBuf = dir.path().join("gw");
-    let dev: PathBuf = dir.path().join("dev");
+/// A serial line made of a pseudo-terminal pair (socat): the gateway's end and the device's.
+fn pty_pair(dir: &Path) -> (Guard, PathBuf, PathBuf) {
+    let gw: PathBuf = dir.join("gw");
+    let dev: PathBuf = dir.join("dev");
     let socat = Command::new("socat")
         .arg(format!("pty,raw,echo=0,link={}", gw.display()))
         .arg(format!("pty,raw,echo=0,link={}", dev.display()))
@@ -514,8 +509,19 @@ async fn rtu_two_units_share_one_serial_line() {
         .stderr(Stdio::null())
         .spawn()
         .expect("socat (tests/peers/setup.d/modbus.sh installs it)");
-    let _socat = Guard(socat);
+    let socat = Guard(socat);
     wait_until("socat's pty pair", T, || gw.exists() && dev.exists());
+    (socat, gw, dev)
+}
+
+/// RTU over a pseudo-terminal pair (socat): two unit ids on one serial line, two sources
+/// sharing the line without stepping on each other. (Linux pseudo-terminals reject parity
+/// and 7 data bits, so this test uses 8N2; parity is passed to the serial port the same way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_two_units_share_one_serial_line() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let (_socat, gw, dev) = pty_pair(dir.path());
     let spec = json!({"devices": [
         {"id": 1, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "i32", "order": "CDAB", "value": -70000}]},
         {"id": 2, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "f32", "order": "DCBA", "value": 0.25}]}]});
@@ -814,19 +820,6 @@ fn read_of_a_silent_device_times_out() {
     drop(silent);
 }
 
-/// Runs the streamgate binary with `args`; (exit code, stdout, stderr).
-fn streamgate(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `streamgate scan modbus` against pymodbus with holes in its map (10-19 and 57 of 0-99 do
 /// not exist): every address that answers is listed once with its value in the common types
 /// (exact JSON for the registers around the values the server encoded), the holes are named,
@@ -846,7 +839,7 @@ fn scan_lists_what_answers_and_its_toml_reads_the_same_values() {
             {"area": "holding_register", "address": 40, "type": "i16", "value": -5}]}]});
     let _server = tcp_server(dir.path(), port, &spec);
     let target = format!("127.0.0.1:{port}");
-    let (code, stdout, stderr) = streamgate(&[
+    let (code, stdout, stderr) = common::run_cli(&[
         "scan", "modbus", &target, "--unit", "3", "--area", "holding", "--range", "0-99", "--json",
     ]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -902,11 +895,11 @@ fn scan_lists_what_answers_and_its_toml_reads_the_same_values() {
     );
 
     // --toml: registers 0-9 as u16 tags, and the word-swapped float at 30 as an f32 tag.
-    let (code, u16_toml, stderr) = streamgate(&[
+    let (code, u16_toml, stderr) = common::run_cli(&[
         "scan", "modbus", &target, "--unit", "3", "--range", "0-9", "--toml",
     ]);
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, f32_toml, stderr) = streamgate(&[
+    let (code, f32_toml, stderr) = common::run_cli(&[
         "scan",
         "modbus",
         &target,
@@ -925,7 +918,7 @@ fn scan_lists_what_answers_and_its_toml_reads_the_same_values() {
     let cfg_text = config(dir.path(), &format!("{u16_toml}\n{f32_toml}"));
     let cfg = dir.path().join("scanned.toml");
     std::fs::write(&cfg, &cfg_text).unwrap();
-    let (code, stdout, stderr) = streamgate(&["validate", "--config", cfg.to_str().unwrap()]);
+    let (code, stdout, stderr) = common::run_cli(&["validate", "--config", cfg.to_str().unwrap()]);
     assert_eq!(
         code,
         Some(0),
@@ -965,7 +958,7 @@ fn scan_of_a_silent_or_absent_device_ends_with_the_reason() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let started = std::time::Instant::now();
-    let (code, _, stderr) = streamgate(&[
+    let (code, _, stderr) = common::run_cli(&[
         "scan",
         "modbus",
         &format!("127.0.0.1:{port}"),
@@ -985,13 +978,65 @@ fn scan_of_a_silent_or_absent_device_ends_with_the_reason() {
     );
     drop(silent);
     let closed = free_port();
-    let (code, _, stderr) = streamgate(&["scan", "modbus", &format!("127.0.0.1:{closed}")]);
+    let (code, _, stderr) = common::run_cli(&["scan", "modbus", &format!("127.0.0.1:{closed}")]);
     assert_eq!(code, Some(69), "{stderr}");
     assert!(
         stderr.contains("cannot connect to tcp://127.0.0.1"),
         "{stderr}"
     );
-    let (code, _, stderr) = streamgate(&["scan", "modbus", "--range", "9-3", "127.0.0.1"]);
+    let (code, _, stderr) = common::run_cli(&["scan", "modbus", "--range", "9-3", "127.0.0.1"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("ends before it starts"), "{stderr}");
+}
+
+/// `scan modbus --serial` over an RTU line (socat pseudo-terminal pair, 8N2 as in
+/// `rtu_two_units_share_one_serial_line`): input registers of unit 2, past the end of its map.
+#[test]
+fn scan_over_rtu_reads_input_registers_of_one_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_socat, gw, dev) = pty_pair(dir.path());
+    let spec = json!({"devices": [{"id": 2, "size": 8, "values": [
+        {"area": "input_register", "address": 2, "type": "f32", "order": "DCBA", "value": 0.25}]}]});
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let _server = start_server(
+        dir.path(),
+        "server",
+        &[
+            "--rtu".into(),
+            dev.display().to_string(),
+            "--baud".into(),
+            "115200".into(),
+            "--stopbits".into(),
+            "2".into(),
+            "--spec".into(),
+            spec_path.display().to_string(),
+        ],
+    );
+    let (code, stdout, stderr) = common::run_cli(&[
+        "scan",
+        "modbus",
+        "--serial",
+        gw.to_str().unwrap(),
+        "--baud",
+        "115200",
+        "--stop-bits",
+        "2",
+        "--unit",
+        "2",
+        "--area",
+        "input",
+        "--range",
+        "0-11",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8, "{stdout}");
+    assert_eq!(lines[2]["modicon"], "300003");
+    assert_eq!(lines[2]["f32"]["DCBA"], json!(0.25));
+    assert!(stderr.contains("missing: 8-11"), "{stderr}");
 }

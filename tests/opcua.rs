@@ -634,19 +634,6 @@ async fn the_other_policies_and_sign_mode_work() {
     }
 }
 
-/// Runs the streamgate binary with `args`; (exit code, stdout, stderr).
-fn streamgate(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `streamgate browse opcua` below a nested folder of the asyncua peer (its namespace moved to
 /// index 5: 0 is OPC UA's, 1 the server's, 2-4 the fillers): exact JSON per node, node ids in both forms, data type, access level, the value
 /// of scalars and the length of arrays. The `--toml` output, pasted into a config, validates
@@ -673,7 +660,7 @@ async fn browse_lists_the_tree_and_its_toml_reads_the_same_values() {
             pki.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        streamgate(&args)
+        common::run_cli(&args)
     };
     let (code, stdout, stderr) = browse(&["--json"]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -749,7 +736,7 @@ async fn browse_lists_the_tree_and_its_toml_reads_the_same_values() {
     );
     let cfg_path = dir.path().join("browsed.toml");
     std::fs::write(&cfg_path, &text).unwrap();
-    let (code, out, err) = streamgate(&["validate", "--config", cfg_path.to_str().unwrap()]);
+    let (code, out, err) = common::run_cli(&["validate", "--config", cfg_path.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}\n{text}");
     let cfg = streamgate::app::config::parse(&text).unwrap();
     let p = Pipeline::start(&cfg, StartOptions::default()).unwrap();
@@ -784,7 +771,7 @@ fn read_gives_the_servers_values_and_unknown_nodes_as_errors() {
     );
     let cfg = dir.path().join("gw.toml");
     std::fs::write(&cfg, config(dir.path(), port, "", TAGS)).unwrap();
-    let (code, stdout, stderr) = streamgate(&[
+    let (code, stdout, stderr) = common::run_cli(&[
         "read",
         "--json",
         "--config",
@@ -822,7 +809,7 @@ fn read_gives_the_servers_values_and_unknown_nodes_as_errors() {
 fn browse_and_read_of_an_absent_or_silent_server_end_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let closed = free_port();
-    let (code, _, stderr) = streamgate(&[
+    let (code, _, stderr) = common::run_cli(&[
         "browse",
         "opcua",
         &format!("opc.tcp://127.0.0.1:{closed}/"),
@@ -839,7 +826,7 @@ fn browse_and_read_of_an_absent_or_silent_server_end_with_the_reason() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let started = std::time::Instant::now();
-    let (code, _, stderr) = streamgate(&[
+    let (code, _, stderr) = common::run_cli(&[
         "browse",
         "opcua",
         &format!("opc.tcp://127.0.0.1:{port}/"),
@@ -852,7 +839,7 @@ fn browse_and_read_of_an_absent_or_silent_server_end_with_the_reason() {
     assert!(stderr.contains("timed out after 1s"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(20));
     // Options are checked by the source's own rules, named as options.
-    let (code, _, stderr) = streamgate(&[
+    let (code, _, stderr) = common::run_cli(&[
         "browse",
         "opcua",
         "opc.tcp://127.0.0.1:4840/",
@@ -894,7 +881,7 @@ fn browse_a_secure_server_follows_the_readers_trust_flow() {
         "nsu=urn:streamgate:test;s=Line1",
         "--json",
     ];
-    let (code, _, stderr) = streamgate(&args);
+    let (code, _, stderr) = common::run_cli(&args);
     assert_eq!(code, Some(69), "{stderr}");
     assert!(stderr.contains("is not trusted"), "{stderr}");
     let rejected: Vec<PathBuf> = std::fs::read_dir(pki.join("rejected"))
@@ -911,7 +898,7 @@ fn browse_a_secure_server_follows_the_readers_trust_flow() {
         pki.join("trusted").join(rejected[0].file_name().unwrap()),
     )
     .unwrap();
-    let (code, stdout, stderr) = streamgate(&args);
+    let (code, stdout, stderr) = common::run_cli(&args);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("\"node_id_uri\":\"nsu=urn:streamgate:test;i=1001\""),
@@ -929,7 +916,7 @@ fn browse_a_secure_server_follows_the_readers_trust_flow() {
         ),
     )
     .unwrap();
-    let (code, stdout, stderr) = streamgate(&[
+    let (code, stdout, stderr) = common::run_cli(&[
         "browse",
         "opcua",
         "--config",

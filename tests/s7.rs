@@ -600,19 +600,6 @@ async fn client_writes_and_reads_back() {
     );
 }
 
-/// Runs the streamgate binary with `args`; (exit code, stdout, stderr).
-fn streamgate(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamgate"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `streamgate info s7`: the negotiated PDU size, the module identification the server gives
 /// (SZL 0x0011), test reads in the config's notation with a refused one named as the reader
 /// names it; exact JSON. A port where nothing listens ends with exit 69 and the reason.
@@ -620,7 +607,7 @@ fn streamgate(args: &[&str]) -> (Option<i32>, String, String) {
 fn info_names_the_plc_and_test_reads_addresses() {
     let port = free_port();
     let _peer = Peer::start_with(port, &[("db", 1, 8, &12.5f32.to_be_bytes())]);
-    let (code, stdout, stderr) = streamgate(&[
+    let (code, stdout, stderr) = common::run_cli(&[
         "info",
         "s7",
         "127.0.0.1",
@@ -663,7 +650,7 @@ fn info_names_the_plc_and_test_reads_addresses() {
             ]
         })
     );
-    let (code, text, stderr) = streamgate(&[
+    let (code, text, stderr) = common::run_cli(&[
         "info",
         "s7",
         "127.0.0.1",
@@ -676,11 +663,32 @@ fn info_names_the_plc_and_test_reads_addresses() {
     assert!(text.contains("PDU size 480 bytes"), "{text}");
     assert!(text.contains("6ES7 315-2EH14-0AB0"), "{text}");
 
+    // A port that accepts and never answers: the connection setup times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port().to_string();
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = common::run_cli(&[
+        "info",
+        "s7",
+        "127.0.0.1",
+        "--port",
+        &silent_port,
+        "--timeout",
+        "500ms",
+    ]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(
+        stderr.contains("ISO/S7 connection setup timed out"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(silent);
     let closed = free_port();
-    let (code, _, stderr) = streamgate(&["info", "s7", "127.0.0.1", "--port", &closed.to_string()]);
+    let (code, _, stderr) =
+        common::run_cli(&["info", "s7", "127.0.0.1", "--port", &closed.to_string()]);
     assert_eq!(code, Some(69), "{stderr}");
     assert!(stderr.contains("cannot connect to 127.0.0.1"), "{stderr}");
-    let (code, _, stderr) = streamgate(&["info", "s7", "127.0.0.1", "--read", "DB1.XYZ"]);
+    let (code, _, stderr) = common::run_cli(&["info", "s7", "127.0.0.1", "--read", "DB1.XYZ"]);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("--read: "), "{stderr}");
 }
@@ -703,7 +711,8 @@ fn read_decodes_and_scales_as_the_reader() {
         ),
     )
     .unwrap();
-    let (code, stdout, stderr) = streamgate(&["read", "--json", "--config", cfg.to_str().unwrap()]);
+    let (code, stdout, stderr) =
+        common::run_cli(&["read", "--json", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(69), "{stderr}");
     let lines: Vec<Json> = stdout
         .lines()

@@ -106,22 +106,12 @@ fn from_options(args: &OpcuaArgs, endpoint: &str) -> Result<OpcuaConfig, Vec<Str
     };
     let mut errs = Errors::default();
     let c = raw.validate("opt", &StreamNames::new(Vec::new()), &mut errs);
-    // A source needs tags; browsing does not.
-    let errors: Vec<_> = errs
-        .into_vec()
-        .into_iter()
-        .filter(|e| e.path != "opt.tags")
-        .collect();
+    let errors = super::option_errors(errs, "node");
     if errors.is_empty() {
-        return Ok(c);
+        Ok(c)
+    } else {
+        Err(errors)
     }
-    Err(errors
-        .into_iter()
-        .map(|e| {
-            let option = e.path.trim_start_matches("opt.").replace('_', "-");
-            format!("--{option}: {}", e.message)
-        })
-        .collect())
 }
 
 /// The source's settings and id from --config/--source, or from the options.

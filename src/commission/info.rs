@@ -92,25 +92,12 @@ fn settings(args: &S7Args) -> Result<S7Config, Vec<String>> {
     };
     let mut errs = Errors::default();
     let c = raw.validate("opt", &StreamNames::new(Vec::new()), &mut errs);
-    // A source needs tags; `info` does not (without --read it reads nothing).
-    let errors: Vec<_> = errs
-        .into_vec()
-        .into_iter()
-        .filter(|e| e.path != "opt.tags")
-        .collect();
+    let errors = super::option_errors(errs, "read");
     if errors.is_empty() {
-        return Ok(c);
+        Ok(c)
+    } else {
+        Err(errors)
     }
-    let named = errors.into_iter().map(|e| {
-        let path = e.path.trim_start_matches("opt.");
-        let option = if path.starts_with("tags[") {
-            "read".to_string()
-        } else {
-            path.replace('_', "-")
-        };
-        format!("--{option}: {}", e.message)
-    });
-    Err(named.collect())
 }
 
 /// Text of an SZL string field: printable ASCII, trimmed.
@@ -229,15 +216,10 @@ pub fn s7(args: &S7Args) -> anyhow::Result<ExitCode> {
             Err(e) => out!("identification: not given ({e})"),
         }
         for r in &reads {
-            let value = r
-                .value
-                .as_ref()
-                .map(|v| serde_json::to_string(v).unwrap_or_default())
-                .unwrap_or_default();
             out!(
                 "read {:<20} {:>16} {:>7.1} ms  {}",
                 r.tag,
-                value,
+                super::value_text(r.value.as_ref()),
                 r.latency_ms,
                 r.error.as_deref().unwrap_or("")
             );

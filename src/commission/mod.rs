@@ -23,3 +23,29 @@ pub const USAGE: u8 = 2;
 pub fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
+
+/// The errors of a source's own validation, named as the command-line options they came
+/// from: `opt.security_policy` -> `--security-policy`, any tag's key -> `--{tag_option}`. A
+/// source needs tags and these commands do not: that error is left out.
+pub fn option_errors(errs: streamgate::config::Errors, tag_option: &str) -> Vec<String> {
+    errs.into_vec()
+        .into_iter()
+        .filter(|e| e.path != "opt.tags")
+        .map(|e| {
+            let path = e.path.trim_start_matches("opt.");
+            let option = if path.starts_with("tags[") {
+                tag_option.to_string()
+            } else {
+                path.replace('_', "-")
+            };
+            format!("--{option}: {}", e.message)
+        })
+        .collect()
+}
+
+/// A read value as the tables print it: its JSON text, or nothing.
+pub fn value_text(value: Option<&streamgate::payload::Value>) -> String {
+    value
+        .map(|v| serde_json::to_string(v).unwrap_or_default())
+        .unwrap_or_default()
+}

@@ -66,11 +66,7 @@ pub fn tags(
                     v["source"] = serde_json::Value::from(s.id.as_str());
                     out!("{v}");
                 } else {
-                    let value = r
-                        .value
-                        .as_ref()
-                        .map(|v| serde_json::to_string(v).unwrap_or_default())
-                        .unwrap_or_default();
+                    let value = super::value_text(r.value.as_ref());
                     out!(
                         "{:<12} {:<24} {:>16} {:<9} {:>13} {:>8.1}  {}",
                         s.id,

@@ -326,8 +326,8 @@ impl SourceKind {
     }
 
     /// Reads the tags named in `names` (every tag when empty) once, on a connection of its
-    /// own, never touching a queue (`streamgate read`). `Err`: this kind cannot be read this
-    /// way yet.
+    /// own, never touching a queue (`streamgate read`). `Err`: this kind has no device to read
+    /// (the simulator).
     pub async fn read_once(
         &self,
         source_id: &str,

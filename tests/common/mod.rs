@@ -640,3 +640,17 @@ pub fn require_root() -> bool {
     ));
     false
 }
+
+/// Runs the streamgate binary with `args` to its end: (exit code, stdout, stderr).
+#[allow(dead_code)]
+pub fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamgate"))
+        .args(args)
+        .output()
+        .expect("run the streamgate binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -629,9 +629,10 @@ fn tag_value(t: &OpcuaTag, dv: &DataValue) -> (Value, Quality, Option<mapping::U
     }
 }
 
-/// Reads each of `tags` (indexes into `config.tags`) once, in one Read request, on a session
-/// of its own: for commissioning (`streamgate read`), never touching a queue. The PKI folder
-/// and the trust of the server certificate are the source's (`source_id`'s).
+/// Reads each of `tags` (indexes into `config.tags`) once, in Read requests of up to
+/// `ITEMS_PER_REQUEST` nodes, on a session of its own: for commissioning (`streamgate read`),
+/// never touching a queue. The PKI folder and the trust of the server certificate are the
+/// source's (`source_id`'s).
 pub async fn read_once(
     config: &OpcuaConfig,
     source_id: &str,
@@ -661,21 +662,25 @@ pub async fn read_once(
             .filter(|(i, _)| tags.contains(i))
             .collect();
         let ids: Vec<ReadValueId> = wanted.iter().map(|(_, r)| r.clone()).collect();
-        let values = match tokio::time::timeout(
-            config.request_timeout,
-            session.read(&ids, TimestampsToReturn::Both, 0.0),
-        )
-        .await
-        {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(OpcuaError::Setup(format!("Read: {e}"))),
-            Err(_) => {
-                return Err(OpcuaError::Setup(format!(
-                    "Read timed out after {:?}",
-                    config.request_timeout
-                )));
+        // Servers limit the operations per call: Read in chunks.
+        let mut values = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ITEMS_PER_REQUEST) {
+            match tokio::time::timeout(
+                config.request_timeout,
+                session.read(chunk, TimestampsToReturn::Both, 0.0),
+            )
+            .await
+            {
+                Ok(Ok(v)) => values.extend(v),
+                Ok(Err(e)) => return Err(OpcuaError::Setup(format!("Read: {e}"))),
+                Err(_) => {
+                    return Err(OpcuaError::Setup(format!(
+                        "Read timed out after {:?}",
+                        config.request_timeout
+                    )));
+                }
             }
-        };
+        }
         Ok((wanted, values, refused))
     }
     .await;

@@ -231,21 +231,11 @@ pub struct Szl {
 
 /// Parses the answer to [`read_szl`].
 pub fn parse_szl(s7: &[u8], pdu_ref: u16) -> Result<Szl, CodecError> {
-    if s7.len() < JOB_HEADER_LEN {
-        return Err(CodecError::Short("S7 header"));
-    }
-    if s7[0] != S7_PROTOCOL_ID {
-        return Err(CodecError::Unexpected {
-            what: "S7 protocol id",
-            got: s7[0],
-        });
-    }
-    if s7[1] != ROSCTR_USERDATA {
-        return Err(CodecError::Unexpected {
-            what: "S7 message type (want userdata 0x07)",
-            got: s7[1],
-        });
-    }
+    check_header(
+        s7,
+        |t| t == ROSCTR_USERDATA,
+        "S7 message type (want userdata 0x07)",
+    )?;
     let got = u16::from_be_bytes([s7[4], s7[5]]);
     if got != pdu_ref {
         return Err(CodecError::Reference { want: pdu_ref, got });
@@ -312,7 +302,12 @@ struct Ack<'a> {
     data: &'a [u8],
 }
 
-fn parse_ack(s7: &[u8]) -> Result<Ack<'_>, CodecError> {
+/// The first bytes of an S7 header: long enough, the protocol id, a message type `want`s.
+fn check_header(
+    s7: &[u8],
+    want: impl Fn(u8) -> bool,
+    what: &'static str,
+) -> Result<(), CodecError> {
     if s7.len() < JOB_HEADER_LEN {
         return Err(CodecError::Short("S7 header"));
     }
@@ -322,13 +317,18 @@ fn parse_ack(s7: &[u8]) -> Result<Ack<'_>, CodecError> {
             got: s7[0],
         });
     }
-    let rosctr = s7[1];
-    if rosctr != ROSCTR_ACK_DATA && rosctr != ROSCTR_ACK {
-        return Err(CodecError::Unexpected {
-            what: "S7 message type (want ack-data 0x03)",
-            got: rosctr,
-        });
+    if !want(s7[1]) {
+        return Err(CodecError::Unexpected { what, got: s7[1] });
     }
+    Ok(())
+}
+
+fn parse_ack(s7: &[u8]) -> Result<Ack<'_>, CodecError> {
+    check_header(
+        s7,
+        |t| t == ROSCTR_ACK_DATA || t == ROSCTR_ACK,
+        "S7 message type (want ack-data 0x03)",
+    )?;
     if s7.len() < ACK_HEADER_LEN {
         return Err(CodecError::Short("S7 ack header"));
     }
