@@ -514,21 +514,12 @@ fn pty_pair(dir: &Path) -> (Guard, PathBuf, PathBuf) {
     (socat, gw, dev)
 }
 
-/// RTU over a pseudo-terminal pair (socat): two unit ids on one serial line, two sources
-/// sharing the line without stepping on each other. (Linux pseudo-terminals reject parity
-/// and 7 data bits, so this test uses 8N2; parity is passed to the serial port the same way.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtu_two_units_share_one_serial_line() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let (_socat, gw, dev) = pty_pair(dir.path());
-    let spec = json!({"devices": [
-        {"id": 1, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "i32", "order": "CDAB", "value": -70000}]},
-        {"id": 2, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "f32", "order": "DCBA", "value": 0.25}]}]});
-    let spec_path = dir.path().join("spec.json");
+/// server.py on the device's end of a [`pty_pair`], 115200 8N2, counting requests.
+fn rtu_server(dir: &Path, dev: &Path, spec: &serde_json::Value) -> Guard {
+    let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let _server = start_server(
-        dir.path(),
+    start_server(
+        dir,
         "server",
         &[
             "--rtu".into(),
@@ -540,9 +531,23 @@ async fn rtu_two_units_share_one_serial_line() {
             "--spec".into(),
             spec_path.display().to_string(),
             "--counts".into(),
-            dir.path().join("counts.json").display().to_string(),
+            dir.join("counts.json").display().to_string(),
         ],
-    );
+    )
+}
+
+/// RTU over a pseudo-terminal pair (socat): two unit ids on one serial line, two sources
+/// sharing the line without stepping on each other. (Linux pseudo-terminals reject parity
+/// and 7 data bits, so this test uses 8N2; parity is passed to the serial port the same way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_two_units_share_one_serial_line() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let (_socat, gw, dev) = pty_pair(dir.path());
+    let spec = json!({"devices": [
+        {"id": 1, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "i32", "order": "CDAB", "value": -70000}]},
+        {"id": 2, "size": 16, "values": [{"area": "input_register", "address": 2, "type": "f32", "order": "DCBA", "value": 0.25}]}]});
+    let _server = rtu_server(dir.path(), &dev, &spec);
     let mut sources = String::new();
     for (unit, ty, order) in [(1, "i32", "CDAB"), (2, "f32", "DCBA")] {
         sources += &format!(
@@ -997,22 +1002,7 @@ fn scan_over_rtu_reads_input_registers_of_one_unit() {
     let (_socat, gw, dev) = pty_pair(dir.path());
     let spec = json!({"devices": [{"id": 2, "size": 8, "values": [
         {"area": "input_register", "address": 2, "type": "f32", "order": "DCBA", "value": 0.25}]}]});
-    let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let _server = start_server(
-        dir.path(),
-        "server",
-        &[
-            "--rtu".into(),
-            dev.display().to_string(),
-            "--baud".into(),
-            "115200".into(),
-            "--stopbits".into(),
-            "2".into(),
-            "--spec".into(),
-            spec_path.display().to_string(),
-        ],
-    );
+    let _server = rtu_server(dir.path(), &dev, &spec);
     let (code, stdout, stderr) = common::run_cli(&[
         "scan",
         "modbus",
