@@ -657,10 +657,12 @@ pub async fn read_once(
     let session = once.session.clone();
     let reads = async {
         let (nodes, refused) = resolve_nodes(&session, config).await?;
-        let wanted: Vec<(usize, ReadValueId)> = nodes
-            .into_iter()
-            .filter(|(i, _)| tags.contains(i))
-            .collect();
+        let mut selected = vec![false; config.tags.len()];
+        for &t in tags {
+            selected[t] = true;
+        }
+        let wanted: Vec<(usize, ReadValueId)> =
+            nodes.into_iter().filter(|(i, _)| selected[*i]).collect();
         let ids: Vec<ReadValueId> = wanted.iter().map(|(_, r)| r.clone()).collect();
         // Servers limit the operations per call: Read in chunks.
         let mut values = Vec::with_capacity(ids.len());
@@ -687,46 +689,67 @@ pub async fn read_once(
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let out = match reads {
         Err(e) => failed_all(e.to_string()),
-        Ok((wanted, values, refused)) => tags
-            .iter()
-            .map(|&t| {
-                let name = &config.tags[t].name;
-                if let Some((_, status, why)) = refused.iter().find(|(i, ..)| *i == t) {
-                    return super::TagRead::failed(
-                        name,
+        Ok((wanted, values, refused)) => {
+            // By tag: the server's answer, or why the tag was not asked for.
+            let mut answers: Vec<Option<&DataValue>> = vec![None; config.tags.len()];
+            for ((t, _), dv) in wanted.iter().zip(&values) {
+                answers[*t] = Some(dv);
+            }
+            let mut refusals: Vec<Option<String>> = vec![None; config.tags.len()];
+            for (t, status, why) in refused {
+                refusals[t] = Some(format!("{why} ({status})"));
+            }
+            tags.iter()
+                .map(|&t| {
+                    read_result(
+                        config,
+                        t,
+                        answers[t],
+                        refusals[t].take(),
                         timestamp,
                         latency_ms,
-                        format!("{why} ({status})"),
-                    );
-                }
-                let dv = wanted
-                    .iter()
-                    .position(|(i, _)| *i == t)
-                    .and_then(|k| values.get(k));
-                let Some(dv) = dv else {
-                    return super::TagRead::failed(
-                        name,
-                        timestamp,
-                        latency_ms,
-                        "the server answered no value".to_string(),
-                    );
-                };
-                let (ts, _) = mapping::timestamp(dv, crate::time::now_ms(), None);
-                match tag_value(&config.tags[t], dv) {
-                    (v, Quality::Bad, _) => {
-                        let text = match v {
-                            Value::Text(text) => text,
-                            other => format!("{other:?}"),
-                        };
-                        super::TagRead::failed(name, ts, latency_ms, text)
-                    }
-                    (v, q, _) => super::TagRead::good(name, v, q, ts, latency_ms),
-                }
-            })
-            .collect(),
+                    )
+                })
+                .collect()
+        }
     };
     once.close().await;
     out
+}
+
+/// One tag's line of `streamgate read`: the server's answer as the reader would take it, or
+/// why there is none.
+fn read_result(
+    config: &OpcuaConfig,
+    t: usize,
+    answer: Option<&DataValue>,
+    refusal: Option<String>,
+    asked_ms: i64,
+    latency_ms: f64,
+) -> super::TagRead {
+    let name = &config.tags[t].name;
+    if let Some(why) = refusal {
+        return super::TagRead::failed(name, asked_ms, latency_ms, why);
+    }
+    let Some(dv) = answer else {
+        return super::TagRead::failed(
+            name,
+            asked_ms,
+            latency_ms,
+            "the server answered no value".to_string(),
+        );
+    };
+    let (ts, _) = mapping::timestamp(dv, crate::time::now_ms(), None);
+    match tag_value(&config.tags[t], dv) {
+        (v, Quality::Bad, _) => {
+            let text = match v {
+                Value::Text(text) => text,
+                other => format!("{other:?}"),
+            };
+            super::TagRead::failed(name, ts, latency_ms, text)
+        }
+        (v, q, _) => super::TagRead::good(name, v, q, ts, latency_ms),
+    }
 }
 
 fn security_mode(mode: SecurityMode) -> MessageSecurityMode {
