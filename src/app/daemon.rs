@@ -115,9 +115,11 @@ impl RunError {
         match self {
             RunError::Queue(QueueError::Locked { .. }) => exit::UNAVAILABLE,
             RunError::Queue(QueueError::CorruptWhileRunning(_)) => exit::CORRUPT_WHILE_RUNNING,
-            RunError::Queue(QueueError::ReadOnly { .. } | QueueError::DataDir { .. }) => {
-                exit::DATA_DIR
-            }
+            RunError::Queue(
+                QueueError::ReadOnly { .. }
+                | QueueError::DataDir { .. }
+                | QueueError::NewerSchema { .. },
+            ) => exit::DATA_DIR,
             RunError::Queue(_) => exit::FAILURE,
             RunError::Metrics(_) => exit::UNAVAILABLE,
         }

@@ -66,6 +66,7 @@ pub mod disk;
 pub mod inspect;
 pub mod recover;
 mod sqlite;
+pub use sqlite::SCHEMA_VERSION;
 mod worker;
 
 pub use sqlite::Slots;
@@ -105,6 +106,14 @@ pub enum QueueError {
     ReadOnly {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "the queue database {path} was written by a newer streamgate (schema version {found}; this one knows up to {known}); it is left as it is: run that version again (its records are kept), or move the file away to start an empty queue"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
     },
     #[error("the queue has shut down")]
     Closed,

@@ -140,6 +140,60 @@ pub struct Store {
     pub disk_full_since_ms: Option<i64>,
 }
 
+/// The queue database's schema version (`PRAGMA user_version`), raised by every release that
+/// changes the schema, with a step in [`migrate`]. 0 is a database written before versions
+/// were kept (streamgate 0.1.0 up to December 2026).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction (all steps or none), or
+/// refuses a database from a newer streamgate, whose format this one cannot know.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(QueueError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    // 0 -> 1: the columns added before versions were kept, to whichever of them is missing:
+    // the disk-full counter, the sources' health line, acknowledgements above the prefix.
+    for (probe, add) in [
+        (
+            "SELECT dropped_disk_full FROM streams LIMIT 0",
+            "ALTER TABLE streams ADD COLUMN dropped_disk_full INTEGER NOT NULL DEFAULT 0",
+        ),
+        (
+            "SELECT state FROM sources LIMIT 0",
+            "ALTER TABLE sources ADD COLUMN state TEXT",
+        ),
+        (
+            "SELECT acked_ranges FROM exports LIMIT 0",
+            "ALTER TABLE exports ADD COLUMN acked_ranges TEXT NOT NULL DEFAULT ''",
+        ),
+    ] {
+        if tx.prepare(probe).is_err() {
+            tx.execute_batch(add)?;
+        }
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    if found > 0 || conn.query_row("SELECT count(*) FROM streams", [], |r| r.get::<_, i64>(0))? > 0
+    {
+        tracing::info!(
+            from = found,
+            to = SCHEMA_VERSION,
+            "queue database schema upgraded"
+        );
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the queue database and loads cursors, counters and sequences.
     pub fn open(
@@ -163,29 +217,7 @@ impl Store {
         if check != "ok" {
             return Err(QueueError::Corrupt(check));
         }
-        conn.execute_batch(SCHEMA)?;
-        // Databases written before the disk-full counter existed.
-        if conn
-            .prepare("SELECT dropped_disk_full FROM streams LIMIT 0")
-            .is_err()
-        {
-            conn.execute_batch(
-                "ALTER TABLE streams ADD COLUMN dropped_disk_full INTEGER NOT NULL DEFAULT 0",
-            )?;
-        }
-        // Databases written before sources had a health line.
-        if conn.prepare("SELECT state FROM sources LIMIT 0").is_err() {
-            conn.execute_batch("ALTER TABLE sources ADD COLUMN state TEXT")?;
-        }
-        // Databases written before acknowledgements above the prefix were persisted.
-        if conn
-            .prepare("SELECT acked_ranges FROM exports LIMIT 0")
-            .is_err()
-        {
-            conn.execute_batch(
-                "ALTER TABLE exports ADD COLUMN acked_ranges TEXT NOT NULL DEFAULT ''",
-            )?;
-        }
+        migrate(&conn, path)?;
         conn.execute("UPDATE streams SET in_config = 0", [])?;
         conn.execute("UPDATE exports SET in_config = 0", [])?;
 
