@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Gateway, free_port, wait_drained, wait_until_async};
+use common::{Gateway, free_port, wait_until_async};
 use streamgate::app::{Pipeline, StartOptions};
 use streamgate::payload::{Flags, Payload, Quality, Value, decode};
 
@@ -196,21 +196,6 @@ async fn wait_for(out: &Path, what: &str, pred: impl Fn(&[Payload]) -> bool) {
     wait_until_async(what, T, async || pred(&exported(out))).await;
 }
 
-/// Exports what the readers queued at shutdown (stop does not wait for the exports to catch
-/// up): the pipeline again, exports only, until the backlog is empty.
-async fn drain(cfg: &streamgate::app::config::Config) {
-    let p = Pipeline::start(
-        cfg,
-        StartOptions {
-            sources: false,
-            exports: true,
-        },
-    )
-    .unwrap();
-    wait_drained(&p, Duration::from_secs(30)).await;
-    p.stop().await;
-}
-
 fn real(p: &Payload) -> bool {
     !p.meta.flags.contains(Flags::SYN) && p.tag != "missing"
 }
@@ -261,7 +246,7 @@ async fn subscribed_values_carry_source_timestamps_and_status() {
     })
     .await;
     p.stop().await;
-    drain(&cfg).await;
+    common::drain_exports(&cfg).await;
 
     let samples = exported(&out);
     let log = server_log(&log);
@@ -368,7 +353,7 @@ node = "nsu=urn:streamgate:test;s=Line1.Temp"
     })
     .await;
     p.stop().await;
-    drain(&cfg).await;
+    common::drain_exports(&cfg).await;
 
     let samples = exported(&out);
     let counter: Vec<&Payload> = samples.iter().filter(|p| p.tag == "counter").collect();
@@ -501,7 +486,7 @@ async fn trust_on_first_use_trusts_once() {
         })
         .await;
         p.stop().await;
-        drain(&cfg).await;
+        common::drain_exports(&cfg).await;
     }
     assert_eq!(
         std::fs::read_dir(dir.path().join("pki/trusted"))

@@ -13,8 +13,6 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::wait_drained;
-use streamgate::app::{Pipeline, StartOptions};
 use streamgate::payload::decode;
 use streamgate::queue::SCHEMA_VERSION;
 
@@ -70,16 +68,7 @@ async fn a_queue_written_before_schema_versions_is_migrated_and_exported() {
     assert_eq!(user_version(&db), 0, "the fixture predates versions");
     let cfg = streamgate::app::config::parse(&config(dir.path())).unwrap();
     // Exports only: what is exported is exactly what the old version had queued.
-    let p = Pipeline::start(
-        &cfg,
-        StartOptions {
-            sources: false,
-            exports: true,
-        },
-    )
-    .unwrap();
-    wait_drained(&p, Duration::from_secs(30)).await;
-    p.stop().await;
+    common::drain_exports(&cfg).await;
     let mut seqs: Vec<u64> = Vec::new();
     for entry in std::fs::read_dir(dir.path().join("out")).unwrap() {
         for line in std::fs::read_to_string(entry.unwrap().path())

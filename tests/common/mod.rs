@@ -654,3 +654,19 @@ pub fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Exports what is queued (what readers queued before a stop, or an older version's queue):
+/// the pipeline of `cfg` with exports only, until the backlog is empty.
+#[allow(dead_code)]
+pub async fn drain_exports(cfg: &streamgate::app::config::Config) {
+    let p = Pipeline::start(
+        cfg,
+        streamgate::app::StartOptions {
+            sources: false,
+            exports: true,
+        },
+    )
+    .expect("start the exports");
+    wait_drained(&p, Duration::from_secs(30)).await;
+    p.stop().await;
+}
