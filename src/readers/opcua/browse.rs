@@ -174,14 +174,12 @@ fn read_id(node: &NodeId, attribute: AttributeId) -> ReadValueId {
     }
 }
 
-async fn timed<T, E>(
+/// A service call bounded by `within`; its error as the status the server or client gave.
+async fn timed<T>(
     within: Duration,
     what: &'static str,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, BrowseError>
-where
-    E: HasStatus,
-{
+    f: impl std::future::Future<Output = Result<T, opcua::types::Error>>,
+) -> Result<T, BrowseError> {
     match tokio::time::timeout(within, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(BrowseError::Service {
@@ -189,17 +187,6 @@ where
             status: e.status(),
         }),
         Err(_) => Err(BrowseError::Timeout(what)),
-    }
-}
-
-/// Errors of the client's services carry a status.
-trait HasStatus {
-    fn status(&self) -> StatusCode;
-}
-
-impl HasStatus for opcua::types::Error {
-    fn status(&self) -> StatusCode {
-        opcua::types::Error::status(self)
     }
 }
 

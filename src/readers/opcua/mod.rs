@@ -316,22 +316,27 @@ impl OpcuaReader {
         let session = opened.session.clone();
         let mut event_loop = opened.event_loop.spawn();
         let within = c.request_timeout * 2;
-        // The event loop ends (with its status) when the connect fails: watch both.
+        // The event loop ends (with its status) when the connect fails: watch both, and wait
+        // for that status within the same time.
         let outcome = tokio::time::timeout(within, async {
-            tokio::select! {
-                connected = session.wait_for_connection() => Ok(connected),
-                ended = &mut event_loop => Err(ended),
+            let connected = tokio::select! {
+                connected = session.wait_for_connection() => connected,
+                ended = &mut event_loop => return Err(ended),
+            };
+            if connected {
+                Ok(())
+            } else {
+                Err((&mut event_loop).await)
             }
         })
         .await;
         let ended = match outcome {
-            Ok(Ok(true)) => {
+            Ok(Ok(())) => {
                 return Ok(OneShot {
                     session,
                     event_loop,
                 });
             }
-            Ok(Ok(false)) => event_loop.await,
             Ok(Err(ended)) => ended,
             Err(_) => {
                 event_loop.abort();
