@@ -126,7 +126,8 @@ enum Command {
         #[command(subcommand)]
         what: InfoWhat,
     },
-    /// Show what is queued per stream and how each export is doing (without --config: the demo's).
+    /// Show what is queued per stream and how each export is doing (without --config:
+    /// /etc/streamgate/streamgate.toml where the package installed it, else the demo's).
     Status {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -229,6 +230,24 @@ fn load_or_demo(path: Option<&std::path::Path>) -> Result<config::Config, ExitCo
     }
 }
 
+/// Where the Debian package installs the config (cross/debian): `status` and `purge` read it
+/// when no --config is given, so that `sudo streamgate status` on a gateway shows its queue.
+const SYSTEM_CONFIG: &str = "/etc/streamgate/streamgate.toml";
+
+/// The config for commands that inspect an installed gateway: --config, else the package's
+/// config when there is one, else the demo's.
+fn load_installed_or_demo(path: Option<&std::path::Path>) -> Result<config::Config, ExitCode> {
+    if path.is_some() {
+        return load_or_demo(path);
+    }
+    let system = std::path::Path::new(SYSTEM_CONFIG);
+    // Err: /etc/streamgate (0750) is not searchable by this user; reading says so.
+    match system.try_exists() {
+        Ok(false) => load_or_demo(None),
+        Ok(true) | Err(_) => load_checked(system, false),
+    }
+}
+
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     load_checked(path, true)
 }
@@ -238,6 +257,12 @@ fn load_checked(path: &std::path::Path, check_files: bool) -> Result<config::Con
         Ok(c) => Ok(c),
         Err(e @ LoadError::Invalid { .. }) => {
             say!("{e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(e @ LoadError::Read { .. }) if e.is_permission_denied() => {
+            say!(
+                "streamgate: {e} (run it as root or as a member of the file's group: sudo streamgate ...)"
+            );
             Err(ExitCode::from(EXIT_CONFIG))
         }
         Err(e) => {
@@ -287,7 +312,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Purge { config, stream } => {
-            let c = match load_or_demo(config.as_deref()) {
+            let c = match load_installed_or_demo(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -341,7 +366,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             InfoWhat::S7(args) => commission::info::s7(args),
         },
         Command::Status { config, json } => {
-            let c = match load_or_demo(config.as_deref()) {
+            let c = match load_installed_or_demo(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };

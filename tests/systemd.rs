@@ -1,5 +1,5 @@
-//! The unit file passes `systemd-analyze verify` with no warnings, and its exposure score is
-//! reported; `Type=notify` readiness reaches a notify socket from the real binary.
+//! The unit file passes `systemd-analyze verify` with no warnings (its Documentation= man page
+//! included), and its exposure score is reported; `Type=notify` readiness reaches a notify socket from the real binary.
 
 mod common;
 
@@ -21,9 +21,19 @@ fn unit_file_verifies_without_warnings() {
         ),
     )
     .unwrap();
+    // Documentation=man:streamgate(1): verify runs `man` on it; the page is the package's.
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    let page = std::fs::read_to_string("cross/debian/streamgate.1").unwrap();
+    std::fs::write(
+        man1.join("streamgate.1"),
+        page.replace("@VERSION@", env!("CARGO_PKG_VERSION")),
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
+        .env("MANPATH", dir.path().join("man"))
         .output()
         .expect("systemd-analyze is installed by tests/peers/setup.d/systemd.sh");
     let stderr = String::from_utf8_lossy(&out.stderr);

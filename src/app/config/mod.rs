@@ -43,6 +43,13 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The file exists but this user may not read it (the package's config is 0640 root:streamgate).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 fn list(errors: &[ConfigError]) -> String {
     errors
         .iter()
