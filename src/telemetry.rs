@@ -44,11 +44,27 @@ pub enum LogFormat {
 }
 
 /// Third-party libraries whose own log lines do not help an operator: async-opcua logs
-/// several WARN lines at every connect and ERROR lines at every stop, while the OPC UA reader
-/// says what failed and what to do. Named in `RUST_LOG` or `--log-level` (e.g.
-/// `info,opcua_client=debug`), they are shown again.
-const QUIET_LIBRARIES: &str =
-    "opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off,opcua_nodes=off";
+/// several WARN lines at every connect and ERROR lines at every stop, rskafka a WARN line at
+/// every retry of a broker connection, while the OPC UA reader and the Kafka export say once
+/// what failed and what to do. A library named in `--log-level` (e.g.
+/// `info,opcua_client=debug` or `info,rskafka=debug`) is shown again.
+const QUIET_LIBRARIES: [(&str, &str); 2] = [
+    (
+        "opcua",
+        "opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off,opcua_nodes=off",
+    ),
+    ("rskafka", "rskafka=off"),
+];
+
+/// The quiet directives of the libraries `level` does not name.
+fn quiet_libraries(level: &str) -> String {
+    QUIET_LIBRARIES
+        .iter()
+        .filter(|(name, _)| !level.contains(name))
+        .map(|(_, directives)| *directives)
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// Installs the global subscriber (logs go to standard error). Safe to call once.
 /// The levels a log filter names.
@@ -79,10 +95,12 @@ pub fn check_log_filter(filter: &str) -> Result<String, String> {
 
 pub fn init(format: LogFormat, level: Option<&str>) {
     let filter = match level {
-        Some(l) if l.contains("opcua") => EnvFilter::new(l),
-        Some(l) => EnvFilter::new(format!("{l},{QUIET_LIBRARIES}")),
+        Some(l) => match quiet_libraries(l) {
+            quiet if quiet.is_empty() => EnvFilter::new(l),
+            quiet => EnvFilter::new(format!("{l},{quiet}")),
+        },
         None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_LIBRARIES}"))),
+            .unwrap_or_else(|_| EnvFilter::new(format!("info,{}", quiet_libraries("")))),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -7,14 +7,20 @@ pub mod aws;
 pub mod bandwidth;
 pub mod driver;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod rate;
 pub mod reconnect;
+#[cfg(any(feature = "mqtt", feature = "kafka"))]
+pub mod secret;
 pub mod stats;
 pub mod stdout;
 pub mod template;
 pub mod throttle;
+#[cfg(any(feature = "mqtt", feature = "kafka"))]
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -185,6 +191,8 @@ pub enum RawExportKind {
     Stdout(stdout::RawStdoutExport),
     #[cfg(feature = "mqtt")]
     Mqtt(Box<mqtt::RawMqttExport>),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<kafka::RawKafkaExport>),
 }
 
 /// A validated export kind with its settings.
@@ -197,6 +205,8 @@ pub enum ExportKind {
     Stdout(stdout::StdoutExportConfig),
     #[cfg(feature = "mqtt")]
     Mqtt(Box<mqtt::config::MqttExportConfig>),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<kafka::KafkaExportConfig>),
 }
 
 impl RawExportKind {
@@ -208,6 +218,7 @@ impl RawExportKind {
             ("file", true),
             ("stdout", true),
             ("mqtt", cfg!(feature = "mqtt")),
+            ("kafka", cfg!(feature = "kafka")),
         ])
     }
 
@@ -228,6 +239,10 @@ impl RawExportKind {
             "stdout" => r.read(keys, path).map(RawExportKind::Stdout),
             #[cfg(feature = "mqtt")]
             "mqtt" => r.read(keys, path).map(|m| RawExportKind::Mqtt(Box::new(m))),
+            #[cfg(feature = "kafka")]
+            "kafka" => r
+                .read(keys, path)
+                .map(|k| RawExportKind::Kafka(Box::new(k))),
             _ => return None,
         })
     }
@@ -242,6 +257,8 @@ impl RawExportKind {
             RawExportKind::Stdout(_) => "stdout",
             #[cfg(feature = "mqtt")]
             RawExportKind::Mqtt(_) => "mqtt",
+            #[cfg(feature = "kafka")]
+            RawExportKind::Kafka(_) => "kafka",
         }
     }
 
@@ -255,6 +272,8 @@ impl RawExportKind {
             RawExportKind::Stdout(_) => stdout::LIMITS,
             #[cfg(feature = "mqtt")]
             RawExportKind::Mqtt(_) => mqtt::LIMITS,
+            #[cfg(feature = "kafka")]
+            RawExportKind::Kafka(k) => k.limits(),
         }
     }
 
@@ -272,6 +291,8 @@ impl RawExportKind {
             RawExportKind::Stdout(s) => ExportKind::Stdout(s.validate(path, errs)),
             #[cfg(feature = "mqtt")]
             RawExportKind::Mqtt(m) => ExportKind::Mqtt(Box::new(m.validate(path, errs))),
+            #[cfg(feature = "kafka")]
+            RawExportKind::Kafka(k) => ExportKind::Kafka(Box::new(k.validate(path, errs))),
         }
     }
 }
@@ -301,6 +322,11 @@ pub fn spawn(kind: &ExportKind, ctx: driver::DriverContext) -> tokio::task::Join
             let slot = ctx.reconnect_slot();
             let exporter =
                 span.in_scope(|| mqtt::MqttExporter::new((**m).clone(), connection, slot));
+            tokio::spawn(driver::run(exporter, ctx))
+        }
+        #[cfg(feature = "kafka")]
+        ExportKind::Kafka(k) => {
+            let exporter = span.in_scope(|| kafka::KafkaExporter::new((**k).clone()));
             tokio::spawn(driver::run(exporter, ctx))
         }
     }
@@ -341,7 +367,12 @@ impl ExportKind {
         let secret = match self {
             #[cfg(feature = "mqtt")]
             ExportKind::Mqtt(m) => match &m.password {
-                Some(mqtt::config::Secret::Value(v)) => crate::config::secret_fingerprint(v),
+                Some(secret::Secret::Value(v)) => crate::config::secret_fingerprint(v),
+                _ => String::new(),
+            },
+            #[cfg(feature = "kafka")]
+            ExportKind::Kafka(k) => match k.sasl.as_ref().map(|s| &s.password) {
+                Some(secret::Secret::Value(v)) => crate::config::secret_fingerprint(v),
                 _ => String::new(),
             },
             _ => String::new(),
@@ -366,20 +397,9 @@ impl ExportKind {
     pub fn files(&self) -> Vec<(&'static str, &std::path::Path)> {
         match self {
             #[cfg(feature = "mqtt")]
-            ExportKind::Mqtt(m) => {
-                let Some(tls) = &m.tls else { return Vec::new() };
-                let mut files: Vec<(&'static str, &std::path::Path)> = Vec::new();
-                if let Some(ca) = &tls.ca_file {
-                    files.push(("ca_file", ca));
-                }
-                if let Some((cert, key)) = &tls.client_auth {
-                    files.extend([
-                        ("client_cert", cert.as_path()),
-                        ("client_key", key.as_path()),
-                    ]);
-                }
-                files
-            }
+            ExportKind::Mqtt(m) => m.tls.as_ref().map(|t| t.files()).unwrap_or_default(),
+            #[cfg(feature = "kafka")]
+            ExportKind::Kafka(k) => k.tls.as_ref().map(|t| t.files()).unwrap_or_default(),
             #[cfg(any(feature = "kinesis", feature = "firehose"))]
             ExportKind::Aws(a) => a.ca_file.iter().map(|f| ("ca_file", f.as_path())).collect(),
             _ => Vec::new(),
@@ -390,7 +410,9 @@ impl ExportKind {
     pub fn has_inline_secret(&self) -> bool {
         match self {
             #[cfg(feature = "mqtt")]
-            ExportKind::Mqtt(m) => matches!(m.password, Some(mqtt::config::Secret::Value(_))),
+            ExportKind::Mqtt(m) => m.password.as_ref().is_some_and(|p| p.is_inline()),
+            #[cfg(feature = "kafka")]
+            ExportKind::Kafka(k) => k.sasl.as_ref().is_some_and(|s| s.password.is_inline()),
             _ => false,
         }
     }
@@ -406,6 +428,8 @@ impl ExportKind {
             ExportKind::Stdout(_) => "stdout",
             #[cfg(feature = "mqtt")]
             ExportKind::Mqtt(_) => "mqtt",
+            #[cfg(feature = "kafka")]
+            ExportKind::Kafka(_) => "kafka",
         }
     }
 }

@@ -162,6 +162,61 @@ impl Template {
     }
 }
 
+/// The partition key of a record (Kinesis; the message key of a Kafka record): one meaning
+/// for every export that has `partition_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyTemplate {
+    /// No key (Firehose; Kafka `partition_key = "none"`).
+    None,
+    /// A random key per record: spreads records evenly over shards.
+    Random,
+    /// Rendered from payload fields (the exports' one [`Template`] engine): keeps order per
+    /// key, caps a key at one shard.
+    Template(Template),
+}
+
+impl KeyTemplate {
+    /// The fields a partition key may name.
+    pub const FIELDS: [Field; 3] = [Field::EquipmentId, Field::Tag, Field::SourceId];
+
+    /// Parses `"{equipmentId}/{tag}"`; fields: equipmentId, tag, sourceId. Every problem is
+    /// returned.
+    pub fn parse(text: &str) -> Result<KeyTemplate, Vec<String>> {
+        let (template, mut problems) = Template::parse_partial(text, &Self::FIELDS);
+        if problems.is_empty() && template.placeholders() == 0 {
+            problems.push(format!(
+                "\"{text}\" names no payload field: every record would get the same key and the stream would use one shard; use \"random\" or a template such as \"{{equipmentId}}\""
+            ));
+        }
+        if text.chars().count() > 256 {
+            problems.push("a partition key template is at most 256 characters".into());
+        }
+        if problems.is_empty() {
+            Ok(KeyTemplate::Template(template))
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The key of one sample, or `None` when it is random or absent (decided per record).
+    pub fn render(&self, payload: &[u8], max_chars: usize) -> Option<String> {
+        let KeyTemplate::Template(template) = self else {
+            return None;
+        };
+        // A payload without the fields gets a random key rather than being held back.
+        let mut key = String::new();
+        template.render(payload, &mut key).ok()?;
+        if key.is_empty() {
+            key.push('-');
+        }
+        // Kinesis counts Unicode characters; a longer key is cut (still stable per key).
+        if let Some((cut, _)) = key.char_indices().nth(max_chars) {
+            key.truncate(cut);
+        }
+        Some(key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

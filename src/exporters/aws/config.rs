@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::packer::{Compression, KeyTemplate, PackLimits};
+use super::packer::{Compression, PackLimits};
 use crate::config::Errors;
 use crate::exporters::Limits;
+use crate::exporters::template::KeyTemplate;
 
 /// Kinesis PutRecords: records per call.
 pub const KINESIS_MAX_RECORDS_PER_CALL: usize = 500;

@@ -1,7 +1,6 @@
 //! `kind = "mqtt"` keys: raw (serde) -> validated [`MqttExportConfig`], every problem with
 //! its key path. AWS IoT Core's limits are named constants, applied when `aws_iot = true`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,6 +9,9 @@ use super::topic::{
     AWS_IOT_MAX_TOPIC_BYTES, AWS_IOT_MAX_TOPIC_SLASHES, MQTT_MAX_TOPIC_BYTES, TopicTemplate,
 };
 use crate::config::Errors;
+pub use crate::exporters::secret::Secret;
+use crate::exporters::tls::RawTls;
+pub use crate::exporters::tls::TlsConfig;
 
 /// AWS IoT Core: at most 128 KiB per publish payload.
 pub const AWS_IOT_MAX_PAYLOAD: u64 = 128 * 1024;
@@ -73,32 +75,6 @@ pub enum Packing {
 pub enum Qos {
     AtMostOnce,
     AtLeastOnce,
-}
-
-/// A secret from the config; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Secret {
-    Value(String),
-    /// Read from this environment variable when connecting.
-    Env(String),
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Secret::Value(_) => f.write_str("Secret(***)"),
-            Secret::Env(name) => write!(f, "Secret(env {name})"),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// PEM file of the CA(s) to trust; `None` = the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain) and key, for mutual TLS.
-    pub client_auth: Option<(PathBuf, PathBuf)>,
-    pub alpn: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,71 +298,32 @@ impl RawMqttExport {
             );
         }
 
-        let client_auth = match (&self.client_cert, &self.client_key) {
-            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
-            (None, None) => None,
-            (Some(_), None) => {
-                errs.push(format!("{path}.client_key"), "is required with client_cert");
-                None
-            }
-            (None, Some(_)) => {
-                errs.push(format!("{path}.client_cert"), "is required with client_key");
-                None
-            }
-        };
-        let tls = if tls_on {
-            Some(TlsConfig {
-                ca_file: self.ca_file.as_ref().map(PathBuf::from),
-                client_auth,
-                alpn: self.alpn.clone().unwrap_or_default(),
-            })
-        } else {
-            for (key, set) in [
-                ("ca_file", self.ca_file.is_some()),
-                ("client_cert", self.client_cert.is_some()),
-                ("client_key", self.client_key.is_some()),
-                ("alpn", self.alpn.is_some()),
-            ] {
-                if set {
-                    errs.push(format!("{path}.{key}"), "needs tls = true");
-                }
-            }
-            if aws {
-                errs.push(
-                    format!("{path}.tls"),
-                    "AWS IoT Core only accepts TLS connections",
-                );
-            }
-            None
-        };
+        let tls = RawTls {
+            ca_file: self.ca_file.as_ref(),
+            client_cert: self.client_cert.as_ref(),
+            client_key: self.client_key.as_ref(),
+            alpn: self.alpn.as_ref(),
+        }
+        .validate(path, tls_on, errs);
+        if aws && !tls_on {
+            errs.push(
+                format!("{path}.tls"),
+                "AWS IoT Core only accepts TLS connections",
+            );
+        }
         if aws && tls.as_ref().is_some_and(|t| t.client_auth.is_none()) && self.username.is_none() {
             errs.push(
                 format!("{path}.client_cert"),
                 "AWS IoT Core needs a client certificate (mutual TLS) or a username for a custom authorizer",
             );
         }
-        let password = match (&self.password, &self.password_env) {
-            (Some(_), Some(_)) => {
-                errs.push(
-                    format!("{path}.password_env"),
-                    "set either password or password_env, not both",
-                );
-                None
-            }
-            (Some(p), None) => Some(Secret::Value(p.clone())),
-            (None, Some(e)) if e.is_empty() => {
-                errs.push(format!("{path}.password_env"), "must not be empty");
-                None
-            }
-            (None, Some(e)) => Some(Secret::Env(e.clone())),
-            (None, None) => None,
-        };
-        if password.is_some() && self.username.is_none() {
-            errs.push(
-                format!("{path}.username"),
-                "is required when a password is set",
-            );
-        }
+        let password = Secret::validate(
+            path,
+            self.password.as_ref(),
+            self.password_env.as_ref(),
+            self.username.as_ref(),
+            errs,
+        );
         MqttExportConfig {
             host: self.host.clone(),
             port,

@@ -15,12 +15,10 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
     Outgoing, StateError, TlsConfiguration, TlsError, Transport,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{MqttExportConfig, Secret, TlsConfig};
+use super::config::MqttExportConfig;
 use super::inflight::{InFlight, Tag};
 use crate::backoff::Backoff;
 use crate::exporters::rate::RateLimit;
@@ -387,22 +385,8 @@ async fn goodbye(client: &AsyncClient, el: &mut EventLoop) {
 pub enum SetupError {
     #[error("password_env: environment variable {0} is not set or not UTF-8")]
     PasswordEnv(String),
-    #[error("{key} {}: {source}", .path.display())]
-    PemFile {
-        key: &'static str,
-        path: std::path::PathBuf,
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("ca_file {}: no usable CA certificate in it", .0.display())]
-    NoCa(std::path::PathBuf),
-    #[error("no system CA certificates found ({0} errors); set ca_file")]
-    NoSystemCa(usize),
-    #[error("client_cert {}: no certificate in it", .0.display())]
-    NoClientCert(std::path::PathBuf),
-    #[error("TLS setup: {0}")]
-    Tls(rustls::Error),
-    #[error("client_cert/client_key do not fit together: {0}")]
-    KeyMismatch(rustls::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::exporters::tls::TlsError),
 }
 
 /// rumqttc options for one connection; reads the certificate files and the password.
@@ -416,79 +400,17 @@ fn options(config: &MqttExportConfig) -> Result<MqttOptions, SetupError> {
     if let Some(user) = &config.username {
         let password = match &config.password {
             None => String::new(),
-            Some(Secret::Value(p)) => p.clone(),
-            Some(Secret::Env(var)) => {
-                std::env::var(var).map_err(|_| SetupError::PasswordEnv(var.clone()))?
-            }
+            Some(secret) => secret.reveal().map_err(SetupError::PasswordEnv)?,
         };
         o.set_credentials(user, password);
     }
     if let Some(tls) = &config.tls {
-        let client_config = tls_client_config(tls)?;
+        let client_config = tls.client_config()?;
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(client_config),
         )));
     }
     Ok(o)
-}
-
-/// A rustls client configuration on the ring provider (the only one compiled in).
-pub fn tls_client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, SetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| SetupError::PemFile {
-                    key: "ca_file",
-                    path: path.clone(),
-                    source,
-                })?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(SetupError::NoCa(path.clone()));
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(native.certs);
-            if added == 0 {
-                return Err(SetupError::NoSystemCa(native.errors.len()));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(SetupError::Tls)?
-        .with_root_certificates(roots);
-    let mut client_config = match &tls.client_auth {
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| SetupError::PemFile {
-                    key: "client_cert",
-                    path: cert.clone(),
-                    source,
-                })?;
-            if chain.is_empty() {
-                return Err(SetupError::NoClientCert(cert.clone()));
-            }
-            // The key's content never goes into a message, only its path.
-            let key_der =
-                PrivateKeyDer::from_pem_file(key).map_err(|source| SetupError::PemFile {
-                    key: "client_key",
-                    path: key.clone(),
-                    source,
-                })?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(SetupError::KeyMismatch)?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    client_config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(client_config)
 }
 
 /// An error an operator can act on.
@@ -508,7 +430,7 @@ pub fn describe(e: &ConnectionError, config: &MqttExportConfig) -> String {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
     };
     if let Some(r) = tls_cause {
-        return describe_tls(r, &broker, &config.host);
+        return crate::exporters::tls::describe(r, "broker", &broker, &config.host);
     }
     match e {
         ConnectionError::ConnectionRefused(code) => match code {
@@ -564,31 +486,5 @@ fn describe_io(io: Option<&std::io::Error>, broker: &str, e: &ConnectionError) -
             _ => format!("I/O error with {broker}: {io}"),
         },
         None => format!("{broker}: {e}"),
-    }
-}
-
-fn describe_tls(r: &rustls::Error, broker: &str, host: &str) -> String {
-    use rustls::CertificateError as C;
-    match r {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => format!(
-            "TLS with {broker}: the broker's certificate is not signed by a CA we trust (check ca_file: wrong CA, or a self-signed broker certificate)"
-        ),
-        rustls::Error::InvalidCertificate(
-            C::NotValidForName | C::NotValidForNameContext { .. },
-        ) => {
-            format!("TLS with {broker}: the broker's certificate is not valid for the name {host}")
-        }
-        rustls::Error::InvalidCertificate(c @ (C::Expired | C::ExpiredContext { .. })) => {
-            format!(
-                "TLS with {broker}: the broker's certificate has expired ({c:?}); is the gateway's clock right?"
-            )
-        }
-        rustls::Error::InvalidCertificate(c) => {
-            format!("TLS with {broker}: the broker's certificate was refused: {c}")
-        }
-        rustls::Error::AlertReceived(alert) => format!(
-            "TLS with {broker}: the broker refused the handshake ({alert:?}); check client_cert and client_key (the broker must trust their CA, and they must not be expired)"
-        ),
-        other => format!("TLS with {broker}: {other}"),
     }
 }
