@@ -94,13 +94,19 @@ pub fn check_log_filter(filter: &str) -> Result<String, String> {
 }
 
 pub fn init(format: LogFormat, level: Option<&str>) {
-    let filter = match level {
+    // RUST_LOG when --log-level is not given; either way the quiet libraries stay quiet unless
+    // the filter names them.
+    let level = level.map(str::to_string).or_else(|| {
+        std::env::var("RUST_LOG")
+            .ok()
+            .filter(|l| !l.trim().is_empty())
+    });
+    let filter = match level.as_deref() {
         Some(l) => match quiet_libraries(l) {
             quiet if quiet.is_empty() => EnvFilter::new(l),
             quiet => EnvFilter::new(format!("{l},{quiet}")),
         },
-        None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("info,{}", quiet_libraries("")))),
+        None => EnvFilter::new(format!("info,{}", quiet_libraries(""))),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -24,6 +24,10 @@ pub const MAX_BATCH_SIZE: usize = 10_000;
 /// largest record batch a broker takes unless the topic allows more, so a send's batch for one
 /// partition is never refused for its size as a whole.
 pub const MAX_BATCH_BYTES: u64 = 1 << 20;
+/// How long one produce (or metadata) request may take, with the client's own retries inside
+/// it (leader moved, reconnects), before its records are retried by the export: a healthy
+/// cluster answers in milliseconds, and a broker that is gone shows in `status` within this.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Kafka topic name: at most 249 characters of `[a-zA-Z0-9._-]`.
 pub const MAX_TOPIC_CHARS: usize = 249;
 /// Longest message key sent (a longer rendered key is cut, stable per key).
@@ -182,7 +186,7 @@ impl RawKafkaExport {
         let request_timeout = errs.duration(
             &format!("{path}.request_timeout"),
             self.request_timeout.as_deref(),
-            Duration::from_secs(30),
+            DEFAULT_REQUEST_TIMEOUT,
             Duration::from_secs(1),
         );
         let tls = RawTls {

@@ -247,7 +247,7 @@ impl Inner {
             Err(f) => return vec![Err(f); n],
         };
         let compression = compression(self.config.compression);
-        let timeout = self.config.request_timeout + Duration::from_secs(1);
+        let timeout = self.config.request_timeout;
         let once = |records: Vec<rskafka::record::Record>| {
             let p = p.clone();
             async move {
