@@ -356,14 +356,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scan { what } => match what {
             #[cfg(feature = "modbus")]
             ScanWhat::Modbus(args) => commission::scan::modbus(args),
+            #[cfg(not(feature = "modbus"))]
+            _ => unreachable!("no scan target is built"),
         },
         Command::Browse { what } => match what {
             #[cfg(feature = "opcua")]
             BrowseWhat::Opcua(args) => commission::browse::opcua(args),
+            #[cfg(not(feature = "opcua"))]
+            _ => unreachable!("no browse target is built"),
         },
         Command::Info { what } => match what {
             #[cfg(feature = "s7")]
             InfoWhat::S7(args) => commission::info::s7(args),
+            #[cfg(not(feature = "s7"))]
+            _ => unreachable!("no info target is built"),
         },
         Command::Status { config, json } => {
             let c = match load_installed_or_demo(config.as_deref()) {

@@ -5,6 +5,11 @@
 //! - [`scan`]: which Modbus addresses answer, with their values in the common types,
 //! - [`browse`]: an OPC UA server's address space, with config-ready node ids,
 //! - [`info`]: what an S7 PLC says about itself.
+// Built without any device reader, the commissioning helpers have no user.
+#![cfg_attr(
+    not(any(feature = "modbus", feature = "s7", feature = "opcua")),
+    allow(dead_code)
+)]
 
 #[cfg(feature = "opcua")]
 pub mod browse;
@@ -27,6 +32,7 @@ pub fn toml_string(text: &str) -> String {
 /// The errors of a source's own validation, named as the command-line options they came
 /// from: `opt.security_policy` -> `--security-policy`, any tag's key -> `--{tag_option}`. A
 /// source needs tags and these commands do not: that error is left out.
+#[cfg_attr(not(any(feature = "s7", feature = "opcua")), allow(dead_code))]
 pub fn option_errors(errs: streamgate::config::Errors, tag_option: &str) -> Vec<String> {
     errs.into_vec()
         .into_iter()

@@ -356,6 +356,8 @@ impl SourceKind {
                 Ok(opcua::read_once(o, source_id, data_dir, &idx).await)
             }
             SourceKind::Simulator(_) => {
+                // Built without any device reader, these are unused.
+                let _ = (source_id, data_dir, &selected);
                 Err("a simulator has no device to read; `run` shows its samples".to_string())
             }
         }

@@ -588,7 +588,7 @@ impl Exporter for KafkaExporter {
                     timestamp: Utc
                         .timestamp_millis_opt(batch[i].at_ms)
                         .single()
-                        .unwrap_or_else(Utc::now),
+                        .unwrap_or_default(),
                 })
                 .collect();
             let client = client.clone();
