@@ -71,6 +71,16 @@ fn by_seq(records: &[Consumed]) -> BTreeMap<u64, usize> {
     seen
 }
 
+/// Waits until `more` samples were read after now and the export has nothing older than the
+/// live flow left (fewer than 20 records queued).
+fn wait_caught_up(data: &Path, more: u64, what: &str) {
+    let target = next_seq(data) + more;
+    common::wait_until(what, Duration::from_secs(60), || {
+        let r = report(data);
+        r.sources[0].next_sequence_number as u64 > target && r.streams[0].exports[0].backlog < 20
+    });
+}
+
 fn stop(mut gw: common::Gateway) {
     gw.sigterm();
     let status = gw.wait_exit(Duration::from_secs(30));
@@ -203,16 +213,7 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
     gw.wait_line_within(mark, &["export recovered"], Duration::from_secs(60));
-    let target = next_seq(&data) + 100;
-    common::wait_until(
-        "the backlog drained after the restart",
-        Duration::from_secs(60),
-        || {
-            let r = report(&data);
-            r.sources[0].next_sequence_number as u64 > target
-                && r.streams[0].exports[0].backlog < 20
-        },
-    );
+    wait_caught_up(&data, 100, "the backlog drained after the restart");
     stop(gw);
     let last = next_seq(&data) - 1;
     assert_eq!(export_status(&data).backlog, 0);
@@ -297,16 +298,7 @@ fn scram_over_tls_and_a_refused_login_is_named_without_loss() {
         .env("RUST_LOG", "info")
         .env("KAFKA_TEST_PASSWORD", "right-password");
     let gw = common::Gateway::spawn(cmd);
-    let target = next_seq(&data) + 40;
-    common::wait_until(
-        "delivered over SCRAM and TLS",
-        Duration::from_secs(60),
-        || {
-            let r = report(&data);
-            r.sources[0].next_sequence_number as u64 > target
-                && r.streams[0].exports[0].backlog < 10
-        },
-    );
+    wait_caught_up(&data, 40, "delivered over SCRAM and TLS");
     stop(gw);
     let last = next_seq(&data) - 1;
     let read = consume(
