@@ -12,7 +12,8 @@
 
 use std::io::{Read, Write};
 
-use crate::exporters::template::KeyTemplate;
+/// The key template the planner takes (its home is the exports' template module).
+pub use crate::exporters::template::KeyTemplate;
 
 /// How packed records are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
