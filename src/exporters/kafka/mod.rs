@@ -76,6 +76,17 @@ enum Failure {
     Rejected(String),
 }
 
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::Unreachable(m)
+            | Failure::Retry(m)
+            | Failure::TooLarge(m)
+            | Failure::Rejected(m) => m,
+        }
+    }
+}
+
 impl KafkaExporter {
     pub fn new(config: KafkaExportConfig) -> KafkaExporter {
         let state = format!(
@@ -553,7 +564,12 @@ impl Exporter for KafkaExporter {
                 inner.set_state(format!("unreachable: {m}"));
                 return Err(SendError::unreachable(format!("kafka metadata: {m}")));
             }
-            Err(f) => return Err(SendError::transient(format!("kafka metadata: {f:?}"))),
+            Err(f) => {
+                return Err(SendError::transient(format!(
+                    "kafka metadata: {}",
+                    f.message()
+                )));
+            }
         };
         // One group per partition; records without a key stick to one random partition per
         // topic in this send.
