@@ -135,7 +135,7 @@ async fn run(port: u16, per_mode: Duration) -> anyhow::Result<()> {
         let ExportKind::Aws(aws) = cfg.streams[0].exports[0].kind.clone() else {
             anyhow::bail!("not an AWS export");
         };
-        let sdk = streamgate::exporters::aws::sdk_config(&aws)
+        let sdk = streamgate::exporters::aws::sdk_config(&aws, None)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
         let admin = aws_sdk_kinesis::Client::new(&sdk);

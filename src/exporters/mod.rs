@@ -19,7 +19,7 @@ pub mod stats;
 pub mod stdout;
 pub mod template;
 pub mod throttle;
-#[cfg(any(feature = "mqtt", feature = "kafka"))]
+#[cfg(any(feature = "mqtt", feature = "kafka", feature = "aws-common"))]
 pub mod tls;
 
 use std::future::Future;
@@ -401,7 +401,38 @@ impl ExportKind {
             #[cfg(feature = "kafka")]
             ExportKind::Kafka(k) => k.tls.as_ref().map(|t| t.files()).unwrap_or_default(),
             #[cfg(any(feature = "kinesis", feature = "firehose"))]
-            ExportKind::Aws(a) => a.ca_file.iter().map(|f| ("ca_file", f.as_path())).collect(),
+            ExportKind::Aws(a) => {
+                let mut files: Vec<(&'static str, &std::path::Path)> =
+                    a.ca_file.iter().map(|f| ("ca_file", f.as_path())).collect();
+                if let Some(iot) = &a.iot {
+                    files.extend(iot.tls.files().into_iter().map(|(key, path)| {
+                        (
+                            match key {
+                                "ca_file" => "iot_credentials.ca_file",
+                                "client_cert" => "iot_credentials.client_cert",
+                                _ => "iot_credentials.client_key",
+                            },
+                            path,
+                        )
+                    }));
+                }
+                files
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The TLS client settings this export reads certificate files for, with the key prefix
+    /// they sit under, so that validation can check the files fit together.
+    #[cfg(any(feature = "mqtt", feature = "kafka", feature = "aws-common"))]
+    pub fn tls_configs(&self) -> Vec<(&'static str, &tls::TlsConfig)> {
+        match self {
+            #[cfg(feature = "mqtt")]
+            ExportKind::Mqtt(m) => m.tls.iter().map(|t| ("", t)).collect(),
+            #[cfg(feature = "kafka")]
+            ExportKind::Kafka(k) => k.tls.iter().map(|t| ("", t)).collect(),
+            #[cfg(any(feature = "kinesis", feature = "firehose"))]
+            ExportKind::Aws(a) => a.iot.iter().map(|i| ("iot_credentials.", &i.tls)).collect(),
             _ => Vec::new(),
         }
     }

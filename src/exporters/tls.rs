@@ -140,6 +140,18 @@ impl TlsConfig {
     }
 }
 
+impl TlsError {
+    /// The key whose file is at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::PemFile { key, .. } => key,
+            TlsError::NoCa(_) | TlsError::NoSystemCa(_) => "ca_file",
+            TlsError::NoClientCert(_) => "client_cert",
+            TlsError::Tls(_) | TlsError::KeyMismatch(_) => "client_key",
+        }
+    }
+}
+
 /// Why the TLS client configuration could not be made from the files; the message names the
 /// key and the file.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,9 @@ pub struct Certs {
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     pub other_ca: PathBuf,
+    /// A client certificate signed by the other CA.
+    pub stranger_cert: PathBuf,
+    pub stranger_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -70,9 +73,12 @@ impl Certs {
             "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
         )
         .unwrap();
-        for (name, cn) in [
-            ("server", "127.0.0.1"),
-            ("client", "streamgate-test-client"),
+        // (file, CN, extensions, signing CA): "stranger" is a client certificate from the
+        // other CA, which a server trusting only the test CA refuses.
+        for (name, cn, ext, ca) in [
+            ("server", "127.0.0.1", "server", "ca"),
+            ("client", "streamgate-test-client", "client", "ca"),
+            ("stranger", "streamgate-test-stranger", "client", "other-ca"),
         ] {
             openssl(
                 dir,
@@ -99,16 +105,16 @@ impl Certs {
                     "-in",
                     &format!("{name}.csr"),
                     "-CA",
-                    "ca.pem",
+                    &format!("{ca}.pem"),
                     "-CAkey",
-                    "ca.key",
+                    &format!("{ca}.key"),
                     "-CAcreateserial",
                     "-days",
                     "2",
                     "-out",
                     &format!("{name}.pem"),
                     "-extfile",
-                    &format!("{name}.ext"),
+                    &format!("{ext}.ext"),
                 ],
             );
         }
@@ -119,6 +125,8 @@ impl Certs {
             client_cert: dir.join("client.pem"),
             client_key: dir.join("client.key"),
             other_ca: dir.join("other-ca.pem"),
+            stranger_cert: dir.join("stranger.pem"),
+            stranger_key: dir.join("stranger.key"),
         }
     }
 }

@@ -273,8 +273,37 @@ impl Config {
         files
     }
 
-    /// An error for every file the config names that cannot be read (by this user, now).
+    /// An error for every file the config names that cannot be read (by this user, now), and
+    /// for TLS files that do not fit together (a key that is not the certificate's, a PEM file
+    /// without a certificate).
     pub fn unreadable_files(&self) -> Vec<ConfigError> {
+        let mut errors = self.unopenable_files();
+        #[cfg(any(feature = "mqtt", feature = "kafka", feature = "aws-common"))]
+        for (s, stream) in self.streams.iter().enumerate() {
+            for (e, export) in stream.exports.iter().enumerate() {
+                let at = format!("streams[{s}].exports[{e}].");
+                if errors.iter().any(|err| err.path.starts_with(&at)) {
+                    continue;
+                }
+                // Only where a client certificate is named: the pair must fit.
+                for (prefix, tls) in export.kind.tls_configs() {
+                    if tls.client_auth.is_none() {
+                        continue;
+                    }
+                    if let Err(problem) = tls.client_config() {
+                        errors.push(ConfigError {
+                            path: format!("{at}{prefix}{}", problem.key()),
+                            message: problem.to_string(),
+                            line: None,
+                        });
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    fn unopenable_files(&self) -> Vec<ConfigError> {
         self.files()
             .into_iter()
             .filter_map(|(path, file)| {

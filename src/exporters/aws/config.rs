@@ -100,6 +100,8 @@ pub struct RawAwsExport {
     pub compression: Option<String>,
     pub request_timeout: Option<String>,
     pub ca_file: Option<String>,
+    /// `[streams.exports.iot_credentials]`: credentials from the AWS IoT credentials provider.
+    pub iot_credentials: Option<super::iot::RawIotCredentials>,
 }
 
 /// Validated settings of a Kinesis or Firehose export.
@@ -111,6 +113,8 @@ pub struct AwsExportConfig {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub profile: Option<String>,
+    /// Temporary credentials from the gateway's X.509 certificate instead of the standard chain.
+    pub iot: Option<Box<super::iot::IotConfig>>,
     pub request_timeout: Duration,
     /// Trust only the CA certificates of this PEM file (private endpoints, test servers)
     /// instead of the system's; the same meaning as the MQTT export's `ca_file`.
@@ -265,6 +269,16 @@ impl RawAwsExport {
         {
             errs.push(format!("{path}.profile"), "must not be empty");
         }
+        let iot = self
+            .iot_credentials
+            .as_ref()
+            .map(|i| Box::new(i.validate(&format!("{path}.iot_credentials"), errs)));
+        if iot.is_some() && self.profile.is_some() {
+            errs.push(
+                format!("{path}.profile"),
+                "set either profile or iot_credentials: both name where the credentials come from",
+            );
+        }
         let max_request_bytes = errs.size(
             &format!("{path}.max_request_bytes"),
             self.max_request_bytes.as_deref(),
@@ -332,6 +346,7 @@ impl RawAwsExport {
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
             profile: self.profile.clone(),
+            iot,
             request_timeout,
             partition_key,
             pack: PackLimits {

@@ -102,7 +102,10 @@ where
         )),
         SdkError::DispatchFailure(_) => {
             let detail = chain(err);
-            if detail.contains("credential") {
+            if detail.contains("AWS IoT role alias") {
+                // The IoT credentials provider's own message says what to do.
+                SendError::Transient(format!("no usable AWS credentials for {name}: {detail}"))
+            } else if detail.contains("credential") {
                 SendError::Transient(format!(
                     "no usable AWS credentials for {name}: {detail}; set them in the environment, a profile, web identity or the instance/container role"
                 ))

@@ -19,6 +19,7 @@
 
 pub mod config;
 mod errors;
+pub mod iot;
 pub mod packer;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct AwsExporter {
     stats: Arc<ExportStats>,
     /// The gateway clock: every error response tells the endpoint's time.
     clock: crate::clock::Clock,
+    /// Credentials from the AWS IoT credentials provider, shared by every handle.
+    iot: Option<iot::IotCredentials>,
 }
 
 /// Why the AWS client could not be made (the export retries with its failure backoff).
@@ -78,9 +81,13 @@ pub enum ClientError {
 }
 
 /// Loads the SDK configuration: the standard credential chain (environment, profile, web
-/// identity, container and instance metadata) or a named profile, rustls with ring, and the
+/// identity, container and instance metadata), a named profile or the AWS IoT credentials
+/// provider ([`iot`]), rustls with ring, and the
 /// system's CA certificates or only those of `ca_file`.
-pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfig, ClientError> {
+pub async fn sdk_config(
+    config: &AwsExportConfig,
+    iot: Option<&iot::IotCredentials>,
+) -> Result<aws_config::SdkConfig, ClientError> {
     let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
         tls::rustls_provider::CryptoMode::Ring,
     ));
@@ -121,6 +128,12 @@ pub async fn sdk_config(config: &AwsExportConfig) -> Result<aws_config::SdkConfi
     if let Some(profile) = &config.profile {
         loader = loader.profile_name(profile);
     }
+    if let Some(iot) = iot {
+        // Our provider keeps and refreshes the credentials itself: the SDK asks it every call.
+        loader = loader
+            .credentials_provider(iot.clone())
+            .identity_cache(aws_config::identity::IdentityCache::no_cache());
+    }
     if let Some(url) = &config.endpoint_url {
         loader = loader.endpoint_url(url);
     }
@@ -133,11 +146,13 @@ impl AwsExporter {
         clock: crate::clock::Clock,
         stats: Arc<ExportStats>,
     ) -> AwsExporter {
+        let iot = config.iot.clone().map(|c| iot::IotCredentials::new(*c));
         AwsExporter {
             config: Arc::new(config),
             client: Arc::default(),
             stats,
             clock,
+            iot,
         }
     }
 
@@ -148,7 +163,7 @@ impl AwsExporter {
     async fn client(&self) -> Result<&Client, ClientError> {
         self.client
             .get_or_try_init(|| async {
-                let sdk = sdk_config(&self.config).await?;
+                let sdk = sdk_config(&self.config, self.iot.as_ref()).await?;
                 if sdk.region().is_none() {
                     tracing::warn!(
                         "no AWS region: set `region` on the export or AWS_REGION; every call will fail"
@@ -274,7 +289,12 @@ impl Exporter for AwsExporter {
             client: self.client.clone(),
             stats: self.stats.clone(),
             clock: self.clock.clone(),
+            iot: self.iot.clone(),
         })
+    }
+
+    fn state(&self) -> Option<String> {
+        self.iot.as_ref().map(|i| i.state())
     }
 
     async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
