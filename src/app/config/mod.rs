@@ -277,6 +277,10 @@ impl Config {
     /// for TLS files that do not fit together (a key that is not the certificate's, a PEM file
     /// without a certificate).
     pub fn unreadable_files(&self) -> Vec<ConfigError> {
+        #[cfg_attr(
+            not(any(feature = "mqtt", feature = "kafka", feature = "aws-common")),
+            allow(unused_mut)
+        )]
         let mut errors = self.unopenable_files();
         #[cfg(any(feature = "mqtt", feature = "kafka", feature = "aws-common"))]
         for (s, stream) in self.streams.iter().enumerate() {
