@@ -139,6 +139,39 @@ name = "a"
     )
 }
 
+/// One test's world: certificates, moto, the provider (credentials living `lifetime` s) and a
+/// running gateway whose client certificate is the stranger's when `refused`.
+struct World {
+    tmp: tempfile::TempDir,
+    _moto: Moto,
+    provider: Provider,
+    data: std::path::PathBuf,
+    gw: common::Gateway,
+}
+
+fn world(lifetime: u64, refused: bool) -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = certs::Certs::generate(&tmp.path().join("certs"));
+    let moto = Moto::start();
+    let provider = Provider::start(&certs, &moto, lifetime);
+    let data = tmp.path().join("data");
+    let cfg = tmp.path().join("gw.toml");
+    let (cert, key) = if refused {
+        (&certs.stranger_cert, &certs.stranger_key)
+    } else {
+        (&certs.client_cert, &certs.client_key)
+    };
+    std::fs::write(&cfg, config(&data, &provider, cert, key, &certs.ca)).unwrap();
+    let gw = start(&cfg);
+    World {
+        tmp,
+        _moto: moto,
+        provider,
+        data,
+        gw,
+    }
+}
+
 /// The gateway without any AWS key in its environment: only the provider's credentials exist.
 fn start(cfg: &Path) -> common::Gateway {
     let mut cmd = common::Gateway::command();
@@ -187,24 +220,13 @@ fn stop_and_check_all_arrived(gw: common::Gateway, data: &Path, provider: &Provi
 
 #[test]
 fn credentials_from_the_certificate_are_refreshed_before_they_expire() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = certs::Certs::generate(&tmp.path().join("certs"));
-    let moto = Moto::start();
-    let provider = Provider::start(&certs, &moto, 20);
-    let data = tmp.path().join("data");
-    let cfg = tmp.path().join("gw.toml");
-    std::fs::write(
-        &cfg,
-        config(
-            &data,
-            &provider,
-            &certs.client_cert,
-            &certs.client_key,
-            &certs.ca,
-        ),
-    )
-    .unwrap();
-    let gw = start(&cfg);
+    let World {
+        tmp: _tmp,
+        _moto,
+        provider,
+        data,
+        gw,
+    } = world(20, false);
     // 20 s credentials, refreshed at 70-80 % of their life: three keys within 45 s.
     common::wait_until(
         "three sets of credentials used",
@@ -229,24 +251,13 @@ fn credentials_from_the_certificate_are_refreshed_before_they_expire() {
 
 #[test]
 fn the_provider_down_past_expiry_holds_the_backlog_and_recovers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = certs::Certs::generate(&tmp.path().join("certs"));
-    let moto = Moto::start();
-    let provider = Provider::start(&certs, &moto, 10);
-    let data = tmp.path().join("data");
-    let cfg = tmp.path().join("gw.toml");
-    std::fs::write(
-        &cfg,
-        config(
-            &data,
-            &provider,
-            &certs.client_cert,
-            &certs.client_key,
-            &certs.ca,
-        ),
-    )
-    .unwrap();
-    let gw = start(&cfg);
+    let World {
+        tmp: _tmp,
+        _moto,
+        provider,
+        data,
+        gw,
+    } = world(10, false);
     common::wait_until("delivering", Duration::from_secs(30), || {
         common::status(&data).is_some_and(|r| r.streams[0].exports[0].delivered > 10)
     });
@@ -292,24 +303,13 @@ fn the_provider_down_past_expiry_holds_the_backlog_and_recovers() {
 
 #[test]
 fn a_certificate_the_provider_refuses_is_named_and_nothing_is_lost() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = certs::Certs::generate(&tmp.path().join("certs"));
-    let moto = Moto::start();
-    let provider = Provider::start(&certs, &moto, 3600);
-    let data = tmp.path().join("data");
-    let cfg = tmp.path().join("gw.toml");
-    std::fs::write(
-        &cfg,
-        config(
-            &data,
-            &provider,
-            &certs.stranger_cert,
-            &certs.stranger_key,
-            &certs.ca,
-        ),
-    )
-    .unwrap();
-    let gw = start(&cfg);
+    let World {
+        tmp: _tmp,
+        _moto,
+        provider,
+        data,
+        gw,
+    } = world(3600, true);
     let line = gw.wait_line_within(
         0,
         &["cannot fetch AWS credentials"],
