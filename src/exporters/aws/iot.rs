@@ -229,6 +229,9 @@ pub struct Refresh {
     /// No fetch before this (after a failed one).
     retry_at: Option<SystemTime>,
     failures: u32,
+    /// Since when a refresh is under way while the held credentials are still good: use them
+    /// meanwhile. Stale after a fetch's timeout (a refresh whose caller was cancelled).
+    refreshing: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +279,11 @@ impl Refresh {
         self.failures
     }
 
+    fn refreshing_at(&self, now: SystemTime) -> bool {
+        self.refreshing
+            .is_some_and(|since| now < since + FETCH_TIMEOUT + Duration::from_secs(1))
+    }
+
     pub fn decide(&self, now: SystemTime) -> Step {
         let may_fetch = self.retry_at.is_none_or(|at| now >= at);
         let valid = self
@@ -283,7 +291,9 @@ impl Refresh {
             .as_ref()
             .filter(|h| now + SAFETY_MARGIN < h.fetched.expiration);
         match valid {
-            Some(h) if now < h.refresh_at || !may_fetch => Step::Use(h.fetched.clone()),
+            Some(h) if now < h.refresh_at || !may_fetch || self.refreshing_at(now) => {
+                Step::Use(h.fetched.clone())
+            }
             Some(h) => Step::FetchOrUse(h.fetched.clone()),
             None if may_fetch => Step::Fetch,
             None => Step::Wait,
@@ -478,6 +488,15 @@ impl IotCredentials {
             Step::FetchOrUse(f) => Some(f),
             Step::Fetch => None,
         };
+        // A refresh while the held credentials are good runs without the lock: the export's
+        // other sends go on with them. With nothing valid, the others wait for this fetch.
+        let mut held_lock = if fallback.is_some() {
+            refresh.refreshing = Some(now);
+            drop(refresh);
+            None
+        } else {
+            Some(refresh)
+        };
         // Credentials that expire before the gateway's "now": its clock is wrong (TLS and request
         // signatures will fail too), and fetching again at once would not help.
         let fetched = fetch(c).await.and_then(|f| {
@@ -491,6 +510,11 @@ impl IotCredentials {
                 )))
             }
         });
+        let mut refresh = match held_lock.take() {
+            Some(guard) => guard,
+            None => self.inner.refresh.lock().await,
+        };
+        refresh.refreshing = None;
         match fetched {
             Ok(fetched) => {
                 *self.inner.last_error.lock().unwrap() = None;
@@ -591,11 +615,23 @@ mod tests {
         r.failed(t(95));
         assert_eq!(r.decide(t(96)), Step::Wait);
         assert_eq!(r.decide(t(99)), Step::Fetch);
+        // While one caller refreshes, the others use what is held.
+        r.refreshing = Some(t(99));
+        assert_eq!(
+            r.decide(t(99)),
+            Step::Fetch,
+            "nothing valid: every caller waits"
+        );
+        r.refreshing = None;
         // Success resets the backoff.
         r.fetched(t(99), creds(199), 0.0);
         assert_eq!(r.failures(), 0);
         assert_eq!(r.decide(t(168)), Step::Use(creds(199)));
         assert_eq!(r.decide(t(169)), Step::FetchOrUse(creds(199)));
+        r.refreshing = Some(t(169));
+        assert_eq!(r.decide(t(169)), Step::Use(creds(199)));
+        // A refresh whose caller was cancelled does not block refreshing for good.
+        assert_eq!(r.decide(t(180)), Step::FetchOrUse(creds(199)));
     }
 
     #[test]
