@@ -349,51 +349,23 @@ fn validation_names_a_key_that_is_not_the_certificates() {
     };
     let cfg = tmp.path().join("gw.toml");
     let data = tmp.path().join("data");
-    std::fs::write(
-        &cfg,
-        config(
-            &data,
-            &fake,
-            &certs.stranger_cert,
-            &certs.client_key,
-            &certs.ca,
-        ),
-    )
-    .unwrap();
-    let (code, _, stderr) = common::run_cli(&["validate", "--config", cfg.to_str().unwrap()]);
+    let validate = |cert: &Path, key: &Path| {
+        std::fs::write(&cfg, config(&data, &fake, cert, key, &certs.ca)).unwrap();
+        let (code, _, stderr) = common::run_cli(&["validate", "--config", cfg.to_str().unwrap()]);
+        (code, stderr)
+    };
+    let (code, stderr) = validate(&certs.stranger_cert, &certs.client_key);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("streams[0].exports[0].iot_credentials.client_key: client_cert/client_key do not fit together"),
         "{stderr}"
     );
-    std::fs::write(
-        &cfg,
-        config(
-            &data,
-            &fake,
-            &tmp.path().join("missing.pem"),
-            &certs.client_key,
-            &certs.ca,
-        ),
-    )
-    .unwrap();
-    let (code, _, stderr) = common::run_cli(&["validate", "--config", cfg.to_str().unwrap()]);
+    let (code, stderr) = validate(&tmp.path().join("missing.pem"), &certs.client_key);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("streams[0].exports[0].iot_credentials.client_cert: cannot read"),
         "{stderr}"
     );
-    std::fs::write(
-        &cfg,
-        config(
-            &data,
-            &fake,
-            &certs.client_cert,
-            &certs.client_key,
-            &certs.ca,
-        ),
-    )
-    .unwrap();
-    let (code, _, stderr) = common::run_cli(&["validate", "--config", cfg.to_str().unwrap()]);
+    let (code, stderr) = validate(&certs.client_cert, &certs.client_key);
     assert_eq!(code, Some(0), "{stderr}");
 }
