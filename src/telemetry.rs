@@ -136,6 +136,12 @@ pub fn rss() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Starts a new peak: the next [`rss`] reports the highest resident memory from now on
+/// (Linux's `clear_refs` 5 resets `VmHWM`). False where the kernel does not allow it.
+pub fn reset_rss_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -359,7 +359,9 @@ async fn firehose_packed_records_land_in_s3_as_ndjson() {
 /// Fails entries the way the service does: every third entry of the first 20 calls is
 /// throttled (`code`), the rest is accepted.
 fn every_third(code: &'static str) -> Policy {
-    Box::new(move |call, i, _| (call < 20 && (i + call as usize).is_multiple_of(3)).then_some(code))
+    Box::new(move |call, i, _, _| {
+        (call < 20 && (i + call as usize).is_multiple_of(3)).then_some(code)
+    })
 }
 
 async fn partial_failures(kind: &str, code: &'static str, packing: bool) {
@@ -624,7 +626,7 @@ fn random_fifth(
     pin: Option<(u64, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
 ) -> Policy {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    Box::new(move |_, _, data| {
+    Box::new(move |_, _, data, _| {
         if let Some((seq, pinned)) = &pin
             && pinned.load(Ordering::SeqCst)
             && streamgate::payload::decode(data).is_ok_and(|p| p.meta.sequence_number == *seq)
@@ -763,6 +765,147 @@ async fn kinesis_keeps_delivering_when_every_call_is_partly_throttled() {
     let duplicates: u64 = seen.values().map(|c| c - 1).sum();
     eprintln!("{last} samples arrived, {duplicates} duplicates");
     assert_eq!(duplicates, 0, "only refused entries are sent again");
+}
+
+/// Each shard takes at most `per_second` records (a token bucket per shard, as Kinesis's
+/// 1,000 records/s per shard); the rest is refused as throttled, naming its shard.
+fn shard_capacity(per_second: f64) -> Policy {
+    let mut buckets: std::collections::HashMap<String, (f64, Instant)> = Default::default();
+    Box::new(move |_, _, _, shard| {
+        let (tokens, last) = buckets
+            .entry(shard?.to_string())
+            .or_insert((per_second, Instant::now()));
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * per_second).min(per_second);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some("ProvisionedThroughputExceededException")
+        }
+    })
+}
+
+/// Issue 13: with a template partition key the key tells the shard, so one hot shard slows
+/// only its own records: the hot key's shard is paced to what it takes (its records are held
+/// back instead of sent to be refused), the export-wide rate stays unlimited, `status` names
+/// the shard, and every sample arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_paces_a_hot_shard_by_itself() {
+    init_env();
+    let moto = Moto::start();
+    const CAPACITY: f64 = 150.0;
+    let proxy = Proxy::start(moto.port, Some(shard_capacity(CAPACITY)));
+    let k = create_kinesis_stream(&moto.url(), "target", 4).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // "hot" at 250 samples/s (its shard takes 150/s), 8 "cold" tags at 20/s each.
+    let text = format!(
+        r#"
+[gateway]
+data_dir = "{data}"
+equipment_id = "eq-1"
+status_interval = "100ms"
+
+[[streams]]
+name = "line"
+
+[[streams.exports]]
+kind = "kinesis"
+stream_name = "target"
+region = "{REGION}"
+endpoint_url = "{endpoint}"
+partition_key = "{{tag}}"
+batch_size = 100
+request_timeout = "5s"
+
+[[sources]]
+kind = "simulator"
+id = "hot"
+interval = "4ms"
+
+[[sources.tags]]
+name = "hot"
+waveform = "random_walk"
+
+[[sources]]
+kind = "simulator"
+id = "cold"
+interval = "50ms"
+
+[[sources.tags]]
+name = "cold"
+waveform = "random_walk"
+repeat = 8
+"#,
+        data = dir.path().join("data").display(),
+        endpoint = proxy.url(),
+    );
+    let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"));
+    let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
+
+    // Until `status` says the hot key's shard is paced (about a second of throttling).
+    let mut state = String::new();
+    let mut hot = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        hot = proxy.shard_of("hot");
+        let status = p.handle.status().await.expect("status");
+        state = status[0].exports[0].state.clone().unwrap_or_default();
+        if let Some(shard) = &hot
+            && state.contains(&format!("{shard} limited to"))
+        {
+            break;
+        }
+    }
+    let hot = hot.expect("the hot key was accepted at least once");
+    assert!(
+        state.contains(&format!("hot shard(s): {hot} limited to")),
+        "status does not show the hot shard {hot} paced: {state}"
+    );
+    // Paced: over the next 6 s, about a tenth more than the shard takes is sent to it (the
+    // shard headroom; unpaced, a shard offered 250/s that takes 150/s refuses 100/s, and with
+    // the export-wide headroom of 1.5 it refused 535 in 6 s), and the export as a whole is
+    // never limited.
+    tokio::time::sleep(Duration::from_secs(3)).await; // the limit settles (halving per second at most)
+    let refused0 = proxy.counters.entries_failed.load(Ordering::Relaxed);
+    let forwarded0 = proxy.counters.entries_forwarded.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let refused = proxy.counters.entries_failed.load(Ordering::Relaxed) - refused0;
+    let forwarded = proxy.counters.entries_forwarded.load(Ordering::Relaxed) - forwarded0;
+    let status = p.handle.status().await.expect("status");
+    let state = status[0].exports[0].state.clone().unwrap_or_default();
+    eprintln!("paced 6 s: {forwarded} entries accepted, {refused} refused; state: {state}");
+    assert!(
+        !state.contains("throttled: limited to"),
+        "the whole export was slowed for one hot shard: {state}"
+    );
+    assert!(
+        (refused as f64) < 0.2 * (CAPACITY * 6.0),
+        "the hot shard is not paced: {refused} entries refused in 6 s"
+    );
+
+    stop_sources_and_drain(&mut p, T).await;
+    p.stop().await;
+    // Sequence numbers are per source: every one of each source arrived, once.
+    let mut by_source: std::collections::BTreeMap<String, std::collections::BTreeMap<u64, u64>> =
+        Default::default();
+    for sample in unpack_all(&read_kinesis(&k, "target").await) {
+        let p = streamgate::payload::decode(&sample).expect("a full payload");
+        *by_source
+            .entry(p.meta.source_id)
+            .or_default()
+            .entry(p.meta.sequence_number)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(by_source.len(), 2, "{:?}", by_source.keys());
+    for (source, seen) in &by_source {
+        let last = *seen.keys().next_back().expect("samples arrived");
+        common::assert_all_committed_present(seen, last + 1, source);
+        let duplicates: u64 = seen.values().map(|c| c - 1).sum();
+        eprintln!("{source}: {last} samples arrived, {duplicates} duplicates");
+        assert_eq!(duplicates, 0, "only refused entries are sent again");
+    }
 }
 
 /// Issue 13: after a SIGKILL only the records in flight at that moment are sent again, even

@@ -287,3 +287,101 @@ async fn concurrent_sends_with_throttling_deliver_everything_once() {
     assert!(peak >= 3, "sends ran one at a time (peak {peak} in flight)");
     q.close();
 }
+
+/// Paces its own shards: the first time a third of the records is held back (not sent), a
+/// third is throttled by its shard; the rest is delivered. Every third send is throttled by its
+/// shard as a whole (nothing delivered), as a send to a paced shard can be.
+struct ShardPaced {
+    dest: Arc<Mutex<Destination>>,
+    throttled: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Exporter for ShardPaced {
+    async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
+        // The destination's latency, so the run spans several of the rate's 1 s windows.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let mut d = self.dest.lock().unwrap();
+        d.calls += 1;
+        let whole = d.calls.is_multiple_of(3);
+        let mut out = Vec::new();
+        for r in batch {
+            let offered = d.offered.entry(r.id).or_default();
+            *offered += 1;
+            let first = *offered == 1;
+            out.push(if first && r.id % 3 == 0 && !whole {
+                Outcome::Held
+            } else if whole || first && r.id % 3 == 1 {
+                self.throttled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Outcome::ThrottledShard("Rate exceeded for shard shardId-1".into())
+            } else {
+                *d.delivered.entry(r.id).or_default() += 1;
+                Outcome::Delivered
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Issue 13, per-shard pacing: records an exporter held back or that its paced shard
+/// throttled are sent again, neither grows the failure backoff (not even a send with nothing
+/// delivered), the throttled ones are counted but the export-wide rate stays unlimited (the
+/// exporter paces that shard itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_and_shard_throttled_records_are_resent_without_backoff_or_export_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    const N: usize = 3_000;
+    let q = queue_with(dir.path(), N).await;
+    let dest = Arc::new(Mutex::new(Destination::default()));
+    let throttled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (ctx, stats, stop) = context(
+        &q,
+        BatchConfig {
+            max_records: 20,
+            max_bytes: 1 << 20,
+            interval: Duration::from_millis(5),
+            max_in_flight: 2,
+        },
+        RetryConfig {
+            initial_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(60),
+        },
+    );
+    let exporter = ShardPaced {
+        dest: dest.clone(),
+        throttled: throttled.clone(),
+    };
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(driver::run(exporter, ctx));
+    // A failure backoff of 5 s per fruitless send would take minutes: 30 s is plenty without.
+    let acked = acked_upto(&q, N as i64, Duration::from_secs(30)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(acked, N as i64, "every record acknowledged");
+    let d = dest.lock().unwrap();
+    for id in 1..=N as i64 {
+        assert_eq!(d.delivered.get(&id), Some(&1), "record {id} delivered once");
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!("{N} records in {took:?}, {} sends", d.calls);
+    assert!(
+        took > Duration::from_secs(2),
+        "too short to see the rate's windows: {took:?}"
+    );
+    assert_eq!(
+        stats.failed_sends.load(Relaxed),
+        0,
+        "held/throttled counted as failures"
+    );
+    assert_eq!(
+        stats.throttled.load(Relaxed),
+        throttled.load(Relaxed),
+        "every shard-throttled record is counted as throttled"
+    );
+    assert_eq!(
+        stats.rate_limit.load(Relaxed),
+        0,
+        "the export-wide rate was limited for one shard's throttling"
+    );
+}

@@ -491,6 +491,10 @@ impl<'a, E: Exporter> Driver<'a, E> {
         };
         let mut resend = 0usize;
         let mut throttled = 0usize;
+        // Throttled by a shard the exporter paces itself, and held back by that pacing: the
+        // export-wide rate and the failure backoff leave them alone.
+        let mut shard_throttled = 0usize;
+        let mut held = 0usize;
         match result {
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 for (record, outcome) in batch.into_iter().zip(outcomes) {
@@ -510,6 +514,16 @@ impl<'a, E: Exporter> Driver<'a, E> {
                             ack.error = Some(reason);
                             resend += 1;
                             throttled += 1;
+                            self.retry.push_back(record);
+                        }
+                        Outcome::ThrottledShard(reason) => {
+                            ack.error = Some(reason);
+                            resend += 1;
+                            shard_throttled += 1;
+                            self.retry.push_back(record);
+                        }
+                        Outcome::Held => {
+                            held += 1;
                             self.retry.push_back(record);
                         }
                         Outcome::Rejected(reason) => {
@@ -557,7 +571,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
         ctx.stats.retried.fetch_add(retries, Ordering::Relaxed);
         ctx.stats
             .throttled
-            .fetch_add(throttled as u64, Ordering::Relaxed);
+            .fetch_add((throttled + shard_throttled) as u64, Ordering::Relaxed);
         self.publish_rate();
         let error = ack.error.clone();
         self.refresh_state();
@@ -565,7 +579,7 @@ impl<'a, E: Exporter> Driver<'a, E> {
             self.closed = true;
             return;
         }
-        if resend == 0 || settled > 0 {
+        if resend == 0 || settled > 0 || resend == shard_throttled {
             // Progress (or nothing to resend): the failure backoff starts over. Throttled
             // entries of a send that delivered others are the adaptive rate's business.
             let since = ctx.stats.failing_since_ms.swap(0, Ordering::Relaxed);
@@ -581,13 +595,16 @@ impl<'a, E: Exporter> Driver<'a, E> {
             if !self.background {
                 self.reconnect.up();
             }
-            if resend > 0 {
-                if let Ok(mut last) = ctx.stats.last_error.lock() {
+            if resend > 0 || held > 0 {
+                if resend > 0
+                    && let Ok(mut last) = ctx.stats.last_error.lock()
+                {
                     last.clone_from(&error);
                 }
                 tracing::debug!(
                     resend,
-                    throttled,
+                    throttled = throttled + shard_throttled,
+                    held,
                     error = error.as_deref().unwrap_or("unknown"),
                     "part of a send failed; those records go first in the next batch"
                 );

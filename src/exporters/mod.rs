@@ -41,6 +41,13 @@ pub enum Outcome {
     /// Firehose ServiceUnavailable): sent again like `Retry`, and the export's adaptive rate
     /// ([`throttle`]) slows down instead of its failure backoff.
     Throttled(String),
+    /// Refused for throughput by one shard the exporter paces itself (Kinesis per-shard
+    /// rates, `aws/shards.rs`): sent again like `Retry` and counted as throttled, but the
+    /// export-wide adaptive rate does not slow down (the other shards keep their pace).
+    ThrottledShard(String),
+    /// Not sent: the exporter held it back because its shard is at its send rate. First in a
+    /// later batch; neither a failure nor throttling.
+    Held,
     /// The destination will never take it (too large, malformed): dead-letter it.
     Rejected(String),
 }

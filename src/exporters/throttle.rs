@@ -22,8 +22,12 @@ use std::time::{Duration, Instant};
 
 use super::rate::RateLimit;
 
-/// The limit after a throttled window, relative to the rate accepted in it.
+/// The limit after a throttled window, relative to the rate accepted in it (a whole export:
+/// its throttled entries may be random, from any of its shards).
 pub const HEADROOM: f64 = 1.5;
+/// The same for one Kinesis shard ([`SendRate::for_shard`]): there throttling means the
+/// shard is at its capacity, so the limit stays close to what it accepts.
+pub const SHARD_HEADROOM: f64 = 1.1;
 /// How long one measurement window lasts.
 pub const WINDOW: Duration = Duration::from_secs(1);
 /// Without throttling for this long, the limit is lifted.
@@ -47,6 +51,7 @@ pub struct SendRate {
     throttled_rate: f64,
     /// Records accepted per second over the last complete window.
     accepted_rate: f64,
+    headroom: f64,
 }
 
 impl SendRate {
@@ -63,6 +68,15 @@ impl SendRate {
             last_throttled: None,
             throttled_rate: 0.0,
             accepted_rate: 0.0,
+            headroom: HEADROOM,
+        }
+    }
+
+    /// The rate of one shard of a stream: [`SHARD_HEADROOM`] instead of [`HEADROOM`].
+    pub fn for_shard(batch: usize) -> SendRate {
+        SendRate {
+            headroom: SHARD_HEADROOM,
+            ..SendRate::new(batch)
         }
     }
 
@@ -117,7 +131,7 @@ impl SendRate {
         if self.throttled > 0 {
             let current = self.limit().unwrap_or(sent).max(self.floor);
             let step = if self.limit.is_some() { self.step } else { 0.0 };
-            let next = (accepted * HEADROOM)
+            let next = (accepted * self.headroom)
                 .min(current + step)
                 .max(current / 2.0)
                 .max(self.floor);

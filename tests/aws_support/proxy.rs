@@ -11,8 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Decides per entry: `Some(error_code)` fails entry `index` of call `call` (0-based) whose
-/// data (base64-decoded; empty if it does not decode) is the third argument.
-pub type Policy = Box<dyn FnMut(u64, usize, &[u8]) -> Option<&'static str> + Send>;
+/// data (base64-decoded; empty if it does not decode) is the third argument, and whose shard
+/// (Kinesis: learnt from moto's answers for the entry's partition key; `None` until the key was
+/// first accepted) is the fourth. A forged error names that shard, as Kinesis's message does.
+pub type Policy = Box<dyn FnMut(u64, usize, &[u8], Option<&str>) -> Option<&'static str> + Send>;
+
+/// Partition key -> the shard moto put it on.
+type ShardMap = Mutex<std::collections::HashMap<String, String>>;
 
 #[derive(Default)]
 pub struct Counters {
@@ -25,6 +30,7 @@ pub struct Counters {
 pub struct Proxy {
     pub port: u16,
     pub counters: Arc<Counters>,
+    shards: Arc<ShardMap>,
     down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
@@ -37,6 +43,8 @@ impl Proxy {
         let down = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let policy = Arc::new(Mutex::new(policy));
+        let shards: Arc<ShardMap> = Arc::default();
+        let map = shards.clone();
         let (c, d, s) = (counters.clone(), down.clone(), stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -49,13 +57,14 @@ impl Proxy {
                     drop(conn);
                     continue;
                 }
-                let (c, d, p) = (c.clone(), d.clone(), policy.clone());
-                std::thread::spawn(move || serve(conn, upstream, &c, &d, &p));
+                let (c, d, p, m) = (c.clone(), d.clone(), policy.clone(), map.clone());
+                std::thread::spawn(move || serve(conn, upstream, &c, &d, &p, &m));
             }
         });
         Proxy {
             port,
             counters,
+            shards,
             down,
             stop,
         }
@@ -63,6 +72,12 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The shard moto put this partition key on (once an entry with it was accepted).
+    pub fn shard_of(&self, key: &str) -> Option<String> {
+        let map = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).cloned()
     }
 
     pub fn set_down(&self, down: bool) {
@@ -129,6 +144,7 @@ fn serve(
     counters: &Counters,
     down: &AtomicBool,
     policy: &Mutex<Option<Policy>>,
+    shards: &ShardMap,
 ) {
     let Ok(write_half) = conn.try_clone() else {
         return;
@@ -141,13 +157,16 @@ fn serve(
         }
         let target = header(&req.head, "x-amz-target").unwrap_or("").to_string();
         let batch = target.ends_with(".PutRecords") || target.ends_with(".PutRecordBatch");
-        let mut failed: Vec<Option<&'static str>> = Vec::new();
+        // Per entry: the forged error code and the shard its message names.
+        let mut failed: Vec<Option<(&'static str, Option<String>)>> = Vec::new();
+        let mut kept_keys: Vec<String> = Vec::new();
         if batch {
             let call = counters.calls.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&req.body)
                 && let Some(records) = json.get_mut("Records").and_then(|r| r.as_array_mut())
             {
                 let mut guard = policy.lock().unwrap_or_else(|e| e.into_inner());
+                let known = shards.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 failed = records
                     .iter()
                     .enumerate()
@@ -157,7 +176,14 @@ fn serve(
                             .and_then(|d| d.as_str())
                             .and_then(base64_decode)
                             .unwrap_or_default();
-                        guard.as_mut().and_then(|p| p(call, i, &data))
+                        let shard = r
+                            .get("PartitionKey")
+                            .and_then(|k| k.as_str())
+                            .and_then(|k| known.get(k));
+                        guard
+                            .as_mut()
+                            .and_then(|p| p(call, i, &data, shard.map(String::as_str)))
+                            .map(|code| (code, shard.cloned()))
                     })
                     .collect();
                 let kept: Vec<serde_json::Value> = records
@@ -165,6 +191,15 @@ fn serve(
                     .zip(&failed)
                     .filter(|(_, f)| f.is_none())
                     .map(|(r, _)| r.clone())
+                    .collect();
+                kept_keys = kept
+                    .iter()
+                    .map(|r| {
+                        r.get("PartitionKey")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or("")
+                            .to_string()
+                    })
                     .collect();
                 let n_failed = failed.iter().filter(|f| f.is_some()).count() as u64;
                 counters
@@ -189,6 +224,9 @@ fn serve(
         let Some((status, head, body)) = forwarded else {
             return;
         };
+        if status == 200 && target.ends_with(".PutRecords") {
+            learn_shards(&body, &kept_keys, shards);
+        }
         let body = if batch && failed.iter().any(|f| f.is_some()) && status == 200 {
             forge(&body, &failed, &target).unwrap_or(body)
         } else {
@@ -266,8 +304,28 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Remembers the shard moto put each forwarded key on (its answer is aligned with them).
+fn learn_shards(body: &[u8], keys: &[String], shards: &ShardMap) {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let Some(records) = json.get("Records").and_then(|r| r.as_array()) else {
+        return;
+    };
+    let mut map = shards.lock().unwrap_or_else(|e| e.into_inner());
+    for (key, r) in keys.iter().zip(records) {
+        if let Some(shard) = r.get("ShardId").and_then(|s| s.as_str()) {
+            map.insert(key.clone(), shard.to_string());
+        }
+    }
+}
+
 /// Merges moto's results for the forwarded entries with forged errors, index-aligned.
-fn forge(body: &[u8], failed: &[Option<&'static str>], target: &str) -> Option<Vec<u8>> {
+fn forge(
+    body: &[u8],
+    failed: &[Option<(&'static str, Option<String>)>],
+    target: &str,
+) -> Option<Vec<u8>> {
     let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
     let (list, count) = if target.ends_with(".PutRecords") {
         ("Records", "FailedRecordCount")
@@ -279,9 +337,12 @@ fn forge(body: &[u8], failed: &[Option<&'static str>], target: &str) -> Option<V
     for f in failed {
         match f {
             None => merged.push(accepted.next()?),
-            Some(code) => merged.push(serde_json::json!({
+            Some((code, shard)) => merged.push(serde_json::json!({
                 "ErrorCode": code,
-                "ErrorMessage": "Rate exceeded for shard shardId-000000000000 in stream (forged by the test proxy)",
+                "ErrorMessage": match shard {
+                    Some(shard) => format!("Rate exceeded for shard {shard} in stream target under account 123456789012 (forged by the test proxy)"),
+                    None => "Rate exceeded (forged by the test proxy)".to_string(),
+                },
             })),
         }
     }

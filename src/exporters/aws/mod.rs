@@ -21,10 +21,11 @@ pub mod config;
 mod errors;
 pub mod iot;
 pub mod packer;
+pub mod shards;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -35,9 +36,11 @@ use rand::Rng;
 pub use config::{AwsExportConfig, RawAwsExport, Service};
 use errors::{EntryFailure, entry_failure};
 use packer::PackedRecord;
+use shards::ShardRates;
 
 use super::{Exporter, Outcome, SendError};
 use crate::exporters::stats::ExportStats;
+use crate::exporters::template::KeyTemplate;
 use crate::queue::Record;
 
 /// The service client; a variant exists only when its feature is built (`kinesis`,
@@ -59,7 +62,19 @@ pub struct AwsExporter {
     clock: crate::clock::Clock,
     /// Credentials from the AWS IoT credentials provider, shared by every handle.
     iot: Option<iot::IotCredentials>,
+    /// Per-shard send rates (Kinesis with a template partition key), shared by every handle.
+    shards: Option<Arc<Mutex<ShardRates>>>,
 }
+
+/// One entry's answer: its failure (None: accepted) and the shard that answered, where the
+/// service says (Kinesis: `ShardId` of an accepted entry, named in a throttled one's message).
+struct EntryResult {
+    failure: Option<EntryFailure>,
+    shard: Option<String>,
+}
+
+/// The longest an exporter waits for a hot shard before sending what it may.
+const MAX_SHARD_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the AWS client could not be made (the export retries with its failure backoff).
 #[derive(Debug, thiserror::Error)]
@@ -147,12 +162,17 @@ impl AwsExporter {
         stats: Arc<ExportStats>,
     ) -> AwsExporter {
         let iot = config.iot.clone().map(|c| iot::IotCredentials::new(*c));
+        let shards = (config.service == Service::Kinesis
+            && matches!(config.partition_key, KeyTemplate::Template(_)))
+        // A shard takes 1,000 records/s: its limit never drops below 10/s (see SendRate).
+        .then(|| Arc::new(Mutex::new(ShardRates::new(100))));
         AwsExporter {
             config: Arc::new(config),
             client: Arc::default(),
             stats,
             clock,
             iot,
+            shards,
         }
     }
 
@@ -191,11 +211,8 @@ impl AwsExporter {
             .await
     }
 
-    /// One call. `Ok` holds one entry result per record (None = accepted).
-    async fn put(
-        &self,
-        records: Vec<PackedRecord>,
-    ) -> Result<Vec<Option<EntryFailure>>, SendError> {
+    /// One call. `Ok` holds one entry result per record.
+    async fn put(&self, records: Vec<PackedRecord>) -> Result<Vec<EntryResult>, SendError> {
         let service = self.config.service;
         let target = self.config.target.clone();
         let n = records.len();
@@ -203,7 +220,9 @@ impl AwsExporter {
             .client()
             .await
             .map_err(|e| SendError::transient(e.to_string()))?;
-        let results: Vec<Option<(String, String)>> = match client {
+        // Per entry: (error code and message, shard id of an accepted entry).
+        type Answer = (Option<(String, String)>, Option<String>);
+        let results: Vec<Answer> = match client {
             #[cfg(feature = "kinesis")]
             Client::Kinesis(c) => {
                 let mut entries = Vec::with_capacity(n);
@@ -227,12 +246,13 @@ impl AwsExporter {
                 out.records()
                     .iter()
                     .map(|e| {
-                        e.error_code().map(|code| {
+                        let failure = e.error_code().map(|code| {
                             (
                                 code.to_string(),
                                 e.error_message().unwrap_or("").to_string(),
                             )
-                        })
+                        });
+                        (failure, e.shard_id().map(str::to_string))
                     })
                     .collect()
             }
@@ -258,12 +278,13 @@ impl AwsExporter {
                 out.request_responses()
                     .iter()
                     .map(|e| {
-                        e.error_code().map(|code| {
+                        let failure = e.error_code().map(|code| {
                             (
                                 code.to_string(),
                                 e.error_message().unwrap_or("").to_string(),
                             )
-                        })
+                        });
+                        (failure, None)
                     })
                     .collect()
             }
@@ -277,7 +298,16 @@ impl AwsExporter {
         }
         Ok(results
             .into_iter()
-            .map(|r| r.map(|(code, msg)| entry_failure(service, &code, &msg)))
+            .map(|(failure, shard)| match failure {
+                Some((code, msg)) => EntryResult {
+                    shard: shards::shard_in_message(&msg).map(str::to_string),
+                    failure: Some(entry_failure(service, &code, &msg)),
+                },
+                None => EntryResult {
+                    failure: None,
+                    shard,
+                },
+            })
             .collect())
     }
 }
@@ -290,11 +320,16 @@ impl Exporter for AwsExporter {
             stats: self.stats.clone(),
             clock: self.clock.clone(),
             iot: self.iot.clone(),
+            shards: self.shards.clone(),
         })
     }
 
     fn state(&self) -> Option<String> {
-        self.iot.as_ref().map(|i| i.state())
+        let shards = self.shards.as_ref().and_then(|s| s.lock().ok()?.describe());
+        match (self.iot.as_ref().map(|i| i.state()), shards) {
+            (Some(iot), Some(shards)) => Some(format!("{iot}; {shards}")),
+            (iot, shards) => iot.or(shards),
+        }
     }
 
     async fn send(&mut self, batch: &[Record]) -> Result<Vec<Outcome>, SendError> {
@@ -325,7 +360,14 @@ impl Exporter for AwsExporter {
                 }
                 continue;
             }
+            let Some(call) = self.pace(call, first_call, &mut outcomes).await else {
+                continue;
+            };
             let members: Vec<Vec<usize>> = call.iter().map(|r| r.samples.clone()).collect();
+            let keys: Vec<Option<String>> = match &self.shards {
+                Some(_) => call.iter().map(|r| r.key.clone()).collect(),
+                None => Vec::new(),
+            };
             let bytes: usize = call.iter().map(|r| r.data.len()).sum();
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -337,12 +379,31 @@ impl Exporter for AwsExporter {
             match self.put(call).await {
                 Ok(results) => {
                     let mut failed = 0;
-                    for (result, members) in results.into_iter().zip(members) {
-                        let outcome = match result {
+                    let now = Instant::now();
+                    let mut paced = self.shards.as_ref().and_then(|s| s.lock().ok());
+                    for (n, (result, members)) in results.into_iter().zip(members).enumerate() {
+                        // The shard pacing learns the key's shard and its answer.
+                        let by_shard = match (&mut paced, keys.get(n).and_then(Option::as_ref)) {
+                            (Some(rates), Some(key)) => result.shard.as_deref().map(|shard| {
+                                let throttled =
+                                    result.failure.as_ref().is_some_and(|f| f.throttled);
+                                let (ok, thr) = match (&result.failure, throttled) {
+                                    (None, _) => (members.len(), 0),
+                                    (Some(_), true) => (0, members.len()),
+                                    (Some(_), false) => (0, 0),
+                                };
+                                rates.outcome(now, key, shard, ok, thr);
+                            }),
+                            _ => None,
+                        }
+                        .is_some();
+                        let outcome = match result.failure {
                             None => Outcome::Delivered,
                             Some(f) => {
                                 failed += 1;
-                                if f.throttled {
+                                if f.throttled && by_shard {
+                                    Outcome::ThrottledShard(f.message)
+                                } else if f.throttled {
                                     throttled_now += 1;
                                     Outcome::Throttled(f.message)
                                 } else if f.retryable {
@@ -391,6 +452,53 @@ impl Exporter for AwsExporter {
 }
 
 impl AwsExporter {
+    /// Per-shard pacing of one call: the records whose shard is at its limit are held back
+    /// (`Outcome::Held`, first in a later batch). The first call of a send waits (at most
+    /// [`MAX_SHARD_WAIT`] at a time) until some record may go, so every send makes progress;
+    /// a later call that would send nothing is dropped (`None`).
+    async fn pace(
+        &self,
+        mut call: Vec<PackedRecord>,
+        first_call: bool,
+        outcomes: &mut [Option<Outcome>],
+    ) -> Option<Vec<PackedRecord>> {
+        let Some(shards) = &self.shards else {
+            return Some(call);
+        };
+        loop {
+            let now = Instant::now();
+            let mut go = Vec::with_capacity(call.len());
+            let mut held = Vec::new();
+            let mut wait = MAX_SHARD_WAIT;
+            {
+                let mut rates = shards.lock().ok()?;
+                for r in call.drain(..) {
+                    let w = match &r.key {
+                        Some(key) => rates.take(now, key, r.samples.len()),
+                        None => Duration::ZERO,
+                    };
+                    if w.is_zero() {
+                        go.push(r);
+                    } else {
+                        wait = wait.min(w);
+                        held.push(r);
+                    }
+                }
+            }
+            if go.is_empty() && first_call {
+                tokio::time::sleep(wait).await;
+                call = held;
+                continue;
+            }
+            for r in &held {
+                for &i in &r.samples {
+                    outcomes[i] = Some(Outcome::Held);
+                }
+            }
+            return (!go.is_empty()).then_some(go);
+        }
+    }
+
     fn note_throttled(&self, records: u64) {
         if records == 0 {
             return;
