@@ -82,8 +82,18 @@ async fn run(dir: &Path, port: u16, tags: usize, secs: u64, coalesce: bool) -> R
     Ok(rate)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), String> {
+/// The binary's memory setting first (one malloc arena), then the runtime: as `streamgate run`.
+fn main() -> Result<(), String> {
+    streamgate::telemetry::one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench())
+}
+
+async fn bench() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let tags: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(8);

@@ -32,11 +32,6 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
-/// Resets the kernel's peak-RSS mark (VmHWM) so each phase reports its own peak.
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// `window`: `None` keeps the export's defaults. `rate`: samples/s of the simulator (500 tags
 /// every `500 / rate` s), or unthrottled.
 fn config(
@@ -112,7 +107,7 @@ fn cpu_seconds() -> f64 {
 async fn live(label: &str, cfg: &streamgate::app::config::Config, seconds: u64) {
     let p = Pipeline::start(cfg, StartOptions::default()).expect("pipeline");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    reset_peak();
+    streamgate::telemetry::reset_rss_peak();
     let (r0, d0, c0, t0) = (
         p.samples_read(),
         p.records_delivered(),
@@ -145,8 +140,18 @@ async fn backlog(p: &Pipeline) -> (u64, u64) {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// The binary's memory setting first (one malloc arena), then the runtime: as `streamgate run`.
+fn main() {
+    streamgate::telemetry::one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench())
+}
+
+async fn bench() {
     let args: Vec<String> = std::env::args().collect();
     let target: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300_000);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
@@ -214,7 +219,7 @@ async fn main() {
         while backlog(&p).await.0 < queued {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        reset_peak();
+        streamgate::telemetry::reset_rss_peak();
         let t = Instant::now();
         p.start_exports();
         while backlog(&p).await.1 > 0 {

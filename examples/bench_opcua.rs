@@ -16,8 +16,18 @@ use std::time::{Duration, Instant};
 
 use streamgate::app::{Pipeline, StartOptions};
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// The binary's memory setting first (one malloc arena), then the runtime: as `streamgate run`.
+fn main() {
+    streamgate::telemetry::one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench())
+}
+
+async fn bench() {
     let args: Vec<String> = std::env::args().collect();
     let variables: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(200);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(15);

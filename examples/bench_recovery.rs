@@ -30,8 +30,18 @@ fn payload(seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// The binary's memory setting first (one malloc arena), then the runtime: as `streamgate run`.
+fn main() {
+    streamgate::telemetry::one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench())
+}
+
+async fn bench() {
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

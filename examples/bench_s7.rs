@@ -118,8 +118,18 @@ async fn client_run() {
     );
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// The binary's memory setting first (one malloc arena), then the runtime: as `streamgate run`.
+fn main() {
+    streamgate::telemetry::one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench())
+}
+
+async fn bench() {
     println!("S7 reader against python-snap7's server on 127.0.0.1, {RUN:?} per run");
     client_run().await;
     pipeline_run(

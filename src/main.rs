@@ -193,6 +193,7 @@ enum InfoWhat {
 }
 
 fn main() -> ExitCode {
+    streamgate::telemetry::one_malloc_arena();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,

@@ -13,6 +13,9 @@ use super::{Exporter, Limits, Outcome, SendError};
 use crate::config::Errors;
 use crate::queue::Record;
 
+/// Bytes gathered before one `write` to the file.
+const WRITE_CHUNK: usize = 64 << 10;
+
 pub const LIMITS: Limits = Limits {
     max_batch_size: 100_000,
     default_batch_size: 5_000,
@@ -144,27 +147,40 @@ impl FileExporter {
     }
 
     fn write_batch(&mut self, batch: &[Record]) -> std::io::Result<()> {
-        self.buf.clear();
-        for r in batch {
-            self.buf.extend_from_slice(&r.payload);
-            self.buf.push(b'\n');
-        }
+        let total: u64 = batch.iter().map(|r| r.payload.len() as u64 + 1).sum();
         self.open()?;
         let len = self.active.as_ref().map_or(0, |a| a.len);
-        if len > 0 && len + self.buf.len() as u64 > self.config.rotate_size {
+        if len > 0 && len + total > self.config.rotate_size {
             self.rotate()?;
         }
         let Some(active) = self.active.as_mut() else {
             return Err(std::io::Error::other("export file is not open"));
         };
         let before = active.len;
-        let written = active
-            .file
-            .write_all(&self.buf)
-            .and_then(|_| active.file.sync_data());
+        // Written through a buffer of WRITE_CHUNK, not the whole batch at once: a 5,000-record
+        // batch would keep a ~1.5 MB buffer resident for the export's lifetime.
+        let buf = &mut self.buf;
+        let mut write = || -> std::io::Result<()> {
+            buf.clear();
+            for r in batch {
+                if buf.len() + r.payload.len() + 1 > WRITE_CHUNK && !buf.is_empty() {
+                    active.file.write_all(buf)?;
+                    buf.clear();
+                }
+                buf.extend_from_slice(&r.payload);
+                buf.push(b'\n');
+            }
+            active.file.write_all(buf)?;
+            active.file.sync_data()
+        };
+        let written = write();
+        if self.buf.capacity() > 2 * WRITE_CHUNK {
+            // One record larger than a chunk grew it: give that back.
+            self.buf = Vec::with_capacity(WRITE_CHUNK);
+        }
         match written {
             Ok(()) => {
-                active.len += self.buf.len() as u64;
+                active.len += total;
                 Ok(())
             }
             Err(e) => {

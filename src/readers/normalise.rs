@@ -29,6 +29,8 @@ pub struct SourceContext {
     equipment_id: String,
     tags: Vec<TagState>,
     next_seq: u64,
+    /// Where each payload is encoded before it is copied out at its exact size.
+    scratch: Vec<u8>,
     appender: Appender,
     pending: Vec<NewRecord>,
     /// Streams this source feeds, with when each last got a record.
@@ -84,6 +86,7 @@ impl SourceContext {
             equipment_id: equipment_id.to_string(),
             tags,
             next_seq,
+            scratch: Vec::with_capacity(512),
             appender,
             pending: Vec::new(),
             streams,
@@ -351,7 +354,7 @@ impl SourceContext {
             None => WATERMARK_TAG,
         };
         let now = crate::time::now_ms();
-        let mut payload = Vec::with_capacity(256);
+        self.scratch.clear();
         Payload {
             version: PAYLOAD_VERSION,
             timestamp: sample.timestamp_ms,
@@ -366,7 +369,11 @@ impl SourceContext {
                 source_id: self.id.as_str(),
             },
         }
-        .encode(&mut payload);
+        .encode(&mut self.scratch);
+        // Encoded once into the reused scratch buffer, then copied into an exact-size
+        // allocation: a payload waits in memory (append channel, transaction, export batches)
+        // and a guessed capacity wasted a fifth of it (or doubled to 512 bytes past 256).
+        let payload = self.scratch.as_slice().to_vec();
         self.next_seq += 1;
         self.pending.push(NewRecord {
             stream,
