@@ -65,7 +65,7 @@ fn samples(n: usize) -> Vec<Record> {
 }
 
 fn main() -> anyhow::Result<()> {
-    streamgate::telemetry::one_malloc_arena();
+    streamgate::runtime::one_malloc_arena();
     let secs: u64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -82,15 +82,9 @@ async fn run(dir: &Path, port: u16, tags: usize, secs: u64, coalesce: bool) -> R
     Ok(rate)
 }
 
-/// The binary's memory setting first (one malloc arena), then the runtime: as `streamgate run`.
+/// Set up as `streamgate run` is (`streamgate::runtime`), so the figures are the binary's.
 fn main() -> Result<(), String> {
-    streamgate::telemetry::one_malloc_arena();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(bench())
+    streamgate::runtime::start().block_on(bench())
 }
 
 async fn bench() -> Result<(), String> {

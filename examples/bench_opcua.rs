@@ -16,15 +16,9 @@ use std::time::{Duration, Instant};
 
 use streamgate::app::{Pipeline, StartOptions};
 
-/// The binary's memory setting first (one malloc arena), then the runtime: as `streamgate run`.
+/// Set up as `streamgate run` is (`streamgate::runtime`), so the figures are the binary's.
 fn main() {
-    streamgate::telemetry::one_malloc_arena();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(bench())
+    streamgate::runtime::start().block_on(bench())
 }
 
 async fn bench() {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod payload;
 pub mod queue;
 pub mod readers;
+pub mod runtime;
 pub mod status;
 pub mod systemd;
 pub mod telemetry;

@@ -193,7 +193,7 @@ enum InfoWhat {
 }
 
 fn main() -> ExitCode {
-    streamgate::telemetry::one_malloc_arena();
+    streamgate::runtime::one_malloc_arena();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,
@@ -415,11 +415,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     "no --config given: running the built-in demo (config/demo.toml): a simulated line, samples on stdout"
                 );
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("streamgate")
-                .build()
-                .context("cannot start the async runtime")?;
+            let rt = streamgate::runtime::build().context("cannot start the async runtime")?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
@@ -453,10 +449,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 log_format(&cli, LogFormat::Human),
                 Some(cli.log_level.as_deref().unwrap_or("warn")),
             );
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let rt = streamgate::runtime::build().context("cannot start the async runtime")?;
             rt.block_on(streamgate::bench::run(streamgate::bench::BenchOptions {
                 dir: dir.clone(),
                 seconds: *seconds,

@@ -136,21 +136,6 @@ pub fn rss() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// glibc gives each thread that allocates its own malloc arena (up to 8 per core), each
-/// keeping its freed memory: one arena trades a little peak throughput for memory, the right
-/// trade on a gateway (measured with `streamgate bench`: peak 28 MiB instead of 44 MiB, its
-/// overload phase ~20 % slower; at gateway rates no CPU difference). Call it first in `main`,
-/// before any thread starts (the binary and the benchmark examples do). `MALLOC_ARENA_MAX` in the environment (glibc reads it itself) takes precedence.
-pub fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a malloc parameter; no other thread exists yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
-}
-
 /// Starts a new peak: the next [`rss`] reports the highest resident memory from now on
 /// (Linux's `clear_refs` 5 resets `VmHWM`). False where the kernel does not allow it.
 pub fn reset_rss_peak() -> bool {
