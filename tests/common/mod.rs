@@ -142,9 +142,13 @@ pub async fn stop_sources_and_drain(p: &mut Pipeline, timeout: Duration) {
 }
 
 /// The status `streamgate status` shows for `data_dir`, read from the queue database while
-/// the gateway runs; None while there is no database yet (or it cannot be read right now).
+/// the gateway runs; None while there is no database yet, while it cannot be read right now,
+/// or while the starting gateway has created it but not yet registered its streams (seen
+/// once in CI: a poll indexing `streams[0]` panicked in that moment).
 pub fn status(data_dir: &Path) -> Option<streamgate::status::StatusReport> {
-    streamgate::status::read(data_dir).ok()
+    streamgate::status::read(data_dir)
+        .ok()
+        .filter(|r| !r.streams.is_empty() && r.streams.iter().all(|s| !s.exports.is_empty()))
 }
 
 /// Lines read from a child's pipe, kept for the test.
