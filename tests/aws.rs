@@ -656,6 +656,27 @@ async fn arrived_by_seq(
 /// One sample per record, 100 records per call, the default backoff (100 ms .. 60 s), 500
 /// samples/s produced.
 fn throttling_config(data_dir: &Path, endpoint: &str, extra: &str) -> String {
+    kinesis_config(
+        data_dir,
+        endpoint,
+        extra,
+        r#"
+[[sources]]
+kind = "simulator"
+id = "sim0"
+interval = "10ms"
+
+[[sources.tags]]
+name = "temperature"
+waveform = "random_walk"
+repeat = 5
+"#,
+    )
+}
+
+/// A Kinesis export of 100 records per call to stream "target" at `endpoint`, its `extra`
+/// keys, and `sources`.
+fn kinesis_config(data_dir: &Path, endpoint: &str, extra: &str, sources: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -674,17 +695,7 @@ endpoint_url = "{endpoint}"
 batch_size = 100
 request_timeout = "5s"
 {extra}
-
-[[sources]]
-kind = "simulator"
-id = "sim0"
-interval = "10ms"
-
-[[sources.tags]]
-name = "temperature"
-waveform = "random_walk"
-repeat = 5
-"#,
+{sources}"#,
         data = data_dir.display()
     )
 }
@@ -800,25 +811,11 @@ async fn kinesis_paces_a_hot_shard_by_itself() {
     let k = create_kinesis_stream(&moto.url(), "target", 4).await;
     let dir = tempfile::tempdir().expect("tempdir");
     // "hot" at 250 samples/s (its shard takes 150/s), 8 "cold" tags at 20/s each.
-    let text = format!(
+    let text = kinesis_config(
+        &dir.path().join("data"),
+        &proxy.url(),
+        "partition_key = \"{tag}\"",
         r#"
-[gateway]
-data_dir = "{data}"
-equipment_id = "eq-1"
-status_interval = "100ms"
-
-[[streams]]
-name = "line"
-
-[[streams.exports]]
-kind = "kinesis"
-stream_name = "target"
-region = "{REGION}"
-endpoint_url = "{endpoint}"
-partition_key = "{{tag}}"
-batch_size = 100
-request_timeout = "5s"
-
 [[sources]]
 kind = "simulator"
 id = "hot"
@@ -838,8 +835,6 @@ name = "cold"
 waveform = "random_walk"
 repeat = 8
 "#,
-        data = dir.path().join("data").display(),
-        endpoint = proxy.url(),
     );
     let cfg = streamgate::app::config::parse(&text).unwrap_or_else(|e| panic!("config: {e:?}"));
     let mut p = Pipeline::start(&cfg, StartOptions::default()).expect("start");
