@@ -311,4 +311,36 @@ mod tests {
             "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
         );
     }
+
+    /// A batch larger than the write chunk, with a record larger than a chunk in it, lands
+    /// whole and in order; the buffer that record grew is given back.
+    #[test]
+    fn batches_larger_than_a_chunk_are_written_whole_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = FileExportConfig {
+            path: dir.path().to_path_buf(),
+            rotate_size: 64 << 20,
+            max_files: None,
+        };
+        let mut ex = FileExporter::new(cfg, "s-e");
+        let mut batch: Vec<Record> = (0..1_000)
+            .map(|i| rec(i, &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "p".repeat(200))))
+            .collect();
+        batch.insert(500, rec(10_000, &"L".repeat(3 * WRITE_CHUNK)));
+        ex.write_batch(&batch).unwrap();
+        let written = std::fs::read(dir.path().join("s-e.ndjson")).unwrap();
+        let mut expected = Vec::new();
+        for r in &batch {
+            expected.extend_from_slice(&r.payload);
+            expected.push(b'\n');
+        }
+        assert!(expected.len() > 4 * WRITE_CHUNK);
+        assert_eq!(written, expected);
+        assert!(
+            ex.buf.capacity() <= 2 * WRITE_CHUNK,
+            "{}",
+            ex.buf.capacity()
+        );
+        assert_eq!(ex.active.as_ref().unwrap().len, expected.len() as u64);
+    }
 }
