@@ -109,6 +109,18 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+/// Prints the phase's peak resident memory, keeps it for the summary and starts the next
+/// phase's peak.
+fn end_phase(phase: &'static str, peaks: &mut Vec<(&'static str, u64)>) {
+    let (_, peak) = rss().unwrap_or((0, 0));
+    println!(
+        "{phase}: peak resident memory (whole phase) {:.1} MiB",
+        mib(peak)
+    );
+    peaks.push((phase, peak));
+    reset_rss_peak();
+}
+
 async fn backlog_of(p: &Pipeline) -> Result<(u64, u64), QueueError> {
     let s = p.handle.status().await?;
     Ok((s[0].records, s[0].exports.first().map_or(0, |e| e.backlog)))
@@ -177,13 +189,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
         queued as f64 / drain.as_secs_f64()
     );
     p.stop().await;
-    let (_, peak) = rss().unwrap_or((0, 0));
-    println!(
-        "backlog: peak resident memory (whole phase) {:.1} MiB",
-        mib(peak)
-    );
-    peaks.push(("backlog", peak));
-    reset_rss_peak();
+    end_phase("backlog", &mut peaks);
 
     // 2. Sustained: offered rates in steps; sustained = exported keeps up and the backlog stays
     //    under half a second of samples. Latency from sample creation to acknowledged export.
@@ -235,13 +241,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
         }
         rate += opts.rate_step;
     }
-    let (_, peak) = rss().unwrap_or((0, 0));
-    println!(
-        "sustained: peak resident memory (whole phase) {:.1} MiB",
-        mib(peak)
-    );
-    peaks.push(("sustained", peak));
-    reset_rss_peak();
+    end_phase("sustained", &mut peaks);
     match best {
         Some((rate, exported, p50, p99)) => println!(
             "sustained: highest rate kept up end to end: {rate} samples/s ({exported:.0} exported/s), latency p50 {p50} ms, p99 {p99} ms"
@@ -270,12 +270,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), BenchError> {
         (d1 - d0) as f64 / el
     );
     p.stop().await;
-    let (_, peak) = rss().unwrap_or((0, 0));
-    println!(
-        "overload: peak resident memory (whole phase) {:.1} MiB",
-        mib(peak)
-    );
-    peaks.push(("overload", peak));
+    end_phase("overload", &mut peaks);
     let (phase, peak) = peaks
         .iter()
         .max_by_key(|(_, b)| *b)

@@ -76,6 +76,12 @@ struct EntryResult {
 /// The longest an exporter waits for a hot shard before sending what it may.
 const MAX_SHARD_WAIT: Duration = Duration::from_secs(1);
 
+/// The shared shard rates. A handle that panicked while holding them left plain numbers
+/// behind, still usable: pacing goes on (refusing the lock would hold every record back).
+fn lock(shards: &Mutex<ShardRates>) -> std::sync::MutexGuard<'_, ShardRates> {
+    shards.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Why the AWS client could not be made (the export retries with its failure backoff).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -325,7 +331,7 @@ impl Exporter for AwsExporter {
     }
 
     fn state(&self) -> Option<String> {
-        let shards = self.shards.as_ref().and_then(|s| s.lock().ok()?.describe());
+        let shards = self.shards.as_deref().and_then(|s| lock(s).describe());
         match (self.iot.as_ref().map(|i| i.state()), shards) {
             (Some(iot), Some(shards)) => Some(format!("{iot}; {shards}")),
             (iot, shards) => iot.or(shards),
@@ -380,23 +386,22 @@ impl Exporter for AwsExporter {
                 Ok(results) => {
                     let mut failed = 0;
                     let now = Instant::now();
-                    let mut paced = self.shards.as_ref().and_then(|s| s.lock().ok());
+                    let mut paced = self.shards.as_deref().map(lock);
                     for (n, (result, members)) in results.into_iter().zip(members).enumerate() {
                         // The shard pacing learns the key's shard and its answer.
-                        let by_shard = match (&mut paced, keys.get(n).and_then(Option::as_ref)) {
-                            (Some(rates), Some(key)) => result.shard.as_deref().map(|shard| {
-                                let throttled =
-                                    result.failure.as_ref().is_some_and(|f| f.throttled);
-                                let (ok, thr) = match (&result.failure, throttled) {
-                                    (None, _) => (members.len(), 0),
-                                    (Some(_), true) => (0, members.len()),
-                                    (Some(_), false) => (0, 0),
+                        let key = keys.get(n).and_then(Option::as_deref);
+                        let by_shard = match (&mut paced, key, result.shard.as_deref()) {
+                            (Some(rates), Some(key), Some(shard)) => {
+                                let (ok, thr) = match &result.failure {
+                                    None => (members.len(), 0),
+                                    Some(f) if f.throttled => (0, members.len()),
+                                    Some(_) => (0, 0),
                                 };
                                 rates.outcome(now, key, shard, ok, thr);
-                            }),
-                            _ => None,
-                        }
-                        .is_some();
+                                true
+                            }
+                            _ => false,
+                        };
                         let outcome = match result.failure {
                             None => Outcome::Delivered,
                             Some(f) => {
@@ -471,7 +476,7 @@ impl AwsExporter {
             let mut held = Vec::new();
             let mut wait = MAX_SHARD_WAIT;
             {
-                let mut rates = shards.lock().ok()?;
+                let mut rates = lock(shards);
                 for r in call.drain(..) {
                     let w = match &r.key {
                         Some(key) => rates.take(now, key, r.samples.len()),
